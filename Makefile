@@ -1,0 +1,44 @@
+# Two commands for a newcomer on a fresh Debian/Ubuntu machine with Python 3.11:
+#   make demo   set everything up, then run the main job on the embedded defaults
+#   make test   set everything up, then run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
+export MUJOCO_GL ?= egl
+export HF_HUB_OFFLINE := 1
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup system demo test test-slow bench clean
+
+setup: $(STAMP)
+
+# Debian packages for headless rendering (EGL / OSMesa) and open3d; installed only when root and missing.
+system:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "please install: sudo apt-get install $$missing"; exit 1; fi; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt | system
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/embodied rollout --task pick_place --policy oracle --episodes 4 --gifs 2 --out runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

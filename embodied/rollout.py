@@ -1,0 +1,158 @@
+"""Simulated episode rollouts: plan, execute with the skills, measure, and record JSON, GIFs and a summary."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from embodied.io import write_atomic, write_json
+from embodied.plan import PlanError, Step, parse_plan
+from envs import ENV_IDS
+from envs.executor import execute_plan
+from envs.planners import PLANNERS, Planner
+
+GIF_EVERY = 3  # keep every third control step (0.3 s of simulated time per frame)
+GIF_MAX_FRAMES = 200
+CAPTION_HEIGHT = 30
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    task: str = "pick_place"
+    policy: str = "oracle"
+    episodes: int = 10
+    seed: int = 0
+    out: Path = Path("runs/rollout")
+    gifs: int = 2
+
+    def __post_init__(self):
+        if self.task not in ENV_IDS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(ENV_IDS)}")
+        if self.policy not in PLANNERS:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(PLANNERS)}")
+        if self.episodes < 1 or self.gifs < 0:
+            raise ValueError("episodes must be >= 1 and gifs >= 0")
+
+
+def make_planner(name: str, seed: int) -> Planner:
+    return PLANNERS[name](seed=seed) if name == "random" else PLANNERS[name]()
+
+
+class GifRecorder:
+    """Collects captioned frames of one episode (the executor's ``on_step`` callback)."""
+
+    def __init__(self, env: gym.Env, caption: str):
+        self.env, self.caption = env, caption
+        self.frames: list[np.ndarray] = []
+        self.calls = 0
+
+    def __call__(self, obs: dict, info: dict, step: Step) -> None:
+        ended = self.env.unwrapped.ended
+        self.calls += 1
+        if self.calls % GIF_EVERY == 1 or ended:
+            status = f"step {info['steps']}: {step}"
+            if ended:
+                status += "  -> SUCCESS" if info["success"] else "  -> FAILED"
+            self.frames.append(self._captioned(self.env.render(), status))
+
+    def _captioned(self, frame: np.ndarray, status: str) -> np.ndarray:
+        canvas = Image.new("RGB", (frame.shape[1], frame.shape[0] + CAPTION_HEIGHT), (24, 24, 28))
+        canvas.paste(Image.fromarray(frame), (0, CAPTION_HEIGHT))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((6, 2), self.caption[:95], fill=(235, 235, 235))
+        draw.text((6, 16), status[:95], fill=(170, 220, 170))
+        return np.asarray(canvas)
+
+    def save(self, path: Path) -> None:
+        frames = self.frames[:: max(1, -(-len(self.frames) // GIF_MAX_FRAMES))]
+        if frames:
+            frames[-1:] = frames[-1:] * 8  # hold the last frame, where the verdict is
+            write_atomic(path, lambda tmp: iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=100, loop=0))
+
+
+def run_episode(env: gym.Env, planner: Planner, seed: int, gif: bool = False) -> tuple[dict, GifRecorder | None]:
+    """One episode: reset, plan, parse, execute, measure. A plan that does not parse or a failing skill
+    ends the episode with the reason recorded; it never raises. With ``gif``, also its frames."""
+    started = time.perf_counter()
+    obs, info = env.reset(seed=seed)
+    base = env.unwrapped
+    record = {"seed": seed, "task": base.task.name, "instruction": base.task.instruction, "goal": base.task.goal()}
+    recorder = GifRecorder(env, base.task.instruction) if gif else None
+    text = planner.plan(obs, env)
+    record["plan"] = text
+    try:
+        plan = parse_plan(text, base.scene.object_names)
+        record["plan_valid"] = True
+        outcomes, info = execute_plan(env, plan, on_step=recorder)
+    except PlanError as exc:
+        record.update(plan_valid=False, plan_error=str(exc))
+        outcomes = []
+        *_, info = base.submit(None)
+    record.update(
+        steps=[o.to_dict() for o in outcomes],
+        success=bool(info["success"]),
+        env_steps=info["steps"],
+        path_length=info["path_length"],
+        answer=info["answer"],
+        seconds=time.perf_counter() - started,
+        **{k: info[k] for k in ("spl", "progress", "distance_to_goal") if k in info},
+    )
+    return record, recorder
+
+
+def summarize(records: list[dict], config: RolloutConfig) -> dict:
+    def mean(key):
+        values = [r[key] for r in records if key in r]
+        return float(np.mean(values)) if values else None
+
+    success = np.array([r["success"] for r in records], float)
+    failures: dict[str, int] = {}
+    for r in records:
+        for step in r["steps"]:
+            if not step["success"]:
+                reason = step["reason"].split(":")[0]
+                failures[reason] = failures.get(reason, 0) + 1
+    return {
+        "task": config.task,
+        "policy": config.policy,
+        "episodes": len(records),
+        "seed": config.seed,
+        "success_rate": float(success.mean()),
+        "success_ci95": float(1.96 * success.std() / np.sqrt(len(success))),
+        "spl": mean("spl"),
+        "plan_valid_rate": mean("plan_valid"),
+        "mean_env_steps": mean("env_steps"),
+        "mean_seconds": mean("seconds"),
+        "failure_reasons": failures,
+    }
+
+
+def rollout(config: RolloutConfig, progress: bool = True) -> dict:
+    """Run ``config.episodes`` seeded episodes; write one JSON per episode as it ends, GIFs of the
+    first ``config.gifs``, and ``summary.json``. Returns the summary."""
+    planner = make_planner(config.policy, config.seed)
+    env = gym.make(ENV_IDS[config.task], sensors=planner.sensors, render_mode="rgb_array" if config.gifs else None)
+    out = Path(config.out)
+    records = []
+    bar = tqdm(range(config.episodes), desc=f"{config.task}/{config.policy}", unit="ep", disable=not progress)
+    try:
+        for i in bar:
+            record, recorder = run_episode(env, planner, config.seed + i, gif=i < config.gifs)
+            record["episode"] = i
+            write_json(out / "episodes" / f"episode_{i:04d}.json", record)
+            if recorder is not None:
+                recorder.save(out / "gifs" / f"episode_{i:04d}.gif")
+            records.append(record)
+            bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.0%}")
+    finally:
+        env.close()
+    summary = summarize(records, config)
+    write_json(out / "summary.json", {"config": {**asdict(config), "out": str(config.out)}, **summary})
+    return summary

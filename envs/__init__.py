@@ -1,0 +1,16 @@
+"""Simulated worlds: seeded scenes, gymnasium environments, tasks, skills and the oracle planner.
+
+Importing the package registers the environments with gymnasium (``embodied/PickPlace-v0`` and so on).
+"""
+
+from gymnasium.envs.registration import register
+
+ENV_IDS = {
+    "object_nav": "embodied/ObjectNav-v0",
+    "pick_place": "embodied/PickPlace-v0",
+    "rearrange": "embodied/Rearrange-v0",
+    "eqa": "embodied/EQA-v0",
+}
+
+for _task, _env_id in ENV_IDS.items():
+    register(id=_env_id, entry_point="envs.env:EmbodiedEnv", kwargs={"task": _task})

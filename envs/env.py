@@ -1,0 +1,287 @@
+"""The gymnasium environment: a seeded scene, a task, RGB-D and point-cloud observations, low-level actions.
+
+Action (Box(-1, 1, (6,))): base velocity forward, left, yaw rate (scaled to the speed limits), lift and
+arm-extension position targets (scaled to the joint ranges, moved at most ``MAX_JOINT_SPEED``), and the
+gripper (> 0 closes). Closing next to an object grasps it; opening lets it go.
+
+Episodes end when the agent calls ``submit`` (the ``done()`` / ``answer(...)`` of a plan) or after the
+task's step limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.backend import (
+    EXTEND_RANGE,
+    HEAD_CAMERA,
+    LIFT_RANGE,
+    MAX_ANGULAR_SPEED,
+    MAX_JOINT_SPEED,
+    MAX_LINEAR_SPEED,
+    OVERVIEW_CAMERA,
+    Backend,
+    RobotCommand,
+    WorldState,
+)
+from envs.navmap import NavMap
+from envs.pointcloud import backproject, sample_cloud
+from envs.scene import SceneSpec, generate_scene
+from envs.tasks import TASKS, Task, TaskUnavailable
+
+SENSORS = ("rgb", "depth", "points", "segmentation")
+INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.?!'-"
+GRASP_RADIUS = 0.05  # m between the grasp point and an object's surface
+MAX_SAMPLING_TRIES = 20
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Validated at construction, so a wrong config fails with its reason before any episode runs."""
+
+    task: str = "pick_place"
+    width: int = 128
+    height: int = 128
+    num_points: int = 1024
+    voxel_size: float = 0.03
+    max_depth: float = 6.0
+    sensors: tuple[str, ...] = ("rgb", "depth", "points")
+    control_dt: float = 0.1
+    max_steps: int | None = None  # None: the task's own limit
+    backend: str = "mujoco"
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        unknown = set(self.sensors) - set(SENSORS)
+        if unknown:
+            raise ValueError(f"unknown sensors {sorted(unknown)}; choose from {', '.join(SENSORS)}")
+        if "segmentation" in self.sensors and "points" not in self.sensors:
+            raise ValueError("the 'segmentation' sensor labels the point cloud: add 'points' too")
+        if not (16 <= self.width <= 1024 and 16 <= self.height <= 1024):
+            raise ValueError(f"image size must be 16..1024 pixels a side, got {self.width}x{self.height}")
+        if self.num_points < 1 or self.voxel_size <= 0 or self.max_depth <= 0 or self.control_dt <= 0:
+            raise ValueError("num_points, voxel_size, max_depth and control_dt must be positive")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError("max_steps must be positive")
+        if self.backend not in ("mujoco", "habitat"):
+            raise ValueError(f"unknown backend {self.backend!r}; choose mujoco or habitat")
+
+
+def make_backend(name: str) -> Backend:
+    if name == "habitat":
+        from envs.habitat_backend import HabitatBackend
+
+        return HabitatBackend()
+    from envs.mujoco_backend import MujocoBackend
+
+    return MujocoBackend()
+
+
+class EmbodiedEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
+
+    def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, **overrides):
+        self.config = config = EnvConfig(**overrides) if config is None else config
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self.task_cls = TASKS[config.task]
+        self.max_steps = config.max_steps or self.task_cls.max_steps
+        self.backend = make_backend(config.backend)
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(6,), dtype=np.float32)
+        h, w, n = config.height, config.width, config.num_points
+        obs = {
+            "proprio": spaces.Box(-np.inf, np.inf, shape=(8,), dtype=np.float32),
+            "instruction": spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
+        }
+        if "rgb" in config.sensors:
+            obs["rgb"] = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
+        if "depth" in config.sensors:
+            obs["depth"] = spaces.Box(0.0, np.inf, shape=(h, w, 1), dtype=np.float32)
+        if "points" in config.sensors:
+            obs["points"] = spaces.Box(-np.inf, np.inf, shape=(n, 6), dtype=np.float32)
+        if "segmentation" in config.sensors:
+            obs["point_ids"] = spaces.Box(-1, 255, shape=(n,), dtype=np.int32)
+        self.observation_space = spaces.Dict(obs)
+        self.scene: SceneSpec | None = None
+        self.task: Task | None = None
+        self.navmap: NavMap | None = None
+
+    # -- episode -------------------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.episode_seed = episode_seed = int(self.np_random.integers(2**31)) if seed is None else int(seed)
+        self.scene, self.task = self._sample_episode(episode_seed)
+        self.backend.load(self.scene)
+        self.navmap = NavMap(self.scene)
+        self.steps = 0
+        self.path_length = 0.0
+        self.answer: str | None = None
+        self.ended = False
+        self._lift, self._extend, self._closed = LIFT_RANGE[0], EXTEND_RANGE[0], False
+        self._cloud_rng = np.random.default_rng(episode_seed)
+        self._state = self.backend.state()
+        return self._observation(), self._info()
+
+    def _sample_episode(self, seed: int) -> tuple[SceneSpec, Task]:
+        """The scene and task for a seed; a scene that cannot host the task is redrawn deterministically."""
+        reasons = []
+        for attempt in range(MAX_SAMPLING_TRIES):
+            scene_seed = seed if attempt == 0 else seed * 7919 + attempt
+            scene = generate_scene(scene_seed, self.task_cls.scene_config)
+            try:
+                task = self.task_cls(scene, np.random.default_rng([seed, attempt]))
+            except TaskUnavailable as exc:
+                reasons.append(str(exc))
+                continue
+            if task.start != scene.robot_start:
+                scene = dataclasses.replace(scene, robot_start=task.start)
+            return scene, task
+        raise RuntimeError(f"no {self.config.task} episode for seed {seed}: {'; '.join(reasons)}")
+
+    def step(self, action):
+        if self.task is None:
+            raise RuntimeError("call reset() before step()")
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        invalid = action.shape != (6,) or not np.all(np.isfinite(action))
+        if invalid:  # a safe stop: hold still, keep the joint targets, keep the gripper as it is
+            command = self._command(np.zeros(3), self._lift, self._extend, self._closed)
+        else:
+            action = np.clip(action, -1.0, 1.0)
+            command = self._command(action[:3], *self._joint_targets(action[3:5]), action[5] > 0)
+        if not self.ended:
+            self._act(command)
+        self.steps += 1
+        terminated = self.ended
+        truncated = not terminated and self.steps >= self.max_steps
+        info = self._info()
+        info["invalid_action"] = bool(invalid)
+        reward = float(info["success"]) if (terminated or truncated) else 0.0
+        return self._observation(), reward, terminated, truncated, info
+
+    def submit(self, answer: str | None = None):
+        """End the episode (``done()``, or ``answer(...)`` for a question) and return the final step."""
+        if self.task is None:
+            raise RuntimeError("call reset() before submit()")
+        self.answer = answer
+        self.ended = True
+        self._act(self._command(np.zeros(3), self._lift, self._extend, self._closed))
+        info = self._info()
+        return self._observation(), float(info["success"]), True, False, info
+
+    # -- dynamics ------------------------------------------------------------------------------------
+
+    def _joint_targets(self, normalized: np.ndarray) -> tuple[float, float]:
+        step = MAX_JOINT_SPEED * self.config.control_dt
+        lift = LIFT_RANGE[0] + (normalized[0] + 1) / 2 * (LIFT_RANGE[1] - LIFT_RANGE[0])
+        extend = EXTEND_RANGE[0] + (normalized[1] + 1) / 2 * (EXTEND_RANGE[1] - EXTEND_RANGE[0])
+        return (
+            float(self._lift + np.clip(lift - self._lift, -step, step)),
+            float(self._extend + np.clip(extend - self._extend, -step, step)),
+        )
+
+    def _command(self, base: np.ndarray, lift: float, extend: float, close: bool) -> RobotCommand:
+        yaw = self._state.robot.yaw
+        c, s = np.cos(yaw), np.sin(yaw)
+        forward, left = base[0] * MAX_LINEAR_SPEED, base[1] * MAX_LINEAR_SPEED
+        return RobotCommand(
+            vx=c * forward - s * left,
+            vy=s * forward + c * left,
+            wz=base[2] * MAX_ANGULAR_SPEED,
+            lift=lift,
+            extend=extend,
+            close_gripper=bool(close),
+        )
+
+    def _act(self, command: RobotCommand) -> None:
+        before = self._state.robot
+        self._lift, self._extend = command.lift, command.extend
+        if command.close_gripper and not self._closed:
+            self._grasp_nearest()
+        elif not command.close_gripper and self._closed and before.holding:
+            self.backend.detach()
+        self._closed = command.close_gripper
+        self.backend.apply(command)
+        self.backend.advance(self.config.control_dt)
+        self._state = self.backend.state()
+        self.path_length += float(np.hypot(self._state.robot.x - before.x, self._state.robot.y - before.y))
+
+    def _grasp_nearest(self) -> None:
+        grasp = self._state.robot.grasp_point
+        best, best_gap = None, GRASP_RADIUS
+        for obj in self.scene.objects:
+            centre = self._state.objects[obj.name].copy()
+            if obj.is_container:
+                centre[2] += 0.03
+            gap = np.linalg.norm(centre - grasp) - obj.half
+            if gap <= best_gap:
+                best, best_gap = obj.name, gap
+        if best is not None:
+            self.backend.attach(best)
+            self._state = self.backend.state()
+
+    # -- observations --------------------------------------------------------------------------------
+
+    def world_state(self) -> WorldState:
+        """The privileged state the skills and the oracle read."""
+        return self._state
+
+    def _observation(self) -> dict:
+        r = self._state.robot
+        obs = {
+            "proprio": np.array(
+                [r.x, r.y, np.cos(r.yaw), np.sin(r.yaw), r.lift, r.extend, float(r.gripper_closed), float(r.holding is not None)],
+                dtype=np.float32,
+            ),
+            "instruction": self.task.instruction,
+        }
+        sensors = self.config.sensors
+        if not {"rgb", "depth", "points"} & set(sensors):
+            return obs
+        frame = self.backend.render(HEAD_CAMERA, self.config.width, self.config.height, "segmentation" in sensors)
+        if "rgb" in sensors:
+            obs["rgb"] = frame.rgb
+        if "depth" in sensors:
+            obs["depth"] = frame.depth[..., None].astype(np.float32)
+        if "points" in sensors:
+            xyz, rgb, seg = backproject(frame, self.config.max_depth)
+            points, ids = sample_cloud(xyz, rgb, seg, self.config.num_points, self.config.voxel_size, self._cloud_rng)
+            obs["points"] = points
+            if ids is not None:
+                obs["point_ids"] = ids
+        return obs
+
+    def _info(self) -> dict:
+        metrics = self.task.evaluate(self._state, self.answer)
+        info = {
+            "task": self.task.name,
+            "seed": self.episode_seed,
+            "steps": self.steps,
+            "path_length": self.path_length,
+            "holding": self._state.robot.holding,
+            "answer": self.answer,
+            **metrics,
+        }
+        if "shortest_path" in self.task.goal():
+            shortest = self.task.goal()["shortest_path"]
+            info["spl"] = float(metrics["success"]) * shortest / max(self.path_length, shortest, 1e-6)
+        return info
+
+    def render(self):
+        """Overview camera beside the head camera, for GIFs."""
+        if self.render_mode != "rgb_array" or self.task is None:
+            return None
+        overview = self.backend.render(OVERVIEW_CAMERA, 320, 240).rgb
+        head = self.backend.render(HEAD_CAMERA, 240, 240).rgb
+        return np.concatenate([overview, head], axis=1)
+
+    def close(self):
+        self.backend.close()

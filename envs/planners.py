@@ -1,0 +1,80 @@
+"""Planners that are not the model: the oracle (privileged scene state) and a random baseline.
+
+Both write plan text in the grammar of ``embodied/plan.py``, so every policy goes through the same parser
+and the same skills.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from embodied.plan import Plan, Step
+from envs.env import EmbodiedEnv
+from envs.scene import COLOURS, SHAPES, SIZES
+from envs.tasks import EmbodiedQA, ObjectNav, PickPlace
+
+
+class Planner(Protocol):
+    name: str
+    sensors: tuple[str, ...]  # the observations the planner needs from the environment
+
+    def plan(self, observation: dict, env: EmbodiedEnv) -> str:
+        """Plan text for the episode that ``env`` has just reset to."""
+
+
+class OraclePlanner:
+    """Reads the task's goal and the scene: the upper bound that measures the skills."""
+
+    name = "oracle"
+    sensors: tuple[str, ...] = ()
+
+    def plan(self, observation: dict, env: EmbodiedEnv) -> str:
+        task = env.unwrapped.task
+        where = {o.name: o.table for o in task.scene.objects}
+        if isinstance(task, ObjectNav):
+            target = task.target.name
+            return Plan(f"the {target} is on {where[target]}.", (Step("navigate", (target,)), Step("done"))).to_text()
+        if isinstance(task, PickPlace):
+            steps, notes = [], []
+            for item, box in task.moves:
+                steps += [
+                    Step("navigate", (item.name,)),
+                    Step("pick", (item.name,)),
+                    Step("navigate", (box.name,)),
+                    Step("place", (item.name, box.name)),
+                ]
+                notes.append(f"the {item.name} is on {item.table}, the {box.name} on {box.table}")
+            return Plan("; ".join(notes) + ".", (*steps, Step("done"))).to_text()
+        if isinstance(task, EmbodiedQA):
+            thought = "i see " + ", ".join(f"a {o.size} {o.name}" for o in task.scene.objects) + "."
+            return Plan(thought, (Step("answer", (task.answer,)),)).to_text()
+        raise ValueError(f"the oracle has no plan for task {task.name!r}")
+
+
+class RandomPlanner:
+    """Random skills on random scene objects: the floor any learned planner must clear."""
+
+    name = "random"
+    sensors: tuple[str, ...] = ()
+    answers = ("yes", "no", *map(str, range(9)), *COLOURS, *SHAPES, *SIZES)
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+
+    def plan(self, observation: dict, env: EmbodiedEnv) -> str:
+        task = env.unwrapped.task
+        names = task.scene.object_names
+        if isinstance(task, EmbodiedQA):
+            answer = str(self.rng.choice([*self.answers, *names]))
+            return Plan("a guess.", (Step("answer", (answer,)),)).to_text()
+        steps = []
+        for _ in range(int(self.rng.integers(1, 6))):
+            skill = str(self.rng.choice(["navigate", "pick", "place", "look_at"]))
+            args = tuple(str(a) for a in self.rng.choice(names, 2 if skill == "place" else 1))
+            steps.append(Step(skill, args))
+        return Plan("random steps.", (*steps, Step("done"))).to_text()
+
+
+PLANNERS = {"oracle": OraclePlanner, "random": RandomPlanner}

@@ -1,0 +1,273 @@
+"""Skills: closed-loop controllers that turn one plan step into the environment's low-level actions.
+
+A skill is a generator: it yields an action, receives the next ``WorldState``, and finally returns a
+``SkillResult`` saying whether it worked and, if not, why. ``SkillRunner`` drives one with a step budget,
+so the same skills run inside ``gymnasium`` episodes and inside the ROS 2 controller's timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+
+import numpy as np
+
+from embodied.plan import Step
+from envs.backend import EXTEND_RANGE, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, WorldState
+from envs.navmap import NavMap
+from envs.scene import CONTAINER_WALL_HEIGHT, ObjectSpec, SceneSpec
+from envs.tasks import inside
+
+REACH = (0.35, 0.72)  # base-to-object distances a navigate() ends at, inside the arm's extension range
+CARRY_HEIGHT = 0.85
+HEADING_TOLERANCE = 0.03  # rad
+JOINT_TOLERANCE = 0.01  # m
+STEP_BUDGET = {"navigate": 400, "look_at": 80, "scan": 120, "pick": 150, "place": 150}
+
+
+@dataclass(frozen=True)
+class SkillResult:
+    success: bool
+    reason: str = ""
+    steps: int = 0
+
+
+Skill = Generator[np.ndarray, WorldState, SkillResult]
+
+
+def _wrap(angle: float) -> float:
+    return float((angle + np.pi) % (2 * np.pi) - np.pi)
+
+
+class SkillContext:
+    """What skills share within an episode: the scene's object specs, the map, and the arm targets."""
+
+    def __init__(self, scene: SceneSpec, navmap: NavMap | None = None):
+        self.scene = scene
+        self.navmap = navmap or NavMap(scene)
+        self.lift, self.extend, self.closed = LIFT_RANGE[0], EXTEND_RANGE[0], False
+
+    def spec(self, name: str) -> ObjectSpec | None:
+        return self.scene.object(name)
+
+    def action(self, state: WorldState, velocity=(0.0, 0.0), wz: float = 0.0) -> np.ndarray:
+        """Normalised env action from a world-frame base velocity, a yaw rate and the arm targets."""
+        yaw = state.robot.yaw
+        c, s = np.cos(yaw), np.sin(yaw)
+        vx, vy = velocity
+        lo, hi = LIFT_RANGE
+        elo, ehi = EXTEND_RANGE
+        return np.clip(
+            np.array(
+                [
+                    (c * vx + s * vy) / MAX_LINEAR_SPEED,
+                    (-s * vx + c * vy) / MAX_LINEAR_SPEED,
+                    wz / MAX_ANGULAR_SPEED,
+                    2 * (self.lift - lo) / (hi - lo) - 1,
+                    2 * (self.extend - elo) / (ehi - elo) - 1,
+                    1.0 if self.closed else -1.0,
+                ],
+                dtype=np.float32,
+            ),
+            -1.0,
+            1.0,
+        )
+
+    def heading_error(self, state: WorldState, xy) -> float:
+        r = state.robot
+        return _wrap(np.arctan2(xy[1] - r.y, xy[0] - r.x) - r.yaw)
+
+
+def _turn_rate(error: float) -> float:
+    return float(np.clip(3.0 * error, -MAX_ANGULAR_SPEED, MAX_ANGULAR_SPEED))
+
+
+def _distance(state: WorldState, xy) -> float:
+    return float(np.hypot(xy[0] - state.robot.x, xy[1] - state.robot.y))
+
+
+Target = Callable[[WorldState], np.ndarray]
+
+
+def _move_arm(ctx: SkillContext, state: WorldState, lift: float, extend, face: Target) -> Skill:
+    """Drive lift and extension to their targets while turning to face ``face(state)``; ``extend`` may
+    be a function of the state too, re-evaluated every step, so the arm tracks a moving target."""
+    while True:
+        ctx.lift = float(np.clip(lift, *LIFT_RANGE))
+        ctx.extend = float(np.clip(extend(state) if callable(extend) else extend, *EXTEND_RANGE))
+        error = ctx.heading_error(state, face(state))
+        r = state.robot
+        if abs(error) < HEADING_TOLERANCE and abs(r.lift - ctx.lift) < JOINT_TOLERANCE and abs(r.extend - ctx.extend) < JOINT_TOLERANCE:
+            return state
+        state = yield ctx.action(state, wz=_turn_rate(error))
+
+
+def _hold(ctx: SkillContext, state: WorldState, steps: int) -> Skill:
+    for _ in range(steps):
+        state = yield ctx.action(state)
+    return state
+
+
+def _object_xy(name: str) -> Target:
+    return lambda state: state.objects[name][:2]
+
+
+def _reach_of(face: Target) -> Callable[[WorldState], float]:
+    return lambda state: _distance(state, face(state))
+
+
+def _unknown(ctx: SkillContext, name: str) -> SkillResult | None:
+    if ctx.spec(name) is None:
+        return SkillResult(False, f"object not found: no {name!r} in the scene")
+    return None
+
+
+def navigate(ctx: SkillContext, state: WorldState, name: str) -> Skill:
+    """Drive along an A* path to within arm's reach of an object, then face it."""
+    if failure := _unknown(ctx, name):
+        return failure
+    target = _object_xy(name)
+    path = ctx.navmap.plan((state.robot.x, state.robot.y), target(state), *REACH)
+    if path is None:
+        return SkillResult(False, f"unreachable: no free path to the {name}")
+    for i, waypoint in enumerate(path):
+        last = i == len(path) - 1
+        while (gap := _distance(state, waypoint)) > (0.03 if last else 0.12):
+            speed = min(0.9 * MAX_LINEAR_SPEED, 1.5 * gap) if last else 0.9 * MAX_LINEAR_SPEED
+            direction = (waypoint - [state.robot.x, state.robot.y]) / gap
+            state = yield ctx.action(state, direction * speed, _turn_rate(ctx.heading_error(state, target(state))))
+    state = yield from _move_arm(ctx, state, ctx.lift, ctx.extend, target)
+    return SkillResult(True)
+
+
+def look_at(ctx: SkillContext, state: WorldState, name: str) -> Skill:
+    if failure := _unknown(ctx, name):
+        return failure
+    yield from _move_arm(ctx, state, ctx.lift, ctx.extend, _object_xy(name))
+    return SkillResult(True)
+
+
+def scan(ctx: SkillContext, state: WorldState) -> Skill:
+    """Turn once on the spot, so the camera sweeps the room."""
+    turned, last_yaw = 0.0, state.robot.yaw
+    while turned < 2 * np.pi - 0.1:
+        state = yield ctx.action(state, wz=0.8 * MAX_ANGULAR_SPEED)
+        turned += abs(_wrap(state.robot.yaw - last_yaw))
+        last_yaw = state.robot.yaw
+    return SkillResult(True)
+
+
+def _reach_failure(state: WorldState, name: str, xy) -> SkillResult | None:
+    distance = _distance(state, xy)
+    if not EXTEND_RANGE[0] <= distance <= EXTEND_RANGE[1] - 0.01:
+        return SkillResult(False, f"unreachable: the {name} is {distance:.2f} m away (navigate to it first)")
+    return None
+
+
+def pick(ctx: SkillContext, state: WorldState, name: str) -> Skill:
+    """Reach above the object, lower, close (the magic grasp), lift and retract."""
+    if failure := _unknown(ctx, name):
+        return failure
+    holding = state.robot.holding
+    if holding == name:
+        return SkillResult(True)
+    if holding is not None:
+        return SkillResult(False, f"hands full: already holding the {holding}")
+    spec = ctx.spec(name)
+    where = _object_xy(name)
+    if failure := _reach_failure(state, name, where(state)):
+        return failure
+    top = state.objects[name][2] + (CONTAINER_WALL_HEIGHT if spec.is_container else spec.half)
+    grasp_z = state.objects[name][2] + (0.03 if spec.is_container else 0.0)
+    ctx.closed = False
+    state = yield from _move_arm(ctx, state, top + 0.12, ctx.extend, where)
+    state = yield from _move_arm(ctx, state, top + 0.12, _reach_of(where), where)
+    state = yield from _move_arm(ctx, state, grasp_z, _reach_of(where), where)
+    ctx.closed = True
+    state = yield from _hold(ctx, state, 3)
+    if state.robot.holding != name:
+        ctx.closed = False
+        return SkillResult(False, f"grasp failed: the {name} is not in the gripper")
+    state = yield from _move_arm(ctx, state, CARRY_HEIGHT, ctx.extend, where)
+    yield from _move_arm(ctx, state, CARRY_HEIGHT, EXTEND_RANGE[0], where)
+    return SkillResult(True)
+
+
+def _drop_point(ctx: SkillContext, state: WorldState, item: ObjectSpec, box: ObjectSpec) -> np.ndarray:
+    """The container's centre, or the side away from what already lies in it."""
+    centre = state.objects[box.name][:2]
+    inside_now = [
+        state.objects[o.name][:2]
+        for o in ctx.scene.objects
+        if o.name not in (item.name, box.name) and inside(state.objects[o.name], box, state.objects[box.name])
+    ]
+    if not inside_now:
+        return centre
+    away = centre - np.mean(inside_now, axis=0)
+    norm = np.linalg.norm(away)
+    away = away / norm if norm > 1e-3 else np.array([1.0, 0.0])
+    return centre + away * max(0.0, box.half - 0.012 - item.half - 0.008)
+
+
+def place(ctx: SkillContext, state: WorldState, name: str, container: str) -> Skill:
+    """Carry the held object over the container, lower, release, and check it landed inside."""
+    for n in (name, container):
+        if failure := _unknown(ctx, n):
+            return failure
+    if state.robot.holding != name:
+        return SkillResult(False, f"not holding the {name} (pick it first)")
+    item, box = ctx.spec(name), ctx.spec(container)
+    if not box.is_container:
+        return SkillResult(False, f"the {container} is not a container")
+    drop = _drop_point(ctx, state, item, box)
+    if failure := _reach_failure(state, container, drop):
+        return failure
+    where = lambda _: drop  # noqa: E731
+    rim = state.objects[container][2] + CONTAINER_WALL_HEIGHT
+    clear = max(ctx.lift, rim + 2 * item.half + 0.05)
+    state = yield from _move_arm(ctx, state, clear, ctx.extend, where)
+    state = yield from _move_arm(ctx, state, clear, _reach_of(where), where)
+    state = yield from _move_arm(ctx, state, rim - CONTAINER_WALL_HEIGHT + 0.012 + item.half + 0.02, ctx.extend, where)
+    ctx.closed = False
+    state = yield from _hold(ctx, state, 6)
+    state = yield from _move_arm(ctx, state, CARRY_HEIGHT, ctx.extend, where)
+    state = yield from _move_arm(ctx, state, CARRY_HEIGHT, EXTEND_RANGE[0], where)
+    if not inside(state.objects[name], box, state.objects[container]):
+        return SkillResult(False, f"the {name} landed outside the {container}")
+    return SkillResult(True)
+
+
+MOTION_SKILLS: dict[str, Callable[..., Skill]] = {
+    "navigate": navigate,
+    "look_at": look_at,
+    "scan": scan,
+    "pick": pick,
+    "place": place,
+}
+
+
+class SkillRunner:
+    """Drives one skill step by step: ``act(state)`` returns the next action, or the ``SkillResult`` once
+    the skill has finished, failed or run out of its step budget."""
+
+    def __init__(self, ctx: SkillContext, step: Step, state: WorldState, budget: int | None = None):
+        if step.skill not in MOTION_SKILLS:
+            raise ValueError(f"{step.skill}() is not a motion skill")
+        self.step = step
+        self.budget = budget or STEP_BUDGET[step.skill]
+        self.steps = 0
+        self._skill = MOTION_SKILLS[step.skill](ctx, state, *step.args)
+        self._started = False
+
+    def act(self, state: WorldState) -> np.ndarray | SkillResult:
+        if self.steps >= self.budget:
+            self._skill.close()
+            return SkillResult(False, f"timeout: {self.step} did not finish in {self.budget} steps", self.steps)
+        try:
+            action = self._skill.send(state) if self._started else next(self._skill)
+        except StopIteration as stop:
+            result: SkillResult = stop.value
+            return SkillResult(result.success, result.reason, self.steps)
+        self._started = True
+        self.steps += 1
+        return action

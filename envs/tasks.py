@@ -1,0 +1,228 @@
+"""Tasks: what an episode asks for, its language instruction, and how success is measured.
+
+Each task samples its goal from the scene with the episode's generator, so a seed fixes the episode.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import numpy as np
+
+from envs.backend import WorldState
+from envs.navmap import NavMap
+from envs.scene import COLOURS, CONTAINER_WALL_HEIGHT, SHAPES, ObjectSpec, SceneConfig, SceneSpec
+
+NAV_SUCCESS_DISTANCE = 1.0  # m from the base centre to the object centre
+
+
+class TaskUnavailable(Exception):
+    """The scene cannot host this task (say, a rearrangement without a container)."""
+
+
+def inside(obj: np.ndarray, container: ObjectSpec, container_pos: np.ndarray) -> bool:
+    """Is an object centre within a container's walls, below its rim?"""
+    inner = container.half - 0.01
+    dx, dy = np.abs(obj[:2] - container_pos[:2])
+    within = np.hypot(dx, dy) <= inner if container.shape == "bowl" else max(dx, dy) <= inner
+    return bool(within and container_pos[2] - 0.01 < obj[2] < container_pos[2] + CONTAINER_WALL_HEIGHT + 0.03)
+
+
+def normalize_answer(text: str | None) -> str:
+    """Lower-case words without articles or punctuation, number words as digits."""
+    if text is None:
+        return ""
+    numbers = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+    words = "".join(c if c.isalnum() or c == " " else " " for c in text.lower()).split()
+    return " ".join(numbers.get(w, w) for w in words if w not in {"a", "an", "the"})
+
+
+class Task(abc.ABC):
+    name: str
+    max_steps: int
+    scene_config = SceneConfig()
+
+    def __init__(self, scene: SceneSpec, rng: np.random.Generator):
+        self.scene = scene
+        self.instruction = ""
+        self.start = self.start_pose(rng) or scene.robot_start
+        self.sample(rng)
+
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator) -> None:
+        """Choose the goal and the instruction; raise TaskUnavailable when the scene cannot host it."""
+
+    @abc.abstractmethod
+    def evaluate(self, state: WorldState, answer: str | None) -> dict:
+        """Metrics of the episode as it stands; always has a boolean "success"."""
+
+    def start_pose(self, rng: np.random.Generator) -> tuple[float, float, float] | None:
+        """Override the scene's robot start pose; None keeps it."""
+        return None
+
+    def goal(self) -> dict:
+        return {}
+
+    def items(self) -> list[ObjectSpec]:
+        return [o for o in self.scene.objects if not o.is_container]
+
+    def containers(self) -> list[ObjectSpec]:
+        return [o for o in self.scene.objects if o.is_container]
+
+
+def _pick(rng: np.random.Generator, options: Sequence):
+    return options[int(rng.integers(len(options)))]
+
+
+class ObjectNav(Task):
+    """Go to a named object; success within ``NAV_SUCCESS_DISTANCE`` of it at the end, with SPL."""
+
+    name = "object_nav"
+    max_steps = 300
+    templates = ("go to the {}", "find the {}", "navigate to the {}", "move next to the {}")
+
+    def sample(self, rng):
+        self.target = _pick(rng, self.scene.objects)
+        self.instruction = _pick(rng, self.templates).format(self.target.name)
+        start = self.start
+        path = NavMap(self.scene).plan(start[:2], (self.target.x, self.target.y), 0.0, NAV_SUCCESS_DISTANCE - 0.05)
+        if path is None:
+            raise TaskUnavailable(f"{self.target.name} cannot be reached")
+        self.shortest_path = NavMap.path_length(start[:2], path)
+
+    def goal(self):
+        return {"target": self.target.name, "shortest_path": self.shortest_path}
+
+    def evaluate(self, state, answer):
+        robot = state.robot
+        distance = float(np.hypot(robot.x - self.target.x, robot.y - self.target.y))
+        return {"success": distance <= NAV_SUCCESS_DISTANCE, "distance_to_goal": distance}
+
+
+class PickPlace(Task):
+    """Put one item into one container."""
+
+    name = "pick_place"
+    max_steps = 700
+    templates = ("put the {} in the {}", "place the {} into the {}", "move the {} to the {}")
+
+    def sample(self, rng):
+        items, containers = self.items(), self.containers()
+        if not items or not containers:
+            raise TaskUnavailable("needs an item and a container")
+        self.moves = [(_pick(rng, items), _pick(rng, containers))]
+        self.instruction = _pick(rng, self.templates).format(self.moves[0][0].name, self.moves[0][1].name)
+
+    def goal(self):
+        return {"moves": [[item.name, box.name] for item, box in self.moves]}
+
+    def evaluate(self, state, answer):
+        done = [
+            inside(state.objects[item.name], box, state.objects[box.name]) and state.robot.holding != item.name
+            for item, box in self.moves
+        ]
+        return {"success": all(done), "progress": sum(done) / len(done)}
+
+
+class Rearrange(PickPlace):
+    """Two to four pick-and-place moves in one instruction, in order."""
+
+    name = "rearrange"
+    max_steps = 2400
+    scene_config = SceneConfig(min_objects=4, min_containers=2)
+
+    def sample(self, rng):
+        items, containers = list(self.items()), self.containers()
+        if len(items) < 2 or not containers:
+            raise TaskUnavailable("needs two items and a container")
+        steps = int(rng.integers(2, min(4, len(items)) + 1))
+        room = {box.name: 2 * (box.half - 0.02) for box in containers}  # free inner width per container
+        self.moves = []
+        for item in rng.permutation(items)[:steps]:
+            fits = [box for box in containers if room[box.name] >= 2 * item.half + 0.015]
+            if fits:
+                box = _pick(rng, fits)
+                room[box.name] -= 2 * item.half + 0.015
+                self.moves.append((item, box))
+        if len(self.moves) < 2:
+            raise TaskUnavailable("the containers cannot take two items")
+        parts = [f"the {item.name} in the {box.name}" for item, box in self.moves]
+        self.instruction = "put " + ", then ".join(parts)
+
+
+class EmbodiedQA(Task):
+    """Answer a question about the one table in front of the robot: attribute, count, spatial relation,
+    existence."""
+
+    name = "eqa"
+    max_steps = 200
+    scene_config = SceneConfig(min_tables=1, max_tables=1)
+    question_types = ("attribute", "count", "spatial", "existence")
+
+    def start_pose(self, rng):
+        table = self.scene.tables[0]
+        distance, bearing = rng.uniform(1.3, 1.8), rng.uniform(-np.pi, np.pi)
+        for _ in range(100):
+            x, y = table.x + distance * np.cos(bearing), table.y + distance * np.sin(bearing)
+            if max(abs(x), abs(y)) < self.scene.room_half - 0.4:
+                return float(x), float(y), float(bearing + np.pi)
+            bearing = rng.uniform(-np.pi, np.pi)
+        return None
+
+    def sample(self, rng):
+        self.question_type = _pick(rng, self.question_types)
+        self.question, self.answer = getattr(self, f"_ask_{self.question_type}")(rng)
+        self.instruction = self.question
+
+    def goal(self):
+        return {"question_type": self.question_type, "answer": self.answer}
+
+    def evaluate(self, state, answer):
+        return {"success": normalize_answer(answer) == normalize_answer(self.answer), "answered": answer is not None}
+
+    def _ask_attribute(self, rng):
+        objects = self.scene.objects
+        obj = _pick(rng, objects)
+        same_shape = [o for o in objects if o.shape == obj.shape]
+        same_colour = [o for o in objects if o.colour == obj.colour]
+        if len(same_shape) == 1 and rng.random() < 0.5:
+            return f"what colour is the {obj.shape}?", obj.colour
+        if len(same_colour) == 1 and rng.random() < 0.5:
+            return f"what shape is the {obj.colour} object?", obj.shape
+        return f"what size is the {obj.name}?", obj.size
+
+    def _ask_count(self, rng):
+        objects = self.scene.objects
+        if rng.random() < 0.5:
+            colour = _pick(rng, sorted({o.colour for o in objects}))
+            return f"how many {colour} objects are there?", str(sum(o.colour == colour for o in objects))
+        shape = _pick(rng, ("cube", "sphere", "cylinder", "bowl", "bin"))
+        return f"how many {shape}s are there?", str(sum(o.shape == shape for o in objects))
+
+    def _ask_spatial(self, rng):
+        """Left of (as seen from the start pose, facing the table) or closest to; only unambiguous pairs."""
+        objects = self.scene.objects
+        yaw = self.start[2]
+        left = np.array([-np.sin(yaw), np.cos(yaw)])
+        for i, j in rng.permutation([(i, j) for i in range(len(objects)) for j in range(len(objects)) if i != j]):
+            a, b = objects[i], objects[j]
+            offset = float(left @ np.array([a.x - b.x, a.y - b.y]))
+            if rng.random() < 0.5 and abs(offset) > 0.06:
+                return f"is the {a.name} left of the {b.name}?", "yes" if offset > 0 else "no"
+            others = sorted((np.hypot(o.x - a.x, o.y - a.y), o.name) for o in objects if o is not a)
+            if len(others) == 1 or others[1][0] - others[0][0] > 0.05:
+                return f"what is closest to the {a.name}?", others[0][1]
+        raise TaskUnavailable("no unambiguous spatial question")
+
+    def _ask_existence(self, rng):
+        present = {(o.colour, o.shape) for o in self.scene.objects}
+        if rng.random() < 0.5:
+            obj = _pick(rng, self.scene.objects)
+            return f"is there a {obj.name}?", "yes"
+        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+        colour, shape = _pick(rng, absent)
+        return f"is there a {colour} {shape}?", "no"
+
+
+TASKS: dict[str, type[Task]] = {t.name: t for t in (ObjectNav, PickPlace, Rearrange, EmbodiedQA)}
