@@ -102,7 +102,7 @@ def parse_plan(text: str, objects: Iterable[str] | None = None) -> Plan:
     ``objects``, when given, are the names a plan may refer to: anything else is an error.
     """
     objects = None if objects is None else list(objects)
-    lines = [(n, ln.strip()) for n, ln in enumerate(text.strip().splitlines(), 1) if ln.strip()]
+    lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
     if not lines:
         raise PlanError("empty plan")
     first_no, first = lines[0]

@@ -20,6 +20,9 @@ MAX_LINEAR_SPEED = 0.6  # m/s
 MAX_ANGULAR_SPEED = 1.5  # rad/s
 MAX_JOINT_SPEED = 0.5  # m/s, lift and extend
 HEAD_CAMERA = "head"
+HEAD_HEIGHT = 1.35  # m above the floor
+HEAD_PITCH_DEG = 40.0  # looking down, so the table tops in front fill the image
+HEAD_FOVY = 60.0
 OVERVIEW_CAMERA = "overview"
 
 

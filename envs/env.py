@@ -50,6 +50,7 @@ class EnvConfig:
     height: int = 128
     num_points: int = 1024
     voxel_size: float = 0.03
+    pixel_stride: int = 2  # back-project every 2nd pixel: at 128 px and 3 cm voxels the near field stays dense
     max_depth: float = 6.0
     sensors: tuple[str, ...] = ("rgb", "depth", "points")
     control_dt: float = 0.1
@@ -66,6 +67,8 @@ class EnvConfig:
             raise ValueError("the 'segmentation' sensor labels the point cloud: add 'points' too")
         if not (16 <= self.width <= 1024 and 16 <= self.height <= 1024):
             raise ValueError(f"image size must be 16..1024 pixels a side, got {self.width}x{self.height}")
+        if self.pixel_stride < 1:
+            raise ValueError(f"pixel_stride must be >= 1, got {self.pixel_stride}")
         if self.num_points < 1 or self.voxel_size <= 0 or self.max_depth <= 0 or self.control_dt <= 0:
             raise ValueError("num_points, voxel_size, max_depth and control_dt must be positive")
         if self.max_steps is not None and self.max_steps < 1:
@@ -88,6 +91,8 @@ class EmbodiedEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
 
     def __init__(self, config: EnvConfig | None = None, render_mode: str | None = None, **overrides):
+        if config is not None and overrides:
+            raise ValueError(f"pass either config or keyword settings, not both (got {sorted(overrides)})")
         self.config = config = EnvConfig(**overrides) if config is None else config
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -150,8 +155,8 @@ class EmbodiedEnv(gym.Env):
     def step(self, action):
         if self.task is None:
             raise RuntimeError("call reset() before step()")
-        action = np.asarray(action, dtype=np.float64).reshape(-1)
-        invalid = action.shape != (6,) or not np.all(np.isfinite(action))
+        action = np.asarray(action, dtype=np.float64)
+        invalid = action.shape != self.action_space.shape or not np.all(np.isfinite(action))
         if invalid:  # a safe stop: hold still, keep the joint targets, keep the gripper as it is
             command = self._command(np.zeros(3), self._lift, self._extend, self._closed)
         else:
@@ -252,7 +257,7 @@ class EmbodiedEnv(gym.Env):
         if "depth" in sensors:
             obs["depth"] = frame.depth[..., None].astype(np.float32)
         if "points" in sensors:
-            xyz, rgb, seg = backproject(frame, self.config.max_depth)
+            xyz, rgb, seg = backproject(frame, self.config.max_depth, self.config.pixel_stride)
             points, ids = sample_cloud(xyz, rgb, seg, self.config.num_points, self.config.voxel_size, self._cloud_rng)
             obs["points"] = points
             if ids is not None:

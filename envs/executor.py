@@ -27,7 +27,7 @@ def execute_plan(
     """Execute ``plan`` until its terminal step, a failed skill, or the episode's step limit.
 
     The episode always ends here (a failed plan ends it as if ``done()`` were called), so the returned
-    info holds the task's final metrics. ``on_step(obs, info)`` sees every environment step.
+    info holds the task's final metrics. ``on_step(obs, info, plan_step)`` sees every environment step.
     """
     env = env.unwrapped
     ctx = SkillContext(env.scene, env.navmap)
@@ -47,7 +47,7 @@ def execute_plan(
             obs, _, terminated, truncated, info = env.step(action)
             _notify(on_step, obs, info, step)
             if terminated or truncated:
-                outcomes.append(StepOutcome(str(step), False, "episode step limit reached", runner.steps))
+                outcomes.append(StepOutcome(str(step), False, "timeout: the episode's step limit was reached", runner.steps))
                 return outcomes, info
         if not outcomes[-1].success:
             break

@@ -26,6 +26,9 @@ import mujoco  # noqa: E402  (must follow _choose_gl)
 from envs.backend import (  # noqa: E402
     EXTEND_RANGE,
     HEAD_CAMERA,
+    HEAD_FOVY,
+    HEAD_HEIGHT,
+    HEAD_PITCH_DEG,
     LIFT_RANGE,
     OVERVIEW_CAMERA,
     Backend,
@@ -36,10 +39,7 @@ from envs.backend import (  # noqa: E402
 )
 from envs.scene import CONTAINER_WALL_HEIGHT, ObjectSpec, SceneSpec, TableSpec  # noqa: E402
 
-TIMESTEP = 0.005
-HEAD_PITCH_DEG = 40.0
-HEAD_HEIGHT = 1.35
-HEAD_FOVY = 60.0
+TIMESTEP = 0.01
 
 # Collision bits: an object (2) meets objects, floor, table tops and walls; the robot base (4) meets
 # walls and the tables' full-height volumes; the arm and gripper meet nothing (the grasp is "magic").
@@ -82,16 +82,18 @@ def _object_xml(index: int, o: ObjectSpec) -> str:
         geoms = f'<geom type="sphere" size="{h:.4f}" rgba="{rgba}" mass="0.1" condim="6" friction="1 0.01 0.005" {_OBJECT}/>'
     elif o.shape == "cylinder":
         geoms = f'<geom type="cylinder" size="{_f(h, h)}" rgba="{rgba}" mass="0.1" {_OBJECT}/>'
-    else:  # containers: a base plate and walls, their origin at the bottom centre
-        wall, half_height = 0.008, CONTAINER_WALL_HEIGHT / 2
-        geoms = f'<geom type="box" size="{_f(h, h, 0.006) if o.shape == "bin" else _f(h * 0.95, h * 0.95, 0.006)}" pos="0 0 0.006" rgba="{rgba}" mass="0.3" {_OBJECT}/>'
+    else:  # containers: a base plate with walls standing on it (so only the plate touches the table)
+        wall, plate = 0.008, 0.012
+        half_height = (CONTAINER_WALL_HEIGHT - plate) / 2
+        base = h if o.shape == "bin" else 0.7 * h  # a square plate that stays inside the octagon
+        geoms = f'<geom type="box" size="{_f(base, base, plate / 2)}" pos="0 0 {plate / 2:.4f}" rgba="{rgba}" mass="0.3" {_OBJECT}/>'
         sides = 4 if o.shape == "bin" else 8
         half_len = h if sides == 4 else h * np.tan(np.pi / 8) + wall
         for k in range(sides):
             angle = 2 * np.pi * k / sides
             c, s = np.cos(angle), np.sin(angle)
             geoms += (
-                f'<geom type="box" size="{_f(wall, half_len, half_height)}" pos="{_f((h - wall) * c, (h - wall) * s, half_height)}" '
+                f'<geom type="box" size="{_f(wall, half_len, half_height)}" pos="{_f((h - wall) * c, (h - wall) * s, plate + half_height)}" '
                 f'euler="0 0 {angle:.4f}" rgba="{rgba}" mass="0.04" {_OBJECT}/>'
             )
     return f'<body name="obj{index}" pos="{_f(o.x, o.y, o.z + 0.002)}"><freejoint/>{geoms}</body>'
@@ -153,7 +155,7 @@ def scene_xml(scene: SceneSpec) -> str:
     return f"""<mujoco model="scene_{scene.seed}">
   <compiler angle="radian"/>
   <option timestep="{TIMESTEP}" integrator="implicitfast"/>
-  <visual><quality shadowsize="0" offsamples="0"/><global offwidth="640" offheight="480"/><map znear="0.02" zfar="30"/></visual>
+  <visual><headlight ambient="0.3 0.3 0.3" diffuse="0.3 0.3 0.3"/><quality shadowsize="0" offsamples="0"/><global offwidth="640" offheight="480"/><map znear="0.02" zfar="30"/></visual>
   <asset>
     <texture name="floor" type="2d" builtin="checker" rgb1="0.78 0.76 0.72" rgb2="0.68 0.66 0.62" width="256" height="256"/>
     <material name="floor" texture="floor" texrepeat="{r:.2f} {r:.2f}"/>

@@ -11,24 +11,27 @@ from envs.backend import CameraFrame
 
 
 @lru_cache(maxsize=8)
-def _pixel_rays(height: int, width: int, fovy_deg: float) -> np.ndarray:
-    """Camera-frame direction of each pixel, scaled so that multiplying by depth gives the point."""
+def _pixel_rays(height: int, width: int, fovy_deg: float, stride: int) -> np.ndarray:
+    """Camera-frame direction of every ``stride``-th pixel, scaled so that times depth gives the point."""
     focal = 0.5 * height / np.tan(np.radians(fovy_deg) / 2)
-    u = (np.arange(width) + 0.5 - width / 2) / focal
-    v = (np.arange(height) + 0.5 - height / 2) / focal
-    rays = np.stack(np.broadcast_arrays(u[None, :], -v[:, None], -np.ones((height, width))), axis=-1)
+    u = (np.arange(0, width, stride) + 0.5 - width / 2) / focal
+    v = (np.arange(0, height, stride) + 0.5 - height / 2) / focal
+    rays = np.stack(np.broadcast_arrays(u[None, :], -v[:, None], -np.ones((len(v), len(u)))), axis=-1)
     return rays.reshape(-1, 3).astype(np.float32)
 
 
-def backproject(frame: CameraFrame, max_depth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """World-frame xyz, colour in [0, 1] and object index of every pixel closer than ``max_depth``."""
+def backproject(
+    frame: CameraFrame, max_depth: float, stride: int = 1
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """World-frame xyz, colour in [0, 1] and object index of every ``stride``-th pixel (in each direction)
+    closer than ``max_depth``."""
     height, width = frame.depth.shape
-    depth = frame.depth.reshape(-1)
+    depth = frame.depth[::stride, ::stride].reshape(-1)
     keep = np.flatnonzero(np.isfinite(depth) & (depth > 0) & (depth < max_depth))
-    cam_points = _pixel_rays(height, width, frame.fovy_deg)[keep] * depth[keep, None]
+    cam_points = _pixel_rays(height, width, frame.fovy_deg, stride)[keep] * depth[keep, None]
     xyz = cam_points @ frame.rotation.T.astype(np.float32) + frame.position.astype(np.float32)
-    rgb = frame.rgb.reshape(-1, 3)[keep].astype(np.float32) / 255.0
-    seg = None if frame.segmentation is None else frame.segmentation.reshape(-1)[keep]
+    rgb = frame.rgb[::stride, ::stride].reshape(-1, 3)[keep].astype(np.float32) / 255.0
+    seg = None if frame.segmentation is None else frame.segmentation[::stride, ::stride].reshape(-1)[keep]
     return xyz, rgb, seg
 
 

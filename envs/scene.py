@@ -33,6 +33,8 @@ CONTAINER_WALL_HEIGHT = 0.06
 TABLE_HEIGHTS = (0.42, 0.50)
 ROBOT_RADIUS = 0.22
 TABLE_CLEARANCE = 1.0  # free space kept around every table, so the robot can reach all its sides
+MIN_ROOM_HALF = 2.2  # room for a table and the clearance around it
+MAX_SCENE_TRIES = 50
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,9 @@ class SceneConfig:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= 8, got {self.min_objects}..{self.max_objects}")
         if not 0 <= self.min_containers <= self.min_objects:
             raise ValueError(f"min_containers must be in 0..min_objects, got {self.min_containers}")
+        low, high = self.room_half_range
+        if not MIN_ROOM_HALF <= low <= high:
+            raise ValueError(f"room_half_range must be ordered and at least {MIN_ROOM_HALF} m, got {self.room_half_range}")
         if not 1 <= self.min_tables <= self.max_tables <= 4:
             raise ValueError(f"need 1 <= min_tables <= max_tables <= 4, got {self.min_tables}..{self.max_tables}")
 
@@ -145,9 +150,26 @@ def _place_on_table(rng, table: TableSpec, half: float, placed: list[ObjectSpec]
 
 
 def generate_scene(seed: int, config: SceneConfig | None = None) -> SceneSpec:
-    """The scene for ``seed``: tables clear of walls and each other, objects with unique colour+shape."""
+    """The scene for ``seed``: tables clear of walls and each other, objects with unique colour+shape.
+
+    A draw that cannot fit the config's minimums (tables that find no clear spot, objects no table has
+    room for) is redrawn from the same generator, so the result still depends on the seed alone.
+    """
     config = config or SceneConfig()
     rng = np.random.default_rng(seed)
+    for _ in range(MAX_SCENE_TRIES):
+        scene = _draw_scene(rng, seed, config)
+        containers = sum(o.is_container for o in scene.objects)
+        if (
+            len(scene.tables) >= config.min_tables
+            and len(scene.objects) >= config.min_objects
+            and containers >= config.min_containers
+        ):
+            return scene
+    raise ValueError(f"no scene fits {config} in {MAX_SCENE_TRIES} draws: allow a larger room or fewer tables")
+
+
+def _draw_scene(rng: np.random.Generator, seed: int, config: SceneConfig) -> SceneSpec:
     room_half = float(rng.uniform(*config.room_half_range))
     n_objects = int(rng.integers(config.min_objects, config.max_objects + 1))
     n_tables = int(rng.integers(config.min_tables, config.max_tables + 1))
@@ -170,7 +192,7 @@ def generate_scene(seed: int, config: SceneConfig | None = None) -> SceneSpec:
             if spot is not None:
                 break
         else:
-            continue  # no room left on any table: the scene simply has fewer objects
+            continue  # no room left on any table; generate_scene redraws if that breaks a minimum
         used.add((colour, shape))
         table = tables[table]
         z = table.height + (0.0 if kind == "container" else half)

@@ -28,7 +28,7 @@ STEP_BUDGET = {"navigate": 400, "look_at": 80, "scan": 120, "pick": 150, "place"
 @dataclass(frozen=True)
 class SkillResult:
     success: bool
-    reason: str = ""
+    reason: str = ""  # "category: detail", e.g. "unreachable: no free path to the red cube"
     steps: int = 0
 
 
@@ -194,19 +194,18 @@ def pick(ctx: SkillContext, state: WorldState, name: str) -> Skill:
 
 
 def _drop_point(ctx: SkillContext, state: WorldState, item: ObjectSpec, box: ObjectSpec) -> np.ndarray:
-    """The container's centre, or the side away from what already lies in it."""
+    """Where to release: off-centre towards the robot in an empty container (leaving room for another
+    item), else on the side away from what already lies in it."""
     centre = state.objects[box.name][:2]
     inside_now = [
         state.objects[o.name][:2]
         for o in ctx.scene.objects
         if o.name not in (item.name, box.name) and inside(state.objects[o.name], box, state.objects[box.name])
     ]
-    if not inside_now:
-        return centre
-    away = centre - np.mean(inside_now, axis=0)
+    away = np.array([state.robot.x, state.robot.y]) - centre if not inside_now else centre - np.mean(inside_now, axis=0)
     norm = np.linalg.norm(away)
     away = away / norm if norm > 1e-3 else np.array([1.0, 0.0])
-    return centre + away * max(0.0, box.half - 0.012 - item.half - 0.008)
+    return centre + away * max(0.0, box.half - 0.016 - item.half - 0.01)
 
 
 def place(ctx: SkillContext, state: WorldState, name: str, container: str) -> Skill:
@@ -215,10 +214,10 @@ def place(ctx: SkillContext, state: WorldState, name: str, container: str) -> Sk
         if failure := _unknown(ctx, n):
             return failure
     if state.robot.holding != name:
-        return SkillResult(False, f"not holding the {name} (pick it first)")
+        return SkillResult(False, f"not holding: the {name} is not in the gripper (pick it first)")
     item, box = ctx.spec(name), ctx.spec(container)
     if not box.is_container:
-        return SkillResult(False, f"the {container} is not a container")
+        return SkillResult(False, f"not a container: the {container} cannot hold things")
     drop = _drop_point(ctx, state, item, box)
     if failure := _reach_failure(state, container, drop):
         return failure
@@ -233,7 +232,7 @@ def place(ctx: SkillContext, state: WorldState, name: str, container: str) -> Sk
     state = yield from _move_arm(ctx, state, CARRY_HEIGHT, ctx.extend, where)
     state = yield from _move_arm(ctx, state, CARRY_HEIGHT, EXTEND_RANGE[0], where)
     if not inside(state.objects[name], box, state.objects[container]):
-        return SkillResult(False, f"the {name} landed outside the {container}")
+        return SkillResult(False, f"missed: the {name} landed outside the {container}")
     return SkillResult(True)
 
 
@@ -254,7 +253,7 @@ class SkillRunner:
         if step.skill not in MOTION_SKILLS:
             raise ValueError(f"{step.skill}() is not a motion skill")
         self.step = step
-        self.budget = budget or STEP_BUDGET[step.skill]
+        self.budget = STEP_BUDGET[step.skill] if budget is None else budget
         self.steps = 0
         self._skill = MOTION_SKILLS[step.skill](ctx, state, *step.args)
         self._started = False

@@ -1,0 +1,1 @@
+"""Ray actors and agents: inference, parallel rollouts, closed-loop planning, RL (see DESIGN.md)."""
