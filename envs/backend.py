@@ -23,6 +23,13 @@ HEAD_CAMERA = "head"
 HEAD_HEIGHT = 1.35  # m above the floor
 HEAD_PITCH_DEG = 40.0  # looking down, so the table tops in front fill the image
 HEAD_FOVY = 60.0
+HEAD_OFFSET = 0.04  # m, the head camera ahead of the base centre
+OVERVIEW_FOVY = 45.0
+
+
+def overview_eye(room_half: float) -> np.ndarray:
+    """Where the overview camera (for GIFs) sits: high above the room's near side, looking at its centre."""
+    return np.array([0.0, -0.75 * room_half, 2.4 * room_half])
 OVERVIEW_CAMERA = "overview"
 
 

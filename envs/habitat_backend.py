@@ -23,21 +23,22 @@ from envs.backend import (
     HEAD_CAMERA,
     HEAD_FOVY,
     HEAD_HEIGHT,
+    HEAD_OFFSET,
     HEAD_PITCH_DEG,
     LIFT_RANGE,
     MAX_JOINT_SPEED,
     OVERVIEW_CAMERA,
+    OVERVIEW_FOVY,
     Backend,
     CameraFrame,
     RobotCommand,
     RobotState,
     WorldState,
+    overview_eye,
 )
 from envs.scene import CONTAINER_WALL_HEIGHT, ROBOT_RADIUS, ObjectSpec, SceneSpec
 
 SUBSTEP = 0.02  # s between updates of the kinematic robot and the held object
-HEAD_OFFSET = 0.04  # m, the head camera ahead of the base centre
-OVERVIEW_FOVY = 45.0
 CAMERAS = (HEAD_CAMERA, OVERVIEW_CAMERA)  # one habitat agent each, in this order
 INITIAL_SENSOR_SIZE = (128, 128)  # the env's default head camera; other sizes are added on first use
 _TO_HABITAT = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])  # Z-up world -> habitat's Y-up
@@ -79,8 +80,9 @@ def camera_pose(camera: str, pose, room_half: float) -> tuple[np.ndarray, float,
         position = np.array([x + HEAD_OFFSET * np.cos(yaw), y + HEAD_OFFSET * np.sin(yaw), HEAD_HEIGHT])
         return position, float(yaw), float(np.radians(HEAD_PITCH_DEG)), HEAD_FOVY
     if camera == OVERVIEW_CAMERA:  # above the room's -y side, looking at its centre
-        eye = np.array([0.0, -0.75 * room_half, 2.4 * room_half])
-        return eye, float(np.arctan2(-eye[1], -eye[0])), float(np.arctan2(eye[2], np.hypot(eye[0], eye[1]))), OVERVIEW_FOVY
+        eye = overview_eye(room_half)
+        yaw, pitch = np.arctan2(-eye[1], -eye[0]), np.arctan2(eye[2], np.hypot(eye[0], eye[1]))
+        return eye, float(yaw), float(pitch), OVERVIEW_FOVY
     raise ValueError(f"unknown camera {camera!r}; choose one of {', '.join(CAMERAS)}")
 
 
@@ -124,22 +126,25 @@ def object_parts(o: ObjectSpec) -> list[tuple]:
         return [_part(o3d.geometry.TriangleMesh.create_sphere(h, resolution=12), rgb)]
     if o.shape == "cylinder":
         return [_cylinder(h, h, rgb)]
-    wall, half_height = 0.008, CONTAINER_WALL_HEIGHT / 2  # a base plate and 4 (bin) or 8 (bowl) walls
-    sides, plate = (4, h) if o.shape == "bin" else (8, 0.95 * h)
+    # containers: a base plate with 4 (bin) or 8 (bowl) walls standing on it
+    wall, plate = 0.008, 0.012
+    half_height = (CONTAINER_WALL_HEIGHT - plate) / 2
+    sides, base = (4, h) if o.shape == "bin" else (8, 0.7 * h)
     half_len = h if sides == 4 else h * np.tan(np.pi / 8) + wall
-    parts = [_box((plate, plate, 0.006), rgb, (0.0, 0.0, 0.006))]
+    parts = [_box((base, base, plate / 2), rgb, (0.0, 0.0, plate / 2))]
     for k in range(sides):
         angle = 2 * np.pi * k / sides
-        centre = ((h - wall) * np.cos(angle), (h - wall) * np.sin(angle), half_height)
+        centre = ((h - wall) * np.cos(angle), (h - wall) * np.sin(angle), plate + half_height)
         parts.append(_box((wall, half_len, half_height), rgb, centre, angle))
     return parts
 
 
-def room_parts(scene: SceneSpec) -> list[tuple]:
+def _room_parts(scene: SceneSpec) -> list[tuple]:
     r, wall_rgb = scene.room_half, (0.82, 0.8, 0.76)
     parts = [_box((r, r, 0.05), (0.73, 0.71, 0.67), (0.0, 0.0, -0.05))]
-    for half, centre in [((r, 0.05), (0, r + 0.05)), ((r, 0.05), (0, -r - 0.05)), ((0.05, r), (r + 0.05, 0)), ((0.05, r), (-r - 0.05, 0))]:
-        parts.append(_box((*half, 0.75), wall_rgb, (*centre, 0.75)))
+    for sign in (-1, 1):
+        parts.append(_box((r, 0.05, 0.75), wall_rgb, (0.0, sign * (r + 0.05), 0.75)))
+        parts.append(_box((0.05, r, 0.75), wall_rgb, (sign * (r + 0.05), 0.0, 0.75)))
     for t in scene.tables:
         parts.append(_box((t.half_x, t.half_y, 0.02), (0.55, 0.38, 0.22), (t.x, t.y, t.height - 0.02)))
         for sx in (-1, 1):
@@ -149,7 +154,7 @@ def room_parts(scene: SceneSpec) -> list[tuple]:
     return parts
 
 
-def base_parts() -> list[tuple]:
+def _base_parts() -> list[tuple]:
     """The robot's body in the base frame: wheel base, mast and head."""
     return [
         _cylinder(ROBOT_RADIUS, 0.12, (0.25, 0.27, 0.3), (0.0, 0.0, 0.14)),
@@ -158,9 +163,12 @@ def base_parts() -> list[tuple]:
     ]
 
 
-def arm_parts() -> list[tuple]:
+def _arm_parts() -> list[tuple]:
     """The arm and gripper in the grasp-point frame."""
-    return [_box((0.35, 0.02, 0.02), (0.7, 0.7, 0.75), (-0.35, 0.0, 0.12)), _box((0.03, 0.06, 0.015), (0.2, 0.2, 0.22), (0.0, 0.0, 0.1))]
+    return [
+        _box((0.35, 0.02, 0.02), (0.7, 0.7, 0.75), (-0.35, 0.0, 0.12)),
+        _box((0.03, 0.06, 0.015), (0.2, 0.2, 0.22), (0.0, 0.0, 0.1)),
+    ]
 
 
 def glb(parts: list[tuple]) -> bytes:
@@ -176,10 +184,10 @@ def glb(parts: list[tuple]) -> bytes:
              "min": positions.min(axis=0).tolist(), "max": positions.max(axis=0).tolist()},
             {"bufferView": len(views) - 1, "componentType": 5125, "count": triangles.size, "type": "SCALAR"},
         ]
-        primitive = {"attributes": {"POSITION": len(accessors) - 2}, "indices": len(accessors) - 1, "material": len(meshes)}
-        meshes.append({"primitives": [primitive]})
+        primitive = {"attributes": {"POSITION": len(accessors) - 2}, "indices": len(accessors) - 1}
+        meshes.append({"primitives": [{**primitive, "material": len(meshes)}]})
     materials = [
-        {"pbrMetallicRoughness": {"baseColorFactor": [*map(float, rgb), 1.0], "metallicFactor": 0.0, "roughnessFactor": 0.9}}
+        {"pbrMetallicRoughness": {"baseColorFactor": [*map(float, rgb), 1.0], "metallicFactor": 0.0}}
         for _, _, rgb in parts
     ]
     document = {
@@ -217,14 +225,14 @@ class HabitatBackend(Backend):
         self.sim.get_rigid_object_manager().remove_all_objects()
         self.scene = scene
         motion = hs.physics.MotionType
-        self._add(room_parts(scene), motion.STATIC)
+        self._add(_room_parts(scene), motion.STATIC)
         self._objects = []
         for index, o in enumerate(scene.objects):
             obj = self._add(object_parts(o), motion.DYNAMIC, mass=0.5 if o.is_container else 0.1)
             obj.translation = _to_habitat((o.x, o.y, o.z + 0.002))
             obj.semantic_id = index + 1  # 0 is everything else; render() maps ids back to object indices
             self._objects.append(obj)
-        self._base, self._arm = (self._add(parts, motion.KINEMATIC) for parts in (base_parts(), arm_parts()))
+        self._base, self._arm = (self._add(parts, motion.KINEMATIC) for parts in (_base_parts(), _arm_parts()))
         self._base.collidable = self._arm.collidable = False  # the grasp is "magic", as in MuJoCo
         self._pose = np.array(scene.robot_start, dtype=float)  # x, y, yaw
         self._joints = np.array([LIFT_RANGE[0], EXTEND_RANGE[0]])  # lift, extend
@@ -241,8 +249,10 @@ class HabitatBackend(Backend):
         sim_cfg.scene_id = "NONE"  # an empty stage: the room is built from objects
         sim_cfg.enable_physics = True
         prefix = self._sensor_prefix(HEAD_CAMERA, *INITIAL_SENSOR_SIZE)
-        self._sensors = {prefix}
-        head = hs.agent.AgentConfiguration(sensor_specifications=self._sensor_specs(prefix, *INITIAL_SENSOR_SIZE, HEAD_FOVY))
+        self._sensors.add(prefix)
+        head = hs.agent.AgentConfiguration(
+            sensor_specifications=self._sensor_specs(prefix, *INITIAL_SENSOR_SIZE, HEAD_FOVY)
+        )
         return hs.Configuration(sim_cfg, [head, hs.agent.AgentConfiguration()])
 
     def _add(self, parts: list[tuple], motion_type, mass: float = 1.0):
@@ -360,7 +370,8 @@ class HabitatBackend(Backend):
         hs = self._hs
         hfov = np.degrees(2 * np.arctan(np.tan(np.radians(fovy) / 2) * width / height))
         specs = []
-        for kind, sensor_type in (("rgb", hs.SensorType.COLOR), ("depth", hs.SensorType.DEPTH), ("semantic", hs.SensorType.SEMANTIC)):
+        kinds = {"rgb": hs.SensorType.COLOR, "depth": hs.SensorType.DEPTH, "semantic": hs.SensorType.SEMANTIC}
+        for kind, sensor_type in kinds.items():
             spec = hs.CameraSensorSpec()
             spec.uuid = f"{prefix}_{kind}"
             spec.sensor_type = sensor_type

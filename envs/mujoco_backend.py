@@ -28,10 +28,13 @@ from envs.backend import (  # noqa: E402
     HEAD_CAMERA,
     HEAD_FOVY,
     HEAD_HEIGHT,
+    HEAD_OFFSET,
     HEAD_PITCH_DEG,
     LIFT_RANGE,
     OVERVIEW_CAMERA,
+    OVERVIEW_FOVY,
     Backend,
+    overview_eye,
     CameraFrame,
     RobotCommand,
     RobotState,
@@ -113,7 +116,7 @@ def _robot_xml() -> str:
         <geom type="box" size="0.05 0.02 0.01" pos="0.18 0 0.27" rgba="0.9 0.9 0.2 1" {_GHOST}/>
         <geom type="box" size="0.03 0.03 0.62" pos="-0.06 0 0.88" rgba="0.6 0.6 0.65 1" mass="2" {_GHOST}/>
         <geom type="box" size="0.05 0.07 0.04" pos="-0.02 0 {HEAD_HEIGHT:.3f}" rgba="0.2 0.2 0.25 1" {_GHOST}/>
-        <camera name="{HEAD_CAMERA}" pos="0.04 0 {HEAD_HEIGHT:.3f}" xyaxes="{head_axes}" fovy="{HEAD_FOVY}"/>
+        <camera name="{HEAD_CAMERA}" pos="{HEAD_OFFSET} 0 {HEAD_HEIGHT:.3f}" xyaxes="{head_axes}" fovy="{HEAD_FOVY}"/>
         <body name="lift" gravcomp="1">
           <joint name="lift" type="slide" axis="0 0 1" range="{_f(*LIFT_RANGE)}" damping="20"/>
           <geom type="box" size="0.06 0.05 0.03" pos="-0.06 0 0.12" rgba="0.3 0.3 0.35 1" mass="0.5" {_GHOST}/>
@@ -141,7 +144,7 @@ def _robot_xml() -> str:
 def scene_xml(scene: SceneSpec) -> str:
     """The MJCF for a scene: room, tables, objects, the robot and its magic-grasp welds."""
     r = scene.room_half
-    eye = np.array([0.0, -0.75 * r, 2.4 * r])
+    eye = overview_eye(r)
     walls = "".join(
         f'<geom type="box" size="{_f(*size, 0.75)}" pos="{_f(*pos, 0.75)}" rgba="0.82 0.8 0.76 1" {_WALL}/>'
         for size, pos in [((r, 0.05), (0, r + 0.05)), ((r, 0.05), (0, -r - 0.05)), ((0.05, r), (r + 0.05, 0)), ((0.05, r), (-r - 0.05, 0))]
@@ -164,7 +167,7 @@ def scene_xml(scene: SceneSpec) -> str:
     <light directional="true" pos="0 0 5" dir="0.2 0.3 -1" diffuse="0.7 0.7 0.7" castshadow="false"/>
     <light directional="true" pos="0 0 5" dir="-0.3 -0.2 -1" diffuse="0.3 0.3 0.3" castshadow="false"/>
     <geom name="floor" type="plane" size="{_f(r, r)} 0.1" material="floor" {_STATIC}/>
-    <camera name="{OVERVIEW_CAMERA}" pos="{_f(*eye)}" xyaxes="{_look_at_axes(eye, np.zeros(3))}" fovy="45"/>
+    <camera name="{OVERVIEW_CAMERA}" pos="{_f(*eye)}" xyaxes="{_look_at_axes(eye, np.zeros(3))}" fovy="{OVERVIEW_FOVY}"/>
     {walls}{tables}{objects}{_robot_xml()}
   </worldbody>
   <equality>{welds}</equality>
