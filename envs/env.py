@@ -134,7 +134,7 @@ class EmbodiedEnv(gym.Env):
         self._lift, self._extend, self._closed = LIFT_RANGE[0], EXTEND_RANGE[0], False
         self._cloud_rng = np.random.default_rng(episode_seed)
         self._state = self.backend.state()
-        return self._observation(), self._info()
+        return self._observation(), self.info()
 
     def _sample_episode(self, seed: int) -> tuple[SceneSpec, Task]:
         """The scene and task for a seed; a scene that cannot host the task is redrawn deterministically."""
@@ -167,7 +167,7 @@ class EmbodiedEnv(gym.Env):
         self.steps += 1
         terminated = self.ended
         truncated = not terminated and self.steps >= self.max_steps
-        info = self._info()
+        info = self.info()
         info["invalid_action"] = bool(invalid)
         reward = float(info["success"]) if (terminated or truncated) else 0.0
         return self._observation(), reward, terminated, truncated, info
@@ -179,7 +179,7 @@ class EmbodiedEnv(gym.Env):
         self.answer = answer
         self.ended = True
         self._act(self._command(np.zeros(3), self._lift, self._extend, self._closed))
-        info = self._info()
+        info = self.info()
         return self._observation(), float(info["success"]), True, False, info
 
     # -- dynamics ------------------------------------------------------------------------------------
@@ -248,23 +248,29 @@ class EmbodiedEnv(gym.Env):
             ),
             "instruction": self.task.instruction,
         }
-        sensors = self.config.sensors
-        if not {"rgb", "depth", "points"} & set(sensors):
-            return obs
-        frame = self.backend.render(HEAD_CAMERA, self.config.width, self.config.height, "segmentation" in sensors)
+        if {"rgb", "depth", "points"} & set(self.config.sensors):
+            obs.update(self.camera_observation(self.config.sensors))
+        return obs
+
+    def camera_observation(self, sensors=("rgb", "depth", "points")) -> dict:
+        """The head camera's observation now, whatever the configured sensors (the ROS bridge renders at
+        its camera rate, not every physics step)."""
+        config = self.config
+        frame = self.backend.render(HEAD_CAMERA, config.width, config.height, "segmentation" in sensors)
+        obs = {}
         if "rgb" in sensors:
             obs["rgb"] = frame.rgb
         if "depth" in sensors:
             obs["depth"] = frame.depth[..., None].astype(np.float32)
         if "points" in sensors:
-            xyz, rgb, seg = backproject(frame, self.config.max_depth, self.config.pixel_stride)
-            points, ids = sample_cloud(xyz, rgb, seg, self.config.num_points, self.config.voxel_size, self._cloud_rng)
+            xyz, rgb, seg = backproject(frame, config.max_depth, config.pixel_stride)
+            points, ids = sample_cloud(xyz, rgb, seg, config.num_points, config.voxel_size, self._cloud_rng)
             obs["points"] = points
             if ids is not None:
                 obs["point_ids"] = ids
         return obs
 
-    def _info(self) -> dict:
+    def info(self) -> dict:
         metrics = self.task.evaluate(self._state, self.answer)
         info = {
             "task": self.task.name,

@@ -30,7 +30,7 @@ def execute_plan(
     info holds the task's final metrics. ``on_step(obs, info, plan_step)`` sees every environment step.
     """
     env = env.unwrapped
-    ctx = SkillContext(env.scene, env.navmap)
+    ctx = SkillContext(env.scene, env.navmap, env.config.control_dt)
     outcomes: list[StepOutcome] = []
     for step in plan.steps:
         if step.skill in ("answer", "done"):

@@ -12,8 +12,8 @@ import numpy as np
 
 from embodied.plan import Plan, Step
 from envs.env import EmbodiedEnv
-from envs.scene import COLOURS, SHAPES, SIZES
-from envs.tasks import EmbodiedQA, ObjectNav, PickPlace
+from envs.scene import COLOURS, SHAPES, SIZES, SceneSpec
+from envs.tasks import EmbodiedQA
 
 
 class Planner(Protocol):
@@ -24,6 +24,20 @@ class Planner(Protocol):
         """Plan text for the episode that ``env`` has just reset to."""
 
 
+def plan_from_goal(goal: dict, scene: SceneSpec) -> str:
+    """The oracle's plan for a navigation goal ``{"target": name}`` or a rearrangement goal
+    ``{"moves": [[item, container], ...]}`` (the shapes ``Task.goal()`` and ``parse_instruction`` give)."""
+    where = {o.name: o.table for o in scene.objects}
+    if "target" in goal:
+        target = goal["target"]
+        return Plan(f"the {target} is on {where[target]}.", (Step("navigate", (target,)), Step("done"))).to_text()
+    steps, notes = [], []
+    for item, box in goal["moves"]:
+        steps += [Step("navigate", (item,)), Step("pick", (item,)), Step("navigate", (box,)), Step("place", (item, box))]
+        notes.append(f"the {item} is on {where[item]}, the {box} on {where[box]}")
+    return Plan("; ".join(notes) + ".", (*steps, Step("done"))).to_text()
+
+
 class OraclePlanner:
     """Reads the task's goal and the scene: the upper bound that measures the skills."""
 
@@ -32,25 +46,10 @@ class OraclePlanner:
 
     def plan(self, observation: dict, env: EmbodiedEnv) -> str:
         task = env.unwrapped.task
-        where = {o.name: o.table for o in task.scene.objects}
-        if isinstance(task, ObjectNav):
-            target = task.target.name
-            return Plan(f"the {target} is on {where[target]}.", (Step("navigate", (target,)), Step("done"))).to_text()
-        if isinstance(task, PickPlace):
-            steps, notes = [], []
-            for item, box in task.moves:
-                steps += [
-                    Step("navigate", (item.name,)),
-                    Step("pick", (item.name,)),
-                    Step("navigate", (box.name,)),
-                    Step("place", (item.name, box.name)),
-                ]
-                notes.append(f"the {item.name} is on {item.table}, the {box.name} on {box.table}")
-            return Plan("; ".join(notes) + ".", (*steps, Step("done"))).to_text()
         if isinstance(task, EmbodiedQA):
             thought = "i see " + ", ".join(f"a {o.size} {o.name}" for o in task.scene.objects) + "."
             return Plan(thought, (Step("answer", (task.answer,)),)).to_text()
-        raise ValueError(f"the oracle has no plan for task {task.name!r}")
+        return plan_from_goal(task.goal(), task.scene)
 
 
 class RandomPlanner:

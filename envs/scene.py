@@ -93,6 +93,17 @@ class SceneSpec:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SceneSpec:
+        """The inverse of ``to_dict`` (how a scene crosses a ROS topic as JSON)."""
+        return cls(
+            seed=int(data["seed"]),
+            room_half=float(data["room_half"]),
+            tables=tuple(TableSpec(**t) for t in data["tables"]),
+            objects=tuple(ObjectSpec(**o) for o in data["objects"]),
+            robot_start=tuple(data["robot_start"]),
+        )
+
 
 @dataclass(frozen=True)
 class SceneConfig:

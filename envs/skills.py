@@ -1,7 +1,7 @@
 """Skills: closed-loop controllers that turn one plan step into the environment's low-level actions.
 
 A skill is a generator: it yields an action, receives the next ``WorldState``, and finally returns a
-``SkillResult`` saying whether it worked and, if not, why. ``SkillRunner`` drives one with a step budget,
+``SkillResult`` saying whether it worked and, if not, why. ``SkillRunner`` drives one with a time budget,
 so the same skills run inside ``gymnasium`` episodes and inside the ROS 2 controller's timer.
 """
 
@@ -22,7 +22,9 @@ REACH = (0.35, 0.72)  # base-to-object distances a navigate() ends at, inside th
 CARRY_HEIGHT = 0.85
 HEADING_TOLERANCE = 0.03  # rad
 JOINT_TOLERANCE = 0.01  # m
-STEP_BUDGET = {"navigate": 400, "look_at": 80, "scan": 120, "pick": 150, "place": 150}
+TIME_LIMIT = {"navigate": 40.0, "look_at": 8.0, "scan": 12.0, "pick": 15.0, "place": 15.0}  # seconds per skill
+GRASP_SETTLE = 0.3  # s the gripper stays closed before the grasp is checked
+DROP_SETTLE = 0.6  # s the released object gets to fall into its container
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,10 @@ def _wrap(angle: float) -> float:
 class SkillContext:
     """What skills share within an episode: the scene's object specs, the map, and the arm targets."""
 
-    def __init__(self, scene: SceneSpec, navmap: NavMap | None = None):
+    def __init__(self, scene: SceneSpec, navmap: NavMap | None = None, control_dt: float = 0.1):
         self.scene = scene
         self.navmap = navmap or NavMap(scene)
+        self.control_dt = control_dt  # seconds per action: skills run unchanged at 10 Hz in gym or 50 Hz in ROS
         self.lift, self.extend, self.closed = LIFT_RANGE[0], EXTEND_RANGE[0], False
 
     def spec(self, name: str) -> ObjectSpec | None:
@@ -102,8 +105,8 @@ def _move_arm(ctx: SkillContext, state: WorldState, lift: float, extend, face: T
         state = yield ctx.action(state, wz=_turn_rate(error))
 
 
-def _hold(ctx: SkillContext, state: WorldState, steps: int) -> Skill:
-    for _ in range(steps):
+def _hold(ctx: SkillContext, state: WorldState, seconds: float) -> Skill:
+    for _ in range(max(1, round(seconds / ctx.control_dt))):
         state = yield ctx.action(state)
     return state
 
@@ -184,7 +187,7 @@ def pick(ctx: SkillContext, state: WorldState, name: str) -> Skill:
     state = yield from _move_arm(ctx, state, top + 0.12, _reach_of(where), where)
     state = yield from _move_arm(ctx, state, grasp_z, _reach_of(where), where)
     ctx.closed = True
-    state = yield from _hold(ctx, state, 3)
+    state = yield from _hold(ctx, state, GRASP_SETTLE)
     if state.robot.holding != name:
         ctx.closed = False
         return SkillResult(False, f"grasp failed: the {name} is not in the gripper")
@@ -228,7 +231,7 @@ def place(ctx: SkillContext, state: WorldState, name: str, container: str) -> Sk
     state = yield from _move_arm(ctx, state, clear, _reach_of(where), where)
     state = yield from _move_arm(ctx, state, rim - CONTAINER_WALL_HEIGHT + 0.012 + item.half + 0.02, ctx.extend, where)
     ctx.closed = False
-    state = yield from _hold(ctx, state, 6)
+    state = yield from _hold(ctx, state, DROP_SETTLE)
     state = yield from _move_arm(ctx, state, CARRY_HEIGHT, ctx.extend, where)
     state = yield from _move_arm(ctx, state, CARRY_HEIGHT, EXTEND_RANGE[0], where)
     if not inside(state.objects[name], box, state.objects[container]):
@@ -253,7 +256,7 @@ class SkillRunner:
         if step.skill not in MOTION_SKILLS:
             raise ValueError(f"{step.skill}() is not a motion skill")
         self.step = step
-        self.budget = STEP_BUDGET[step.skill] if budget is None else budget
+        self.budget = round(TIME_LIMIT[step.skill] / ctx.control_dt) if budget is None else budget
         self.steps = 0
         self._skill = MOTION_SKILLS[step.skill](ctx, state, *step.args)
         self._started = False

@@ -6,6 +6,7 @@ Each task samples its goal from the scene with the episode's generator, so a see
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -223,6 +224,29 @@ class EmbodiedQA(Task):
         absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
         colour, shape = _pick(rng, absent)
         return f"is there a {colour} {shape}?", "no"
+
+
+def parse_instruction(text: str, scene: SceneSpec) -> dict:
+    """The goal of a templated navigation or rearrangement instruction, in ``Task.goal()``'s shape: how a
+    planner with privileged state (the oracle behind ROS 2) reads an instruction it did not sample."""
+    text = " ".join(text.lower().strip().rstrip(".").split())
+    names = "|".join(re.escape(n) for n in sorted(scene.object_names, key=len, reverse=True))
+    for template in ObjectNav.templates:
+        match = re.fullmatch(re.escape(template).replace(r"\{\}", f"({names})"), text)
+        if match:
+            return {"target": match.group(1)}
+    moves = []
+    first, *rest = text.split(", then ")
+    for i, part in enumerate([first, *rest]):
+        templates = PickPlace.templates if i == 0 else ("the {} in the {}",)
+        for template in templates:
+            match = re.fullmatch(re.escape(template).replace(r"\{\}", f"({names})"), part)
+            if match:
+                moves.append(list(match.groups()))
+                break
+        else:
+            raise ValueError(f"cannot read the instruction {text!r} (part {part!r}) against this scene's objects")
+    return {"moves": moves}
 
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (ObjectNav, PickPlace, Rearrange, EmbodiedQA)}

@@ -1,0 +1,226 @@
+"""Controller: runs a plan's steps with the closed-loop skills and turns them into cmd_vel and arm_command.
+
+Each new odometry message triggers a control step (at most one per period), so a command follows the
+state it uses within a millisecond or two; a timer at ``rate`` (50 Hz) is the watchdog. It stops the
+robot (zero velocity) on stale or broken sensors, on the ~/cancel service, on a plan that fails
+validation, or when a skill fails, and reports progress as JSON on controller/status.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+
+import numpy as np
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import MarkerArray
+
+from embodied.plan import TERMINAL_SKILLS, parse_plan
+from envs.backend import EXTEND_RANGE, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, RobotState, WorldState
+from envs.scene import SceneSpec
+from envs.skills import SkillContext, SkillResult, SkillRunner
+from ros_nodes.conversions import arm_trajectory_msg, joint_positions, odometry_pose, twist_msg
+from ros_nodes.qos import LATCHED, STREAM
+
+
+class Controller(Node):
+    def __init__(self, **node_options):
+        super().__init__("controller", **node_options)
+        p = self.declare_parameters(
+            "",
+            [
+                ("rate", 50.0),
+                ("sensor_timeout", 0.5),
+                ("max_linear", MAX_LINEAR_SPEED),
+                ("max_angular", MAX_ANGULAR_SPEED),
+                ("lift_min", LIFT_RANGE[0]),
+                ("lift_max", LIFT_RANGE[1]),
+                ("extend_min", EXTEND_RANGE[0]),
+                ("extend_max", EXTEND_RANGE[1]),
+            ],
+        )
+        self.param = {x.name: x.value for x in p}
+        self.period = 1.0 / self.param["rate"]
+        self.scene: SceneSpec | None = None
+        self.pose = self.joints = None
+        self.pose_time = self.joints_time = -np.inf
+        self.objects: dict[str, np.ndarray] = {}
+        self.holding: str | None = None
+        self.plan = None
+        self.step_index = 0
+        self.runner: SkillRunner | None = None
+        self.ctx: SkillContext | None = None
+        self.last_step = -np.inf
+        self.status = {"state": "idle"}
+        self.step_times: deque[float] = deque(maxlen=100_000)  # when each control step ran (benchmarks)
+
+        self.pub_cmd = self.create_publisher(Twist, "cmd_vel", STREAM)
+        self.pub_arm = self.create_publisher(JointTrajectory, "arm_command", STREAM)
+        self.pub_status = self.create_publisher(String, "controller/status", LATCHED)
+        self.create_subscription(String, "plan", self.on_plan, LATCHED)
+        self.create_subscription(String, "scene", self.on_scene, LATCHED)
+        self.create_subscription(Odometry, "odom", self.on_odom, STREAM)
+        self.create_subscription(JointState, "joint_states", self.on_joints, STREAM)
+        self.create_subscription(MarkerArray, "objects", self.on_objects, STREAM)
+        self.create_subscription(String, "grasped", self.on_grasped, STREAM)
+        self.create_service(Trigger, "~/cancel", self.on_cancel)
+        self.create_timer(self.period, self.on_timer)
+        self.report()
+
+    # -- inputs --------------------------------------------------------------------------------------
+
+    def on_scene(self, msg: String) -> None:
+        try:
+            self.scene = SceneSpec.from_dict(json.loads(msg.data))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.get_logger().error(f"rejected scene description: {exc}")
+
+    def on_odom(self, msg: Odometry) -> None:
+        try:
+            self.pose = odometry_pose(msg)
+        except ValueError as exc:  # the stale-sensor watchdog stops the robot if no good one follows
+            self.get_logger().warning(f"rejected odom: {exc}", throttle_duration_sec=1.0)
+            return
+        self.pose_time = time.monotonic()
+        if self.runner is not None and self.pose_time - self.last_step >= 0.8 * self.period:
+            self.control_step()
+
+    def on_joints(self, msg: JointState) -> None:
+        try:
+            self.joints = joint_positions(msg)
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected joint_states: {exc}", throttle_duration_sec=1.0)
+            return
+        self.joints_time = time.monotonic()
+
+    def on_objects(self, msg: MarkerArray) -> None:
+        for marker in msg.markers:
+            p = marker.pose.position
+            xyz = np.array([p.x, p.y, p.z])
+            if np.all(np.isfinite(xyz)):
+                self.objects[marker.ns] = xyz
+
+    def on_grasped(self, msg: String) -> None:
+        self.holding = msg.data or None
+
+    def on_plan(self, msg: String) -> None:
+        self.halt()
+        if self.scene is None:
+            return self.finish("rejected", "no scene description received yet")
+        try:
+            text = json.loads(msg.data)["plan"]
+            self.plan = parse_plan(text, self.scene.object_names)
+        except (ValueError, KeyError, TypeError) as exc:  # PlanError and bad JSON alike
+            return self.finish("rejected", f"invalid plan: {exc}")
+        self.ctx = SkillContext(self.scene, control_dt=self.period)
+        self.step_index = -1
+        self.next_step()
+
+    def on_cancel(self, request, response):
+        running = self.runner is not None
+        self.finish("cancelled", "cancel requested")
+        response.success, response.message = running, "stopped" if running else "nothing was running"
+        return response
+
+    # -- control -------------------------------------------------------------------------------------
+
+    def world_state(self) -> WorldState | None:
+        """The state the skills need, or None when a sensor is missing or older than sensor_timeout."""
+        now, timeout = time.monotonic(), self.param["sensor_timeout"]
+        if now - self.pose_time > timeout or now - self.joints_time > timeout:
+            return None
+        x, y, yaw = self.pose
+        j = self.joints
+        robot = RobotState(x, y, yaw, j["lift"], j["extend"], j["gripper"] >= 0.5, self.holding)
+        return WorldState(robot, dict(self.objects))
+
+    def on_timer(self) -> None:
+        if self.runner is not None and time.monotonic() - self.last_step >= 1.5 * self.period:
+            self.control_step()  # sensors are late: the step below notices and stops the robot
+
+    def control_step(self) -> None:
+        self.last_step = time.monotonic()
+        self.step_times.append(self.last_step)
+        state = self.world_state()
+        if state is None:
+            self.publish_stop()
+            if self.status.get("state") != "waiting":
+                self.status = {**self.status, "state": "waiting", "reason": "stale sensors: robot stopped"}
+                self.report()
+            return
+        if self.status.get("state") == "waiting":
+            self.status = {**self.status, "state": "running", "reason": ""}
+            self.report()
+        out = self.runner.act(state)
+        if isinstance(out, SkillResult):
+            if not out.success:
+                return self.finish("failed", f"{self.plan.steps[self.step_index]}: {out.reason}")
+            return self.next_step()
+        self.publish_action(out)
+
+    def next_step(self) -> None:
+        self.step_index += 1
+        step = self.plan.steps[self.step_index]
+        if step.skill in TERMINAL_SKILLS:
+            return self.finish("done", "", answer=self.plan.answer)
+        state = self.world_state()
+        if state is None:  # the runner needs a state to start from; wait for sensors
+            self.runner = None
+            return self.finish("failed", "stale sensors when starting a step")
+        self.runner = SkillRunner(self.ctx, step, state)
+        self.status = {"state": "running", "step": self.step_index + 1, "skill": str(step), "steps": len(self.plan.steps)}
+        self.report()
+
+    def publish_action(self, action: np.ndarray) -> None:
+        """A skill's normalised action as a velocity command and arm targets, within the node's limits."""
+        if not np.all(np.isfinite(action)):
+            return self.finish("failed", "the skill produced a non-finite action")
+        p = self.param
+        forward, left = (np.clip(action[:2] * MAX_LINEAR_SPEED, -p["max_linear"], p["max_linear"])).tolist()
+        yaw_rate = float(np.clip(action[2] * MAX_ANGULAR_SPEED, -p["max_angular"], p["max_angular"]))
+        lift = LIFT_RANGE[0] + (action[3] + 1) / 2 * (LIFT_RANGE[1] - LIFT_RANGE[0])
+        extend = EXTEND_RANGE[0] + (action[4] + 1) / 2 * (EXTEND_RANGE[1] - EXTEND_RANGE[0])
+        self.pub_cmd.publish(twist_msg(forward, left, yaw_rate))
+        self.pub_arm.publish(
+            arm_trajectory_msg(
+                float(np.clip(lift, p["lift_min"], p["lift_max"])),
+                float(np.clip(extend, p["extend_min"], p["extend_max"])),
+                1.0 if action[5] > 0 else 0.0,
+                self.get_clock().now().to_msg(),
+            )
+        )
+
+    def publish_stop(self) -> None:
+        self.pub_cmd.publish(Twist())
+
+    def halt(self) -> None:
+        self.runner = None
+        self.publish_stop()
+
+    def finish(self, state: str, reason: str, **extra) -> None:
+        self.halt()
+        self.status = {"state": state, "reason": reason, **extra}
+        self.report()
+        if reason and state != "done":
+            self.get_logger().warning(f"{state}: {reason}")
+
+    def report(self) -> None:
+        self.pub_status.publish(String(data=json.dumps(self.status)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ros_nodes.spin import spin_node
+
+    spin_node(Controller, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,176 @@
+"""numpy <-> ROS 2 standard messages, with validation: a malformed message raises ``ValueError`` saying why,
+so a node can log it and carry on instead of acting on garbage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
+from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+ARM_JOINTS = ("lift", "extend", "gripper")  # gripper: 1.0 closed, 0.0 open
+_ENCODINGS = {"rgb8": (np.uint8, 3), "32FC1": (np.float32, 1)}
+_CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
+
+
+def image_msg(array: np.ndarray, stamp: Time, frame: str) -> Image:
+    """rgb8 from (H, W, 3) uint8, 32FC1 from (H, W) or (H, W, 1) float32 metres."""
+    array = np.ascontiguousarray(array)
+    encoding = "rgb8" if array.dtype == np.uint8 else "32FC1"
+    dtype, channels = _ENCODINGS[encoding]
+    array = array.astype(dtype, copy=False).reshape(array.shape[0], array.shape[1], channels)
+    msg = Image(height=array.shape[0], width=array.shape[1], encoding=encoding, is_bigendian=0)
+    msg.header.stamp, msg.header.frame_id = stamp, frame
+    msg.step = array.shape[1] * channels * array.itemsize
+    msg.data = array.tobytes()
+    return msg
+
+
+def image_array(msg: Image) -> np.ndarray:
+    if msg.encoding not in _ENCODINGS:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r} (want {', '.join(_ENCODINGS)})")
+    dtype, channels = _ENCODINGS[msg.encoding]
+    row = msg.width * channels * np.dtype(dtype).itemsize
+    if msg.height == 0 or msg.width == 0 or msg.step != row or len(msg.data) != row * msg.height:
+        raise ValueError(f"image of {msg.width}x{msg.height} {msg.encoding} has step {msg.step} and {len(msg.data)} bytes")
+    array = np.frombuffer(bytes(msg.data), dtype=np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
+    array = array.reshape(msg.height, msg.width, channels).astype(dtype)
+    return array if channels == 3 else array[..., 0]
+
+
+def camera_info_msg(width: int, height: int, fovy_deg: float, stamp: Time, frame: str) -> CameraInfo:
+    focal = 0.5 * height / math.tan(math.radians(fovy_deg) / 2)
+    cx, cy = width / 2, height / 2
+    msg = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
+    msg.header.stamp, msg.header.frame_id = stamp, frame
+    msg.d = [0.0] * 5
+    msg.k = [focal, 0.0, cx, 0.0, focal, cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [focal, 0.0, cx, 0.0, 0.0, focal, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def cloud_msg(points: np.ndarray, stamp: Time, frame: str) -> PointCloud2:
+    """(N, 6) xyz + rgb in [0, 1] -> PointCloud2 with RViz's packed ``rgb`` field; NaN points stay NaN."""
+    points = np.asarray(points, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] != 6:
+        raise ValueError(f"a cloud is (N, 6) xyz + rgb, got {points.shape}")
+    packed = np.empty(len(points), dtype=_CLOUD_DTYPE)
+    packed["x"], packed["y"], packed["z"] = points[:, 0], points[:, 1], points[:, 2]
+    rgb = (np.clip(np.nan_to_num(points[:, 3:6]), 0, 1) * 255).astype(np.uint32)
+    packed["rgb"] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+    msg = PointCloud2(height=1, width=len(points), is_bigendian=False, point_step=_CLOUD_DTYPE.itemsize)
+    msg.header.stamp, msg.header.frame_id = stamp, frame
+    msg.fields = [
+        PointField(name=name, offset=_CLOUD_DTYPE.fields[name][1], datatype=PointField.FLOAT32 if name != "rgb" else PointField.UINT32, count=1)
+        for name in _CLOUD_DTYPE.names
+    ]
+    msg.row_step = msg.point_step * len(points)
+    msg.is_dense = bool(np.isfinite(points).all())
+    msg.data = packed.tobytes()
+    return msg
+
+
+def cloud_array(msg: PointCloud2) -> np.ndarray:
+    """PointCloud2 with float32 x, y, z (and optionally packed rgb) -> (N, 6); NaN points are kept."""
+    fields = {f.name: f for f in msg.fields}
+    for name in ("x", "y", "z"):
+        if name not in fields or fields[name].datatype != PointField.FLOAT32:
+            raise ValueError(f"point cloud lacks a float32 {name!r} field")
+    count = msg.width * msg.height
+    if msg.point_step == 0 or len(msg.data) != count * msg.point_step or msg.row_step != msg.width * msg.point_step:
+        raise ValueError(f"point cloud of {count} points x {msg.point_step} bytes has {len(msg.data)} bytes")
+    names = ["x", "y", "z"] + (["rgb"] if "rgb" in fields else [])
+    dtype = np.dtype(
+        {
+            "names": names,
+            "formats": ["<f4"] * 3 + (["<u4"] if "rgb" in fields else []),
+            "offsets": [fields[n].offset for n in names],
+            "itemsize": msg.point_step,
+        }
+    )
+    raw = np.frombuffer(bytes(msg.data), dtype=dtype.newbyteorder(">" if msg.is_bigendian else "<"))
+    out = np.zeros((count, 6), np.float32)
+    out[:, 0], out[:, 1], out[:, 2] = raw["x"], raw["y"], raw["z"]
+    if "rgb" in fields:
+        rgb = raw["rgb"].astype(np.uint32)
+        out[:, 3:6] = np.stack([(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255], axis=1) / 255.0
+    return out
+
+
+def odometry_msg(x: float, y: float, yaw: float, stamp: Time, frame: str = "odom", child: str = "base_link") -> Odometry:
+    msg = Odometry()
+    msg.header.stamp, msg.header.frame_id, msg.child_frame_id = stamp, frame, child
+    msg.pose.pose.position.x, msg.pose.pose.position.y = float(x), float(y)
+    msg.pose.pose.orientation.z, msg.pose.pose.orientation.w = math.sin(yaw / 2), math.cos(yaw / 2)
+    return msg
+
+
+def odometry_pose(msg: Odometry) -> tuple[float, float, float]:
+    p, q = msg.pose.pose.position, msg.pose.pose.orientation
+    values = (p.x, p.y, q.x, q.y, q.z, q.w)
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("odometry holds NaN or infinite values")
+    if abs(q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w - 1.0) > 1e-3:
+        raise ValueError("odometry orientation is not a unit quaternion")
+    yaw = math.atan2(2 * (q.w * q.z + q.x * q.y), 1 - 2 * (q.y * q.y + q.z * q.z))
+    return p.x, p.y, yaw
+
+
+def joint_state_msg(positions: dict[str, float], stamp: Time) -> JointState:
+    msg = JointState(name=list(positions), position=[float(v) for v in positions.values()])
+    msg.header.stamp = stamp
+    return msg
+
+
+def joint_positions(msg: JointState, required=ARM_JOINTS) -> dict[str, float]:
+    if len(msg.name) != len(msg.position):
+        raise ValueError(f"joint state has {len(msg.name)} names and {len(msg.position)} positions")
+    positions = dict(zip(msg.name, msg.position))
+    missing = [j for j in required if j not in positions]
+    if missing:
+        raise ValueError(f"joint state lacks {missing}")
+    if not all(math.isfinite(positions[j]) for j in required):
+        raise ValueError("joint state holds NaN or infinite positions")
+    return positions
+
+
+def twist_velocity(msg: Twist) -> tuple[float, float, float]:
+    """Forward, left and yaw-rate velocities of a base command; NaN or infinity is an error."""
+    values = (msg.linear.x, msg.linear.y, msg.angular.z)
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("velocity command holds NaN or infinite values")
+    return values
+
+
+def twist_msg(forward: float, left: float, yaw_rate: float) -> Twist:
+    msg = Twist()
+    msg.linear.x, msg.linear.y, msg.angular.z = float(forward), float(left), float(yaw_rate)
+    return msg
+
+
+def arm_trajectory_msg(lift: float, extend: float, gripper: float, stamp: Time) -> JointTrajectory:
+    msg = JointTrajectory(joint_names=list(ARM_JOINTS))
+    msg.header.stamp = stamp
+    msg.points = [JointTrajectoryPoint(positions=[float(lift), float(extend), float(gripper)])]
+    return msg
+
+
+def arm_targets(msg: JointTrajectory) -> dict[str, float]:
+    """Target positions from the first point of an arm command; unknown joints or NaN are errors."""
+    if not msg.points:
+        raise ValueError("arm command has no trajectory points")
+    positions = msg.points[0].positions
+    if len(positions) != len(msg.joint_names):
+        raise ValueError(f"arm command has {len(msg.joint_names)} joints and {len(positions)} positions")
+    unknown = set(msg.joint_names) - set(ARM_JOINTS)
+    if unknown:
+        raise ValueError(f"arm command names unknown joints {sorted(unknown)} (known: {', '.join(ARM_JOINTS)})")
+    targets = dict(zip(msg.joint_names, positions))
+    if not all(math.isfinite(v) for v in targets.values()):
+        raise ValueError("arm command holds NaN or infinite positions")
+    return targets

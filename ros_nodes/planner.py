@@ -1,0 +1,168 @@
+"""Planner: an instruction in, a plan out (latched JSON on ``plan``, and markers for RViz).
+
+Planning runs on a worker thread, so the node keeps taking images and instructions while the model thinks;
+a newer instruction that arrives meanwhile is planned next (older waiting ones are dropped). ``planner``
+chooses the backend: ``model`` (the embodied model, from ``checkpoint`` or, without one, a fresh
+``model_config``) or ``oracle`` (reads templated instructions against the latched scene description).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+from rclpy.node import Node
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import String
+from visualization_msgs.msg import Marker, MarkerArray
+
+from embodied.plan import PlanError, parse_plan
+from envs.planners import plan_from_goal
+from envs.scene import SceneSpec
+from envs.tasks import parse_instruction
+from ros_nodes.conversions import cloud_array, image_array
+from ros_nodes.qos import LATCHED, STREAM
+
+
+class Planner(Node):
+    def __init__(self, **node_options):
+        super().__init__("planner", **node_options)
+        p = self.declare_parameters(
+            "",
+            [("planner", "model"), ("checkpoint", ""), ("model_config", "default"), ("max_new_tokens", 96), ("frame", "odom")],
+        )
+        self.param = {x.name: x.value for x in p}
+        if self.param["planner"] not in ("model", "oracle"):
+            raise ValueError(f"planner must be 'model' or 'oracle', got {self.param['planner']!r}")
+        self.model = self._load_model() if self.param["planner"] == "model" else None
+        self.image = self.cloud = self.scene = None
+        self.objects: dict[str, tuple[float, float, float]] = {}
+        self.pending: str | None = None
+        self.wake = threading.Condition()
+        self.pub_plan = self.create_publisher(String, "plan", LATCHED)
+        self.pub_markers = self.create_publisher(MarkerArray, "plan_markers", LATCHED)
+        self.create_subscription(String, "instruction", self.on_instruction, 10)
+        self.create_subscription(Image, "camera/image", self.on_image, STREAM)
+        self.create_subscription(PointCloud2, "camera/points", self.on_cloud, STREAM)
+        self.create_subscription(String, "scene", self.on_scene, LATCHED)
+        self.create_subscription(MarkerArray, "objects", self.on_objects, STREAM)
+        self.worker = threading.Thread(target=self._work, daemon=True)
+        self.worker.start()
+
+    def _load_model(self):
+        from embodied.model import EmbodiedModel, ModelConfig
+
+        if self.param["checkpoint"]:
+            return EmbodiedModel.from_pretrained(self.param["checkpoint"]).eval()
+        config = ModelConfig.tiny() if self.param["model_config"] == "tiny" else ModelConfig()
+        self.get_logger().warning("no checkpoint given: planning with an untrained model")
+        return EmbodiedModel(config).eval()
+
+    # -- inputs --------------------------------------------------------------------------------------
+
+    def on_image(self, msg: Image) -> None:
+        try:
+            self.image = image_array(msg)
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=1.0)
+
+    def on_cloud(self, msg: PointCloud2) -> None:
+        try:
+            self.cloud = cloud_array(msg)
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected point cloud: {exc}", throttle_duration_sec=1.0)
+
+    def on_scene(self, msg: String) -> None:
+        try:
+            self.scene = SceneSpec.from_dict(json.loads(msg.data))
+        except (ValueError, KeyError, TypeError) as exc:
+            self.get_logger().error(f"rejected scene description: {exc}")
+
+    def on_objects(self, msg: MarkerArray) -> None:
+        for m in msg.markers:
+            self.objects[m.ns] = (m.pose.position.x, m.pose.position.y, m.pose.position.z)
+
+    def on_instruction(self, msg: String) -> None:
+        text = " ".join(msg.data.split())
+        if not text:
+            self.get_logger().warning("ignored an empty instruction")
+            return
+        with self.wake:
+            self.pending = text
+            self.wake.notify()
+
+    # -- planning (worker thread) --------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self.wake:
+                while self.pending is None:
+                    self.wake.wait()
+                instruction, self.pending = self.pending, None
+            self._publish(instruction, *self._plan(instruction))
+
+    def _plan(self, instruction: str) -> tuple[str, str, float]:
+        """Plan text and an error message ("" when the plan is valid); never raises."""
+        started = time.perf_counter()
+        names = self.scene.object_names if self.scene is not None else None
+        text = ""
+        try:
+            if self.model is None:
+                if self.scene is None:
+                    raise ValueError("the oracle needs the scene description, none received yet")
+                text = plan_from_goal(parse_instruction(instruction, self.scene), self.scene)
+            else:
+                text = self._model_plan(instruction, names)
+            parse_plan(text, names)
+            error = ""
+        except (ValueError, PlanError) as exc:
+            error = str(exc)
+        return text, error, time.perf_counter() - started
+
+    def _model_plan(self, instruction: str, names) -> str:
+        from embodied.prompts import plan_sample
+
+        if self.image is None or self.cloud is None:
+            raise ValueError("no camera image and point cloud received yet")
+        sample = plan_sample(instruction, self.image, self.cloud)
+        return self.model.plan([sample], [names], max_new_tokens=self.param["max_new_tokens"])[0]
+
+    def _publish(self, instruction: str, text: str, error: str, seconds: float) -> None:
+        record = {"instruction": instruction, "plan": text, "valid": not error, "error": error,
+                  "planner": self.param["planner"], "seconds": round(seconds, 3)}
+        self.pub_plan.publish(String(data=json.dumps(record)))
+        self.pub_markers.publish(self._markers(text))
+        log = self.get_logger().info if not error else self.get_logger().warning
+        log(f"plan for {instruction!r} in {seconds:.2f} s" + (f": {error}" if error else f":\n{text}"))
+
+    def _markers(self, text: str) -> MarkerArray:
+        """The plan as floating text, and a sphere over every object it names."""
+        stamp = self.get_clock().now().to_msg()
+        label = Marker(ns="plan", id=0, type=Marker.TEXT_VIEW_FACING, text=text)
+        label.pose.position.z, label.pose.orientation.w = 2.5, 1.0
+        label.scale.z = 0.15
+        label.color.r = label.color.g = label.color.b = label.color.a = 1.0
+        markers = [label]
+        for i, (name, (x, y, z)) in enumerate(sorted(self.objects.items()), 1):
+            if name in text:
+                target = Marker(ns="plan_targets", id=i, type=Marker.SPHERE)
+                target.pose.position.x, target.pose.position.y, target.pose.position.z = x, y, z + 0.25
+                target.pose.orientation.w = 1.0
+                target.scale.x = target.scale.y = target.scale.z = 0.08
+                target.color.g = target.color.a = 1.0
+                markers.append(target)
+        for marker in markers:
+            marker.header.stamp, marker.header.frame_id = stamp, self.param["frame"]
+        return MarkerArray(markers=markers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ros_nodes.spin import spin_node
+
+    spin_node(Planner, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

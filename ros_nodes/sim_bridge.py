@@ -1,0 +1,188 @@
+"""Sim bridge: the simulated robot behind standard ROS 2 topics, so the planner and controller cannot tell it
+from hardware.
+
+Publishes camera/image (rgb8), camera/depth (32FC1), camera/camera_info, camera/points (PointCloud2),
+joint_states, odom, grasped (the held object's name, or empty), objects (a MarkerArray of object poses:
+in simulation, perfect perception), the scene
+description and the task (latched JSON), and task/status. Takes cmd_vel (Twist) and arm_command
+(JointTrajectory of lift, extend, gripper). Physics steps on a timer at ``physics_rate``; a base command
+older than ``command_timeout`` is dropped (the base stops). Spin it on one thread (a single-threaded
+executor): the renderer's GL context belongs to the thread that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from geometry_msgs.msg import Twist
+from nav_msgs.msg import Odometry
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+from visualization_msgs.msg import Marker, MarkerArray
+
+from envs.backend import EXTEND_RANGE, HEAD_FOVY, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED
+from envs.env import EmbodiedEnv
+from ros_nodes.conversions import (
+    arm_targets,
+    camera_info_msg,
+    cloud_msg,
+    image_msg,
+    joint_state_msg,
+    odometry_msg,
+    twist_velocity,
+)
+from ros_nodes.qos import LATCHED, STREAM
+
+
+def _normalised(value: float, low: float, high: float) -> float:
+    return float(np.clip(2 * (value - low) / (high - low) - 1, -1.0, 1.0))
+
+
+class SimBridge(Node):
+    def __init__(self, **node_options):
+        super().__init__("sim_bridge", **node_options)
+        p = self.declare_parameters(
+            "",
+            [
+                ("task", "pick_place"),
+                ("seed", 0),
+                ("physics_rate", 50.0),
+                ("camera_rate", 10.0),
+                ("width", 128),
+                ("height", 128),
+                ("num_points", 1024),
+                ("command_timeout", 0.5),
+                ("odom_frame", "odom"),
+                ("camera_frame", "head_camera"),
+            ],
+        )
+        param = {x.name: x.value for x in p}
+        self.period = 1.0 / param["physics_rate"]
+        self.command_timeout = param["command_timeout"]
+        self.odom_frame, self.camera_frame = param["odom_frame"], param["camera_frame"]
+        self.env = EmbodiedEnv(
+            task=param["task"],
+            width=param["width"],
+            height=param["height"],
+            num_points=param["num_points"],
+            sensors=(),
+            control_dt=self.period,
+            max_steps=2**31 - 1,
+        )
+        self.env.reset(seed=param["seed"])
+        self.velocity = (0.0, 0.0, 0.0)
+        self.velocity_time = None
+        self.arm = {"lift": LIFT_RANGE[0], "extend": EXTEND_RANGE[0], "gripper": 0.0}
+
+        self.pub_image = self.create_publisher(Image, "camera/image", STREAM)
+        self.pub_depth = self.create_publisher(Image, "camera/depth", STREAM)
+        self.pub_info = self.create_publisher(CameraInfo, "camera/camera_info", STREAM)
+        self.pub_points = self.create_publisher(PointCloud2, "camera/points", STREAM)
+        self.pub_joints = self.create_publisher(JointState, "joint_states", STREAM)
+        self.pub_odom = self.create_publisher(Odometry, "odom", STREAM)
+        self.pub_objects = self.create_publisher(MarkerArray, "objects", STREAM)
+        self.pub_status = self.create_publisher(String, "task/status", STREAM)
+        self.pub_grasped = self.create_publisher(String, "grasped", STREAM)
+        latched_scene = self.create_publisher(String, "scene", LATCHED)
+        latched_task = self.create_publisher(String, "task", LATCHED)
+        self.create_subscription(Twist, "cmd_vel", self.on_cmd_vel, STREAM)
+        self.create_subscription(JointTrajectory, "arm_command", self.on_arm_command, STREAM)
+
+        base = self.env.unwrapped
+        latched_scene.publish(String(data=json.dumps(base.scene.to_dict())))
+        latched_task.publish(String(data=json.dumps({"instruction": base.task.instruction, "goal": base.task.goal()})))
+        self.create_timer(self.period, self.step)
+        self.create_timer(1.0 / param["camera_rate"], self.publish_camera)
+        self.publish_state()
+
+    # -- commands in ---------------------------------------------------------------------------------
+
+    def on_cmd_vel(self, msg: Twist) -> None:
+        try:
+            self.velocity = twist_velocity(msg)
+        except ValueError as exc:
+            self.velocity = (0.0, 0.0, 0.0)  # a broken command stops the base rather than repeat the last one
+            self.get_logger().warning(f"rejected cmd_vel: {exc}", throttle_duration_sec=1.0)
+            return
+        self.velocity_time = self.get_clock().now()
+
+    def on_arm_command(self, msg: JointTrajectory) -> None:
+        try:
+            self.arm.update(arm_targets(msg))
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected arm_command: {exc}", throttle_duration_sec=1.0)
+
+    def _action(self) -> np.ndarray:
+        forward, left, yaw_rate = self.velocity
+        now = self.get_clock().now()
+        if self.velocity_time is None or (now - self.velocity_time).nanoseconds * 1e-9 > self.command_timeout:
+            forward = left = yaw_rate = 0.0
+        return np.array(
+            [
+                np.clip(forward / MAX_LINEAR_SPEED, -1, 1),
+                np.clip(left / MAX_LINEAR_SPEED, -1, 1),
+                np.clip(yaw_rate / MAX_ANGULAR_SPEED, -1, 1),
+                _normalised(self.arm["lift"], *LIFT_RANGE),
+                _normalised(self.arm["extend"], *EXTEND_RANGE),
+                1.0 if self.arm["gripper"] >= 0.5 else -1.0,
+            ],
+            dtype=np.float32,
+        )
+
+    # -- state out -----------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        self.env.step(self._action())
+        self.publish_state()
+
+    def publish_state(self) -> None:
+        """Joints, grasp and objects first, odometry last: the controller steps when odometry arrives."""
+        base = self.env.unwrapped
+        state = base.world_state()
+        robot, stamp = state.robot, self.get_clock().now().to_msg()
+        joints = {"lift": robot.lift, "extend": robot.extend, "gripper": 1.0 if robot.gripper_closed else 0.0}
+        self.pub_joints.publish(joint_state_msg(joints, stamp))
+        self.pub_grasped.publish(String(data=robot.holding or ""))
+        markers = MarkerArray()
+        for i, obj in enumerate(base.scene.objects):
+            marker = Marker(ns=obj.name, id=i, type=Marker.CUBE if obj.shape in ("cube", "bin") else Marker.SPHERE)
+            marker.header.stamp, marker.header.frame_id = stamp, self.odom_frame
+            x, y, z = state.objects[obj.name]
+            marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = float(x), float(y), float(z)
+            marker.pose.orientation.w = 1.0
+            marker.scale.x = marker.scale.y = marker.scale.z = 2 * obj.half
+            marker.color.r, marker.color.g, marker.color.b = obj.rgb
+            marker.color.a = 1.0
+            markers.markers.append(marker)
+        self.pub_objects.publish(markers)
+        self.pub_odom.publish(odometry_msg(robot.x, robot.y, robot.yaw, stamp, self.odom_frame))
+
+    def publish_camera(self) -> None:
+        base = self.env.unwrapped
+        obs = base.camera_observation()
+        stamp = self.get_clock().now().to_msg()
+        self.pub_image.publish(image_msg(obs["rgb"], stamp, self.camera_frame))
+        self.pub_depth.publish(image_msg(obs["depth"], stamp, self.camera_frame))
+        self.pub_info.publish(camera_info_msg(base.config.width, base.config.height, HEAD_FOVY, stamp, self.camera_frame))
+        self.pub_points.publish(cloud_msg(obs["points"], stamp, self.odom_frame))
+        info = base.info()
+        status = {k: info[k] for k in ("success", "holding", "steps") if k in info}
+        self.pub_status.publish(String(data=json.dumps(status)))
+
+    def destroy_node(self):
+        self.env.close()
+        super().destroy_node()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ros_nodes.spin import spin_node
+
+    spin_node(SimBridge, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
