@@ -35,6 +35,20 @@ def _rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ros_up(args: argparse.Namespace) -> int:
+    from ros_nodes.graph import graph
+    from ros_nodes.up import run_graph
+
+    def pairs(items, separator):
+        try:
+            return dict(item.split(separator, 1) for item in items)
+        except ValueError:
+            raise ValueError(f"expected NAME{separator}VALUE, got {items}") from None
+
+    specs = graph(args.mode, pairs(args.set, "="), pairs(args.remap, ":="))
+    return run_graph(specs, Path(args.log_dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from envs import ENV_IDS
     from envs.planners import PLANNERS
@@ -50,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--gifs", type=int, default=2, help="record GIFs of the first N episodes")
     ro.add_argument("--quiet", action="store_true", help="no progress bar")
     ro.set_defaults(run=_rollout)
+
+    ros = commands.add_parser("ros", help="ROS 2 nodes").add_subparsers(dest="ros_command", required=True)
+    up = ros.add_parser("up", help="start the sim or hardware node graph (what the launch files start)")
+    up.add_argument("mode", nargs="?", choices=["sim", "hardware"], default="sim")
+    up.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a node parameter, e.g. planner=oracle")
+    up.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="a topic remapping")
+    up.add_argument("--log-dir", default="runs/ros_logs")
+    up.set_defaults(run=_ros_up)
     return parser
 
 

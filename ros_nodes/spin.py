@@ -1,26 +1,33 @@
-"""Running one node as a process: init, spin, and a clean shutdown on Ctrl-C or SIGTERM."""
+"""Running one node as a process: init, spin, and a clean shutdown on Ctrl-C or SIGTERM.
+
+rclpy's own SIGINT handler tears the context down under a running callback (which then fails on a
+destroyed publisher), so the signals here only ask the loop to stop; teardown happens after it has.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
 
 def spin_node(node_class, argv: list[str] | None = None) -> None:
     # Discovery stays on this host unless the user asks for more (a robot on the LAN: SUBNET).
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    rclpy.init(args=argv)
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     node = node_class()
     executor = SingleThreadedExecutor()  # one thread: the sim bridge's GL context lives on it
     executor.add_node(node)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
     finally:
         executor.shutdown()
         node.destroy_node()
