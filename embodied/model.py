@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -115,6 +114,7 @@ class EmbodiedModel(nn.Module):
             llm = add_lora(llm, lora.rank, lora.alpha, lora.dropout, lora.targets)
         self.llm = llm
         width = llm.get_input_embeddings().embedding_dim
+        self._lora_merged = False
         self.image_encoder = ImageEncoder(config.image)
         self.point_encoder = PointEncoder(config.points)
         self.image_projector = build_projector(config.image_projector, self.image_encoder.out_dim, width)
@@ -172,22 +172,25 @@ class EmbodiedModel(nn.Module):
 
     # -- generation ----------------------------------------------------------------------------------
 
-    @contextmanager
-    def _merged_lora(self):
-        """Fold LoRA into the backbone weights while decoding: one matmul per layer instead of three."""
-        merge = self.config.lora.rank > 0 and not self.training
-        if merge:
+    def train(self, mode: bool = True):
+        if mode and self._lora_merged:  # training needs the adapters apart from the frozen weights again
+            self.llm.unmerge_adapter()
+            self._lora_merged = False
+        return super().train(mode)
+
+    def _merge_lora(self) -> None:
+        """Fold LoRA into the backbone weights for decoding (one matmul per projection instead of three);
+        it stays folded until ``train()``, so repeated calls pay once."""
+        if self.config.lora.rank and not self.training and not self._lora_merged:
             self.llm.merge_adapter()
-        try:
-            yield
-        finally:
-            if merge:
-                self.llm.unmerge_adapter()
+            self._lora_merged = True
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], max_new_tokens: int = 64, constraints: list | None = None) -> list[str]:
-        """Greedy replies for a batch, with a shared KV cache; ``constraints`` (one ``PlanConstraint`` or
-        None per sample) restrict the tokens each reply may take."""
+        """Greedy replies for a batch, sharing one KV cache; a finished reply leaves the batch, so the
+        others decode at its cost no longer. ``constraints`` (one ``PlanConstraint`` or None per sample)
+        restrict the tokens each reply may take."""
+        self._merge_lora()
         constraints = constraints or [None] * len(samples)
         sequences = self._sequences(samples)
         length = max(len(e) for e, _ in sequences)
@@ -196,41 +199,51 @@ class EmbodiedModel(nn.Module):
         mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
         for row, (e, _) in enumerate(sequences):  # left padding: every reply starts at the same column
             embeds[row, length - len(e) :], mask[row, length - len(e) :] = e, 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
+        cache = DynamicCache()
+        out = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        eos = self.tokenizer.eos_token_id
         replies: list[list[int]] = [[] for _ in samples]
         texts = [""] * batch
-        done = [False] * batch
-        cache = DynamicCache()
-        with self._merged_lora():
-            out = self.llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
-            for _ in range(max_new_tokens):
-                logits = out.logits[:, -1].float()
-                step = []
-                for row in range(batch):
-                    token = pad
-                    if not done[row]:
-                        rule = constraints[row]
-                        token = rule.choose(texts[row], logits[row]) if rule else int(logits[row].argmax())
-                        if token in (-1, eos):
-                            done[row], token = True, pad
-                        else:
-                            replies[row].append(token)
-                            if rule:
-                                texts[row] += rule.piece(token)
-                                done[row] = rule.complete(texts[row])
-                    step.append(token)
-                if all(done):
-                    break
-                mask = torch.cat([mask, torch.ones(batch, 1, dtype=torch.long, device=self.device)], dim=1)
-                positions = positions[:, -1:] + 1
-                out = self.llm(
-                    input_ids=torch.tensor(step, device=self.device)[:, None],
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                )
+        active = list(range(batch))  # rows of the original batch still decoding, in cache order
+        for step in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            tokens, keep = [], []
+            for slot, row in enumerate(active):
+                rule = constraints[row]
+                token = rule.choose(texts[row], logits[slot]) if rule else int(logits[slot].argmax())
+                if token in (-1, eos):
+                    continue
+                replies[row].append(token)
+                if rule:
+                    texts[row] += rule.piece(token)
+                    if rule.complete(texts[row]):
+                        continue
+                tokens.append(token)
+                keep.append(slot)
+            if not keep or step == max_new_tokens - 1:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, positions = mask[index], positions[index]
+                active = [active[slot] for slot in keep]
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=torch.long, device=self.device)], dim=1)
+            positions = positions + 1
+            out = self.llm(
+                input_ids=torch.tensor(tokens, device=self.device)[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
         return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
 
     def plan(self, samples: list[Sample], objects: list | None = None, max_new_tokens: int = 96) -> list[str]:

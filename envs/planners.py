@@ -31,11 +31,15 @@ def plan_from_goal(goal: dict, scene: SceneSpec) -> str:
     if "target" in goal:
         target = goal["target"]
         return Plan(f"the {target} is on {where[target]}.", (Step("navigate", (target,)), Step("done"))).to_text()
-    steps, notes = [], []
+    steps, tables = [], {}
     for item, box in goal["moves"]:
         steps += [Step("navigate", (item,)), Step("pick", (item,)), Step("navigate", (box,)), Step("place", (item, box))]
-        notes.append(f"the {item} is on {where[item]}, the {box} on {where[box]}")
-    return Plan("; ".join(notes) + ".", (*steps, Step("done"))).to_text()
+        for name in (item, box):
+            on_table = tables.setdefault(where[name], [])
+            if name not in on_table:
+                on_table.append(name)
+    thought = " ".join(f"on {table}: {', '.join(names)}." for table, names in sorted(tables.items()))
+    return Plan(thought, (*steps, Step("done"))).to_text()
 
 
 class OraclePlanner:

@@ -35,13 +35,16 @@ def farthest_point_sample(xyz: torch.Tensor, count: int) -> torch.Tensor:
     """Indices (B, count) of points spread over each cloud, starting from the point farthest from the
     centroid (deterministic, unlike a random start)."""
     batch, num_points, _ = xyz.shape
+    coords = xyz.transpose(1, 2).contiguous()  # (B, 3, N): each step streams three contiguous rows
     rows = torch.arange(batch, device=xyz.device)
     chosen = torch.empty(batch, count, dtype=torch.long, device=xyz.device)
     nearest = torch.full((batch, num_points), float("inf"), device=xyz.device)
-    current = ((xyz - xyz.mean(dim=1, keepdim=True)) ** 2).sum(-1).argmax(dim=1)
+    distance = torch.empty_like(nearest)
+    current = (coords - coords.mean(dim=2, keepdim=True)).square_().sum(dim=1).argmax(dim=1)
     for i in range(count):
         chosen[:, i] = current
-        nearest = torch.minimum(nearest, ((xyz - xyz[rows, current, None]) ** 2).sum(-1))
+        torch.sum((coords - coords[rows, :, current, None]).square_(), dim=1, out=distance)
+        torch.minimum(nearest, distance, out=nearest)
         current = nearest.argmax(dim=1)
     return chosen
 
