@@ -15,7 +15,7 @@ import torch
 from embodied.plan import SKILLS, TERMINAL_SKILLS, PlanError, normalize_arg, parse_plan, parse_step
 
 THOUGHT = "thought:"
-THOUGHT_CHARS = re.compile(r"[a-z0-9 ,.;:'\-]*")
+THOUGHT_CHARS = re.compile(r"[a-z0-9 ,.;:'?!\-]*")
 ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spaces; linear to match
 MAX_THOUGHT_CHARS = 240
 TOP_K = 32

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import DynamicCache
@@ -114,7 +116,6 @@ class EmbodiedModel(nn.Module):
             llm = add_lora(llm, lora.rank, lora.alpha, lora.dropout, lora.targets)
         self.llm = llm
         width = llm.get_input_embeddings().embedding_dim
-        self._lora_merged = False
         self.image_encoder = ImageEncoder(config.image)
         self.point_encoder = PointEncoder(config.points)
         self.image_projector = build_projector(config.image_projector, self.image_encoder.out_dim, width)
@@ -132,11 +133,15 @@ class EmbodiedModel(nn.Module):
 
     def encode_clouds(self, clouds: list) -> torch.Tensor:
         config = self.config
-        points = torch.stack([prepare_cloud(c, config.num_points, config.points.group_size) for c in clouds])
+        points = torch.stack(
+            [prepare_cloud(c, config.num_points, config.points.group_size, config.points.in_channels) for c in clouds]
+        )
         return self.point_projector(self.point_encoder(points.to(self.device)))
 
     def _sequences(self, samples: list[Sample]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per sample: input embeddings (T, D) and labels (T,), -100 wherever the loss must not look."""
+        for sample in samples:
+            sample.check()  # items may have changed since the sample was made
         images = [i for s in samples for i in s.images]
         clouds = [c for s in samples for c in s.clouds]
         image_tokens = iter(self.encode_images(images)) if images else iter(())
@@ -172,25 +177,24 @@ class EmbodiedModel(nn.Module):
 
     # -- generation ----------------------------------------------------------------------------------
 
-    def train(self, mode: bool = True):
-        if mode and self._lora_merged:  # training needs the adapters apart from the frozen weights again
-            self.llm.unmerge_adapter()
-            self._lora_merged = False
-        return super().train(mode)
-
-    def _merge_lora(self) -> None:
-        """Fold LoRA into the backbone weights for decoding (one matmul per projection instead of three);
-        it stays folded until ``train()``, so repeated calls pay once."""
-        if self.config.lora.rank and not self.training and not self._lora_merged:
+    @contextmanager
+    def _merged_lora(self):
+        """Fold LoRA into the backbone weights while decoding (one matmul per projection instead of three),
+        and unfold after, so training and loading weights always see the adapters apart."""
+        merge = self.config.lora.rank > 0
+        if merge:
             self.llm.merge_adapter()
-            self._lora_merged = True
+        try:
+            yield
+        finally:
+            if merge:
+                self.llm.unmerge_adapter()
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], max_new_tokens: int = 64, constraints: list | None = None) -> list[str]:
         """Greedy replies for a batch, sharing one KV cache; a finished reply leaves the batch, so the
         others decode at its cost no longer. ``constraints`` (one ``PlanConstraint`` or None per sample)
         restrict the tokens each reply may take."""
-        self._merge_lora()
         constraints = constraints or [None] * len(samples)
         sequences = self._sequences(samples)
         length = max(len(e) for e, _ in sequences)
@@ -199,6 +203,11 @@ class EmbodiedModel(nn.Module):
         mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
         for row, (e, _) in enumerate(sequences):  # left padding: every reply starts at the same column
             embeds[row, length - len(e) :], mask[row, length - len(e) :] = e, 1
+        with self._merged_lora():
+            return self._decode(embeds, mask, constraints, max_new_tokens)
+
+    def _decode(self, embeds, mask, constraints, max_new_tokens: int) -> list[str]:
+        batch = len(embeds)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
         cache = DynamicCache()
         out = self.llm(
@@ -210,7 +219,7 @@ class EmbodiedModel(nn.Module):
             logits_to_keep=1,
         )
         eos = self.tokenizer.eos_token_id
-        replies: list[list[int]] = [[] for _ in samples]
+        replies: list[list[int]] = [[] for _ in range(batch)]
         texts = [""] * batch
         active = list(range(batch))  # rows of the original batch still decoding, in cache order
         for step in range(max_new_tokens):
@@ -276,14 +285,19 @@ class EmbodiedModel(nn.Module):
                 raise CheckpointError(f"not a checkpoint: {needed} is missing")
         try:
             data = json.loads(config_file.read_text())
+            if not isinstance(data, dict):
+                raise CheckpointError(f"{config_file} must hold a JSON object, got {type(data).__name__}")
             version = data.pop("format_version", None)
             if version != FORMAT_VERSION:
                 raise CheckpointError(f"{config_file}: format_version {version!r}, this code reads {FORMAT_VERSION}")
             config = ModelConfig.from_dict(data)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{config_file}: {exc}") from exc
+        try:
+            weights = load_file(str(weights_file))
+        except SafetensorError as exc:
+            raise CheckpointError(f"{weights_file} is not a readable safetensors file: {exc}") from exc
         model = cls(config)
-        weights = load_file(str(weights_file))
         expected = model.trainable_state()
         problems = [f"missing {k}" for k in sorted(set(expected) - set(weights))]
         problems += [f"unexpected {k}" for k in sorted(set(weights) - set(expected))]

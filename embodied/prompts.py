@@ -27,10 +27,17 @@ class Sample:
     system: str | None = None
 
     def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Raise ValueError unless the placeholders in the user turns match the items one to one."""
         if not self.turns:
             raise ValueError("a sample needs at least one turn")
         if any(answer is None for _, answer in self.turns[:-1]):
             raise ValueError("only the last turn may lack its assistant reply")
+        elsewhere = [self.system or "", *(answer or "" for _, answer in self.turns)]
+        if any(PLACEHOLDER_RE.search(text) for text in elsewhere):
+            raise ValueError(f"{IMAGE} and {POINTS} belong in user turns, not in the system prompt or replies")
         text = "".join(user for user, _ in self.turns)
         for placeholder, items, kind in ((IMAGE, self.images, "images"), (POINTS, self.clouds, "clouds")):
             if text.count(placeholder) != len(items):

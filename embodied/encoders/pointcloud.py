@@ -60,12 +60,12 @@ def group_points(points: torch.Tensor, num_groups: int, group_size: int) -> tupl
     return centres, groups
 
 
-def prepare_cloud(points: torch.Tensor, num_points: int, min_points: int) -> torch.Tensor:
+def prepare_cloud(points: torch.Tensor, num_points: int, min_points: int, channels: int = 6) -> torch.Tensor:
     """Drop non-finite points and resample to a fixed count, so a batch stacks; fail clearly when too few
     valid points remain to form groups."""
     points = torch.as_tensor(points, dtype=torch.float32)
-    if points.ndim != 2 or points.shape[1] < 3:
-        raise ValueError(f"a point cloud is an (N, C>=3) array, got shape {tuple(points.shape)}")
+    if points.ndim != 2 or points.shape[1] != channels:
+        raise ValueError(f"a point cloud is an (N, {channels}) array, got shape {tuple(points.shape)}")
     valid = points[torch.isfinite(points).all(dim=1)]
     if len(valid) < min_points:
         raise ValueError(f"point cloud has {len(valid)} finite points of {len(points)}; need at least {min_points}")
