@@ -28,26 +28,26 @@ from envs.backend import EXTEND_RANGE, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR
 from envs.scene import SceneSpec
 from envs.skills import SkillContext, SkillResult, SkillRunner
 from ros_nodes.conversions import arm_trajectory_msg, joint_positions, odometry_pose, twist_msg
+from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
 
 
 class Controller(Node):
     def __init__(self, **node_options):
         super().__init__("controller", **node_options)
-        p = self.declare_parameters(
-            "",
-            [
-                ("rate", 50.0),
-                ("sensor_timeout", 0.5),
-                ("max_linear", MAX_LINEAR_SPEED),
-                ("max_angular", MAX_ANGULAR_SPEED),
-                ("lift_min", LIFT_RANGE[0]),
-                ("lift_max", LIFT_RANGE[1]),
-                ("extend_min", EXTEND_RANGE[0]),
-                ("extend_max", EXTEND_RANGE[1]),
-            ],
+        self.param = declare(
+            self,
+            {
+                "rate": 50.0,
+                "sensor_timeout": 0.5,
+                "max_linear": MAX_LINEAR_SPEED,
+                "max_angular": MAX_ANGULAR_SPEED,
+                "lift_min": LIFT_RANGE[0],
+                "lift_max": LIFT_RANGE[1],
+                "extend_min": EXTEND_RANGE[0],
+                "extend_max": EXTEND_RANGE[1],
+            },
         )
-        self.param = {x.name: x.value for x in p}
         self.period = 1.0 / self.param["rate"]
         self.scene: SceneSpec | None = None
         self.pose = self.joints = None
@@ -59,6 +59,8 @@ class Controller(Node):
         self.runner: SkillRunner | None = None
         self.ctx: SkillContext | None = None
         self.last_step = -np.inf
+        self.waiting_plan: String | None = None
+        self.started = self.get_clock().now().nanoseconds * 1e-9
         self.status = {"state": "idle"}
         self.step_times: deque[float] = deque(maxlen=100_000)  # when each control step ran (benchmarks)
 
@@ -82,6 +84,9 @@ class Controller(Node):
             self.scene = SceneSpec.from_dict(json.loads(msg.data))
         except (ValueError, KeyError, TypeError) as exc:
             self.get_logger().error(f"rejected scene description: {exc}")
+            return
+        if self.waiting_plan is not None:
+            self.on_plan(self.waiting_plan)
 
     def on_odom(self, msg: Odometry) -> None:
         try:
@@ -113,12 +118,20 @@ class Controller(Node):
 
     def on_plan(self, msg: String) -> None:
         self.halt()
-        if self.scene is None:
-            return self.finish("rejected", "no scene description received yet")
+        if self.scene is None:  # run it once the scene arrives
+            self.waiting_plan = msg
+            self.status = {"state": "waiting", "reason": "no scene description received yet"}
+            return self.report()
+        self.waiting_plan = None
         try:
-            text = json.loads(msg.data)["plan"]
-            self.plan = parse_plan(text, self.scene.object_names)
-        except (ValueError, KeyError, TypeError) as exc:  # PlanError and bad JSON alike
+            record = json.loads(msg.data)
+            if not isinstance(record, dict) or not isinstance(record.get("plan"), str):
+                raise ValueError('a plan message is a JSON object with a "plan" string')
+            if record.get("stamp", self.started) < self.started:
+                self.status = {"state": "idle", "reason": "ignored a plan from before this controller started"}
+                return self.report()
+            self.plan = parse_plan(record["plan"], self.scene.object_names)
+        except ValueError as exc:  # PlanError and bad JSON alike
             return self.finish("rejected", f"invalid plan: {exc}")
         self.ctx = SkillContext(self.scene, control_dt=self.period)
         self.step_index = -1
@@ -171,10 +184,12 @@ class Controller(Node):
         step = self.plan.steps[self.step_index]
         if step.skill in TERMINAL_SKILLS:
             return self.finish("done", "", answer=self.plan.answer)
+        unseen = [name for name in step.args if name not in self.objects]
+        if unseen:
+            return self.finish("failed", f"{step}: object not found: no pose received for {', '.join(unseen)}")
         state = self.world_state()
-        if state is None:  # the runner needs a state to start from; wait for sensors
-            self.runner = None
-            return self.finish("failed", "stale sensors when starting a step")
+        if state is None:  # a skill starts from the robot's state: none is no start
+            return self.finish("failed", f"{step}: stale sensors when the step was to start")
         self.runner = SkillRunner(self.ctx, step, state)
         self.status = {"state": "running", "step": self.step_index + 1, "skill": str(step), "steps": len(self.plan.steps)}
         self.report()
@@ -211,6 +226,10 @@ class Controller(Node):
         self.report()
         if reason and state != "done":
             self.get_logger().warning(f"{state}: {reason}")
+
+    def destroy_node(self):
+        self.publish_stop()  # leave the robot standing still, not driving on its last command
+        super().destroy_node()
 
     def report(self) -> None:
         self.pub_status.publish(String(data=json.dumps(self.status)))

@@ -44,7 +44,7 @@ def image_array(msg: Image) -> np.ndarray:
 
 def camera_info_msg(width: int, height: int, fovy_deg: float, stamp: Time, frame: str) -> CameraInfo:
     focal = 0.5 * height / math.tan(math.radians(fovy_deg) / 2)
-    cx, cy = width / 2, height / 2
+    cx, cy = (width - 1) / 2, (height - 1) / 2  # pixel centres are integers in ROS: the image centre sits between
     msg = CameraInfo(width=width, height=height, distortion_model="plumb_bob")
     msg.header.stamp, msg.header.frame_id = stamp, frame
     msg.d = [0.0] * 5

@@ -33,7 +33,8 @@ class NodeSpec:
 
 def graph(mode: str, parameters: dict | None = None, remappings: dict | None = None) -> list[NodeSpec]:
     """The nodes for ``sim`` (bridge + planner + controller) or ``hardware`` (planner + controller on the
-    robot's topics). ``parameters`` go to every node that declares them; ``remappings`` to every node."""
+    robot's topics). ``parameters`` and ``remappings`` go to every node: each node reads the parameters it
+    declares and ignores the rest."""
     if mode not in ("sim", "hardware"):
         raise ValueError(f"mode must be 'sim' or 'hardware', got {mode!r}")
     parameters = parameters or {}
@@ -45,6 +46,6 @@ def graph(mode: str, parameters: dict | None = None, remappings: dict | None = N
     if mode == "sim":
         nodes.insert(0, NodeSpec("sim_bridge", "ros_nodes.sim_bridge", {"task": "pick_place", "seed": 0}))
     return [
-        NodeSpec(n.name, n.module, {k: parameters.get(k, v) for k, v in n.parameters.items()}, topics)
+        NodeSpec(n.name, n.module, {**n.parameters, **parameters}, topics)
         for n in nodes
     ]

@@ -19,30 +19,30 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from embodied.plan import PlanError, parse_plan
+from embodied.plan import parse_plan
 from envs.planners import plan_from_goal
 from envs.scene import SceneSpec
 from envs.tasks import parse_instruction
 from ros_nodes.conversions import cloud_array, image_array
+from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
 
 
 class Planner(Node):
     def __init__(self, **node_options):
         super().__init__("planner", **node_options)
-        p = self.declare_parameters(
-            "",
-            [
-                ("planner", "model"),
-                ("checkpoint", ""),
-                ("model_config", "default"),
-                ("max_new_tokens", 96),
-                ("frame", "odom"),
-                ("threads", 1),  # torch threads: leave the other cores to control
-                ("niceness", 10),  # the planning thread yields the CPU to control loops on this machine
-            ],
+        self.param = declare(
+            self,
+            {
+                "planner": "model",
+                "checkpoint": "",
+                "model_config": "default",
+                "max_new_tokens": 96,
+                "frame": "odom",
+                "threads": 1,  # torch threads: leave the other cores to control
+                "niceness": 10,  # the planning thread yields the CPU to control loops on this machine
+            },
         )
-        self.param = {x.name: x.value for x in p}
         if self.param["planner"] not in ("model", "oracle"):
             raise ValueError(f"planner must be 'model' or 'oracle', got {self.param['planner']!r}")
         self.model = self._load_model() if self.param["planner"] == "model" else None
@@ -76,6 +76,8 @@ class Planner(Node):
 
     def on_image(self, msg: Image) -> None:
         try:
+            if msg.encoding != "rgb8":
+                raise ValueError(f"the camera image must be rgb8, got {msg.encoding!r}")
             self.image = image_array(msg)
         except ValueError as exc:
             self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=1.0)
@@ -131,8 +133,8 @@ class Planner(Node):
                 text = self._model_plan(instruction, names)
             parse_plan(text, names)
             error = ""
-        except (ValueError, PlanError) as exc:
-            error = str(exc)
+        except Exception as exc:  # noqa: BLE001  the worker must outlive any one bad request
+            error = f"{type(exc).__name__}: {exc}"
         return text, error, time.perf_counter() - started
 
     def _model_plan(self, instruction: str, names) -> str:
@@ -144,12 +146,21 @@ class Planner(Node):
         return self.model.plan([sample], [names], max_new_tokens=self.param["max_new_tokens"])[0]
 
     def _publish(self, instruction: str, text: str, error: str, seconds: float) -> None:
-        record = {"instruction": instruction, "plan": text, "valid": not error, "error": error,
-                  "planner": self.param["planner"], "seconds": round(seconds, 3)}
+        record = {
+            "instruction": instruction,
+            "plan": text,
+            "valid": not error,
+            "error": error,
+            "planner": self.param["planner"],
+            "seconds": round(seconds, 3),
+            "stamp": self.get_clock().now().nanoseconds * 1e-9,  # lets a controller that starts later skip it
+        }
         self.pub_plan.publish(String(data=json.dumps(record)))
         self.pub_markers.publish(self._markers(text))
-        log = self.get_logger().info if not error else self.get_logger().warning
-        log(f"plan for {instruction!r} in {seconds:.2f} s" + (f": {error}" if error else f":\n{text}"))
+        if error:  # two call sites: rclpy refuses one call site that changes severity
+            self.get_logger().warning(f"no valid plan for {instruction!r} after {seconds:.2f} s: {error}")
+        else:
+            self.get_logger().info(f"plan for {instruction!r} in {seconds:.2f} s:\n{text}")
 
     def _markers(self, text: str) -> MarkerArray:
         """The plan as floating text, and a sphere over every object it names."""
@@ -159,7 +170,7 @@ class Planner(Node):
         label.scale.z = 0.15
         label.color.r = label.color.g = label.color.b = label.color.a = 1.0
         markers = [label]
-        for i, (name, (x, y, z)) in enumerate(sorted(self.objects.items()), 1):
+        for i, (name, (x, y, z)) in enumerate(sorted(dict(self.objects).items()), 1):  # a copy: the executor adds
             if name in text:
                 target = Marker(ns="plan_targets", id=i, type=Marker.SPHERE)
                 target.pose.position.x, target.pose.position.y, target.pose.position.z = x, y, z + 0.25

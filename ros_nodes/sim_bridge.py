@@ -35,6 +35,7 @@ from ros_nodes.conversions import (
     odometry_msg,
     twist_velocity,
 )
+from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
 
 
@@ -45,22 +46,21 @@ def _normalised(value: float, low: float, high: float) -> float:
 class SimBridge(Node):
     def __init__(self, **node_options):
         super().__init__("sim_bridge", **node_options)
-        p = self.declare_parameters(
-            "",
-            [
-                ("task", "pick_place"),
-                ("seed", 0),
-                ("physics_rate", 50.0),
-                ("camera_rate", 10.0),
-                ("width", 128),
-                ("height", 128),
-                ("num_points", 1024),
-                ("command_timeout", 0.5),
-                ("odom_frame", "odom"),
-                ("camera_frame", "head_camera"),
-            ],
+        param = declare(
+            self,
+            {
+                "task": "pick_place",
+                "seed": 0,
+                "physics_rate": 50.0,
+                "camera_rate": 10.0,
+                "width": 128,
+                "height": 128,
+                "num_points": 1024,
+                "command_timeout": 0.5,
+                "odom_frame": "odom",
+                "camera_frame": "head_camera",
+            },
         )
-        param = {x.name: x.value for x in p}
         self.period = 1.0 / param["physics_rate"]
         self.command_timeout = param["command_timeout"]
         self.odom_frame, self.camera_frame = param["odom_frame"], param["camera_frame"]

@@ -3,6 +3,7 @@ launch_ros), and stop them all cleanly on Ctrl-C."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,15 +13,15 @@ from pathlib import Path
 
 from ros_nodes.graph import NodeSpec
 
-EMPTY = '""'  # an empty string parameter, as --ros-args spells it
 
 
 def node_command(spec: NodeSpec) -> list[str]:
-    """``python -m module --ros-args`` with the node's name, parameters and remappings."""
+    """``python -m module --ros-args`` with the node's name, parameters and remappings. Every value goes as
+    a quoted string (``-p rate:="20"``): the node reads it as its parameter's type (ros_nodes/params.py),
+    so a value typed on the command line never arrives as the wrong one."""
     args = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
     for key, value in spec.parameters.items():
-        text = str(value).lower() if isinstance(value, bool) else str(value)
-        args += ["-p", f"{key}:={text or EMPTY}"]
+        args += ["-p", f"{key}:={json.dumps(str(value))}"]
     for source, target in spec.remappings.items():
         args += ["-r", f"{source}:={target}"]
     return args
