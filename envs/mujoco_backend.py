@@ -40,6 +40,7 @@ from envs.backend import (  # noqa: E402
     RobotState,
     WorldState,
 )
+from envs.mujoco_render import OffscreenRenderer  # noqa: E402
 from envs.scene import CONTAINER_WALL_HEIGHT, ObjectSpec, SceneSpec, TableSpec  # noqa: E402
 
 TIMESTEP = 0.01
@@ -188,12 +189,12 @@ class MujocoBackend(Backend):
         self.model: mujoco.MjModel | None = None
         self.data: mujoco.MjData | None = None
         self.scene: SceneSpec | None = None
-        self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
+        self._renderer: OffscreenRenderer | None = None
         self._holding: str | None = None
         self._closed = False
 
     def load(self, scene: SceneSpec) -> None:
-        self._close_renderers()
+        self._close_renderer()
         self.scene = scene
         self.model = mujoco.MjModel.from_xml_string(scene_xml(scene))
         self.data = mujoco.MjData(self.model)
@@ -201,7 +202,7 @@ class MujocoBackend(Backend):
         self._qadr = {j: m.jnt_qposadr[m.joint(j).id] for j in ("base_x", "base_y", "base_yaw", "lift", "extend")}
         self._obj_bodies = [m.body(f"obj{i}").id for i in range(len(scene.objects))]
         self._gripper_body = m.body("gripper").id
-        # geom id -> object index (-1 for anything that is not an object), for segmentation
+        # geom id -> object index (-1 for anything that is not an object; the extra last entry maps geom -1)
         self._geom_object = np.full(m.ngeom + 1, -1, dtype=np.int32)
         for index, body in enumerate(self._obj_bodies):
             self._geom_object[np.flatnonzero(m.geom_bodyid == body)] = index
@@ -261,35 +262,23 @@ class MujocoBackend(Backend):
         self._holding = None
 
     def render(self, camera: str, width: int, height: int, segmentation: bool = False) -> CameraFrame:
-        renderer = self._renderers.get((width, height))
-        if renderer is None:
-            renderer = self._renderers[(width, height)] = mujoco.Renderer(self.model, height, width)
-        renderer.update_scene(self.data, camera)
-        rgb = renderer.render()
-        renderer.enable_depth_rendering()
-        depth = renderer.render()
-        renderer.disable_depth_rendering()
-        seg = None
-        if segmentation:
-            renderer.enable_segmentation_rendering()
-            ids = renderer.render()
-            renderer.disable_segmentation_rendering()
-            geom = np.where(ids[..., 1] == mujoco.mjtObj.mjOBJ_GEOM, ids[..., 0], -1)
-            seg = self._geom_object[geom]
+        if self._renderer is None:
+            self._renderer = OffscreenRenderer(self.model)
         cam = self.model.camera(camera).id
+        rgb, depth, geoms = self._renderer.render(self.data, cam, width, height, segmentation)
         return CameraFrame(
             rgb=rgb,
             depth=depth,
-            segmentation=seg,
+            segmentation=None if geoms is None else self._geom_object[geoms],
             fovy_deg=float(self.model.cam_fovy[cam]),
             position=self.data.cam_xpos[cam].copy(),
             rotation=self.data.cam_xmat[cam].reshape(3, 3).copy(),
         )
 
-    def _close_renderers(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+    def _close_renderer(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
     def close(self) -> None:
-        self._close_renderers()
+        self._close_renderer()
