@@ -17,6 +17,7 @@ from embodied.model import EmbodiedModel, ModelConfig
 from embodied.prompts import PLAN_SYSTEM, plan_sample
 
 MAX_NEW_TOKENS = 64
+OBSERVATION_TRIES = 10
 ROUNDS = 5
 # One thread on both sides: on these two shared cores a second OpenMP thread stalls whenever the other core is
 # busy (single plan calls went from ~5 s to 20-30 s with 2 threads while tests ran beside them).
@@ -71,11 +72,14 @@ def run() -> list[Ratio]:
     try:
         model = load_model()
         bare, tokenizer = load_backbone(SMOLLM2)
-        image, cloud = observation()
-        sample = plan_sample(INSTRUCTION, image, cloud)
+        # An untrained model's plan may end early: take the first observation whose plan runs the full length.
+        for seed in range(OBSERVATION_TRIES):
+            sample = plan_sample(INSTRUCTION, *observation(seed))
+            (new_tokens,), _ = count_plan_tokens(model, [sample], MAX_NEW_TOKENS)
+            if new_tokens == MAX_NEW_TOKENS:
+                break
         with torch.no_grad():
             prompt_length = len(model._sequences([sample])[0][0])  # text tokens + projected image and cloud tokens
-        (new_tokens,), _ = count_plan_tokens(model, [sample], MAX_NEW_TOKENS)
         ids = text_prompt(tokenizer, prompt_length)
         mask = torch.ones_like(ids)
 

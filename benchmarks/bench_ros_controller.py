@@ -24,6 +24,7 @@ import numpy as np
 from benchmarks.run import Ratio
 
 RATE = 50.0
+PRIORITY = 50  # SCHED_FIFO for the controller and the robot's clock, where the user may (root or rtprio)
 SECONDS = 20.0
 SCENE_SEED = 0
 
@@ -48,7 +49,9 @@ def run() -> list[Ratio]:
 
     env = dict(os.environ, ROS_LOG_DIR=tempfile.mkdtemp(prefix="ros_bench_"))
     python = [sys.executable, "-m"]
-    controller = subprocess.Popen([*python, "ros_nodes.controller", "--ros-args", "-p", f"rate:={RATE}"], env=env)
+    controller = subprocess.Popen(
+        [*python, "ros_nodes.controller", "--ros-args", "-p", f"rate:={RATE}", "-p", f"realtime_priority:={PRIORITY}"], env=env
+    )
     # SmolLM2 with untrained encoders: the CPU load. Its plans go elsewhere; the controller follows ours.
     planner = subprocess.Popen([*python, "ros_nodes.planner", "--ros-args", "-r", "plan:=plan_load"], env=env)
     rclpy.init()
@@ -98,8 +101,25 @@ def run() -> list[Ratio]:
         pub_cloud.publish(cloud_msg(cloud, stamp, "odom"))
         pub_instruction.publish(String(data=f"put the {target.name} in the bowl"))
 
-    node.create_timer(1.0 / RATE, publish_sensors)
+    stop = threading.Event()
+
+    def robot_clock() -> None:
+        """Sensors on absolute deadlines from a thread of their own: the robot's clock must not add jitter
+        of its own to what is measured of the controller."""
+        try:  # a robot's driver runs with real-time priority too (all threads: DDS's as well)
+            for thread in os.listdir("/proc/self/task"):
+                os.sched_setscheduler(int(thread), os.SCHED_FIFO, os.sched_param(PRIORITY))
+        except (AttributeError, PermissionError, OSError):
+            pass
+        start = time.perf_counter()
+        tick = 0
+        while not stop.is_set():
+            tick += 1
+            time.sleep(max(0.0, start + tick / RATE - time.perf_counter()))
+            publish_sensors()
+
     node.create_timer(1.0, keep_planner_busy)
+    threading.Thread(target=robot_clock, daemon=True).start()
     pub_scene.publish(String(data=json.dumps(scene.to_dict())))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
@@ -117,6 +137,7 @@ def run() -> list[Ratio]:
             samples = list(received)
             sends = [t for t in sent if t >= samples[0][1]] if samples else []
     finally:
+        stop.set()
         for process in (controller, planner):
             process.send_signal(2)
         for process in (controller, planner):

@@ -9,6 +9,7 @@ validation, or when a skill fails, and reports progress as JSON on controller/st
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import deque
@@ -46,8 +47,11 @@ class Controller(Node):
                 "lift_max": LIFT_RANGE[1],
                 "extend_min": EXTEND_RANGE[0],
                 "extend_max": EXTEND_RANGE[1],
+                "realtime_priority": 0,  # > 0: run under SCHED_FIFO at this priority, as control loops on robots do
             },
         )
+        if self.param["realtime_priority"] > 0:
+            self._go_realtime(self.param["realtime_priority"])
         self.period = 1.0 / self.param["rate"]
         self.scene: SceneSpec | None = None
         self.pose = self.joints = None
@@ -76,6 +80,15 @@ class Controller(Node):
         self.create_service(Trigger, "~/cancel", self.on_cancel)
         self.create_timer(self.period, self.on_timer)
         self.report()
+
+    def _go_realtime(self, priority: int) -> None:
+        """Every thread of the process, the middleware's receive threads too: a message waits on the
+        slowest thread it passes through."""
+        try:
+            for thread in os.listdir("/proc/self/task"):
+                os.sched_setscheduler(int(thread), os.SCHED_FIFO, os.sched_param(priority))
+        except (AttributeError, PermissionError, OSError) as exc:  # not Linux, or no rtprio allowance
+            self.get_logger().warning(f"running without real-time priority ({exc}); raise the rtprio limit to allow it")
 
     # -- inputs --------------------------------------------------------------------------------------
 

@@ -28,6 +28,9 @@ from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
 
 
+PLAN_JOIN_TIMEOUT = 30.0  # s a shutdown waits for the plan being written
+
+
 class Planner(Node):
     def __init__(self, **node_options):
         super().__init__("planner", **node_options)
@@ -49,6 +52,7 @@ class Planner(Node):
         self.image = self.cloud = self.scene = None
         self.objects: dict[str, tuple[float, float, float]] = {}
         self.pending: str | None = None
+        self.stopping = False
         self.wake = threading.Condition()
         self.pub_plan = self.create_publisher(String, "plan", LATCHED)
         self.pub_markers = self.create_publisher(MarkerArray, "plan_markers", LATCHED)
@@ -114,10 +118,20 @@ class Planner(Node):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.param["niceness"])
         while True:
             with self.wake:
-                while self.pending is None:
+                while self.pending is None and not self.stopping:
                     self.wake.wait()
+                if self.stopping:
+                    return
                 instruction, self.pending = self.pending, None
             self._publish(instruction, *self._plan(instruction))
+
+    def destroy_node(self):
+        """Let a plan in progress finish before the node goes: killing the thread inside torch aborts."""
+        with self.wake:
+            self.stopping = True
+            self.wake.notify()
+        self.worker.join(timeout=PLAN_JOIN_TIMEOUT)
+        super().destroy_node()
 
     def _plan(self, instruction: str) -> tuple[str, str, float]:
         """Plan text and an error message ("" when the plan is valid); never raises."""
