@@ -19,9 +19,9 @@ from embodied.prompts import PLAN_SYSTEM, plan_sample
 MAX_NEW_TOKENS = 64
 OBSERVATION_TRIES = 10
 ROUNDS = 5
-# One thread on both sides: on these two shared cores a second OpenMP thread stalls whenever the other core is
-# busy (single plan calls went from ~5 s to 20-30 s with 2 threads while tests ran beside them).
-THREADS = 1
+# Equal on both sides: both cores of this machine, which must be otherwise idle (a second OpenMP thread
+# stalls whenever the other core is busy: single plan calls went from ~5 s to 20-30 s beside a test run).
+THREADS = 2
 INSTRUCTION = "put the red cube in the green bowl, then look at the blue plate and tell me what is on it"
 
 
