@@ -41,7 +41,7 @@ test-slow: setup
 	tests/isolated.sh $(BIN)/python -m pytest -q -m slow
 
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	tests/isolated.sh $(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
