@@ -33,6 +33,18 @@ def overview_eye(room_half: float) -> np.ndarray:
 OVERVIEW_CAMERA = "overview"
 
 
+def to_unit(value: float, bounds: tuple[float, float]) -> float:
+    """A joint position as the action's [-1, 1] over the joint's range."""
+    low, high = bounds
+    return float(np.clip(2 * (value - low) / (high - low) - 1, -1.0, 1.0))
+
+
+def from_unit(unit: float, bounds: tuple[float, float]) -> float:
+    """The inverse of ``to_unit``."""
+    low, high = bounds
+    return float(low + (unit + 1) / 2 * (high - low))
+
+
 @dataclass
 class RobotState:
     x: float

@@ -29,6 +29,7 @@ from envs.backend import (
     Backend,
     RobotCommand,
     WorldState,
+    from_unit,
 )
 from envs.navmap import NavMap
 from envs.pointcloud import backproject, sample_cloud
@@ -186,8 +187,7 @@ class EmbodiedEnv(gym.Env):
 
     def _joint_targets(self, normalized: np.ndarray) -> tuple[float, float]:
         step = MAX_JOINT_SPEED * self.config.control_dt
-        lift = LIFT_RANGE[0] + (normalized[0] + 1) / 2 * (LIFT_RANGE[1] - LIFT_RANGE[0])
-        extend = EXTEND_RANGE[0] + (normalized[1] + 1) / 2 * (EXTEND_RANGE[1] - EXTEND_RANGE[0])
+        lift, extend = from_unit(normalized[0], LIFT_RANGE), from_unit(normalized[1], EXTEND_RANGE)
         return (
             float(self._lift + np.clip(lift - self._lift, -step, step)),
             float(self._extend + np.clip(extend - self._extend, -step, step)),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embodied.plan import Step
-from envs.backend import EXTEND_RANGE, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, WorldState
+from envs.backend import EXTEND_RANGE, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, WorldState, to_unit
 from envs.navmap import NavMap
 from envs.scene import CONTAINER_WALL_HEIGHT, ObjectSpec, SceneSpec
 from envs.tasks import inside
@@ -58,16 +58,14 @@ class SkillContext:
         yaw = state.robot.yaw
         c, s = np.cos(yaw), np.sin(yaw)
         vx, vy = velocity
-        lo, hi = LIFT_RANGE
-        elo, ehi = EXTEND_RANGE
         return np.clip(
             np.array(
                 [
                     (c * vx + s * vy) / MAX_LINEAR_SPEED,
                     (-s * vx + c * vy) / MAX_LINEAR_SPEED,
                     wz / MAX_ANGULAR_SPEED,
-                    2 * (self.lift - lo) / (hi - lo) - 1,
-                    2 * (self.extend - elo) / (ehi - elo) - 1,
+                    to_unit(self.lift, LIFT_RANGE),
+                    to_unit(self.extend, EXTEND_RANGE),
                     1.0 if self.closed else -1.0,
                 ],
                 dtype=np.float32,

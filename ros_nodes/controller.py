@@ -25,7 +25,15 @@ from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
 from embodied.plan import TERMINAL_SKILLS, parse_plan
-from envs.backend import EXTEND_RANGE, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, RobotState, WorldState
+from envs.backend import (
+    EXTEND_RANGE,
+    LIFT_RANGE,
+    MAX_ANGULAR_SPEED,
+    MAX_LINEAR_SPEED,
+    RobotState,
+    WorldState,
+    from_unit,
+)
 from envs.scene import SceneSpec
 from envs.skills import SkillContext, SkillResult, SkillRunner
 from ros_nodes.conversions import arm_trajectory_msg, joint_positions, odometry_pose, twist_msg
@@ -214,8 +222,7 @@ class Controller(Node):
         p = self.param
         forward, left = (np.clip(action[:2] * MAX_LINEAR_SPEED, -p["max_linear"], p["max_linear"])).tolist()
         yaw_rate = float(np.clip(action[2] * MAX_ANGULAR_SPEED, -p["max_angular"], p["max_angular"]))
-        lift = LIFT_RANGE[0] + (action[3] + 1) / 2 * (LIFT_RANGE[1] - LIFT_RANGE[0])
-        extend = EXTEND_RANGE[0] + (action[4] + 1) / 2 * (EXTEND_RANGE[1] - EXTEND_RANGE[0])
+        lift, extend = from_unit(action[3], LIFT_RANGE), from_unit(action[4], EXTEND_RANGE)
         self.pub_cmd.publish(twist_msg(forward, left, yaw_rate))
         self.pub_arm.publish(
             arm_trajectory_msg(

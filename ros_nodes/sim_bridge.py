@@ -24,7 +24,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
-from envs.backend import EXTEND_RANGE, HEAD_FOVY, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED
+from envs.backend import EXTEND_RANGE, HEAD_FOVY, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, to_unit
 from envs.env import EmbodiedEnv
 from ros_nodes.conversions import (
     arm_targets,
@@ -37,10 +37,6 @@ from ros_nodes.conversions import (
 )
 from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
-
-
-def _normalised(value: float, low: float, high: float) -> float:
-    return float(np.clip(2 * (value - low) / (high - low) - 1, -1.0, 1.0))
 
 
 class SimBridge(Node):
@@ -126,8 +122,8 @@ class SimBridge(Node):
                 np.clip(forward / MAX_LINEAR_SPEED, -1, 1),
                 np.clip(left / MAX_LINEAR_SPEED, -1, 1),
                 np.clip(yaw_rate / MAX_ANGULAR_SPEED, -1, 1),
-                _normalised(self.arm["lift"], *LIFT_RANGE),
-                _normalised(self.arm["extend"], *EXTEND_RANGE),
+                to_unit(self.arm["lift"], LIFT_RANGE),
+                to_unit(self.arm["extend"], EXTEND_RANGE),
                 1.0 if self.arm["gripper"] >= 0.5 else -1.0,
             ],
             dtype=np.float32,
