@@ -14,7 +14,9 @@ def _rollout(args: argparse.Namespace) -> int:
     from embodied.rollout import RolloutConfig, rollout
 
     out = args.out or Path("runs") / f"rollout_{args.task}_{args.policy}_seed{args.seed}"
-    config = RolloutConfig(args.task, args.policy, args.episodes, args.seed, out, args.gifs)
+    config = RolloutConfig(
+        args.task, args.policy, args.episodes, args.seed, out, args.gifs, args.checkpoint, args.model_config
+    )
     summary = rollout(config, progress=not args.quiet)
     table = Table(title=f"{config.task} / {config.policy}: {summary['episodes']} episodes from seed {config.seed}")
     for column in ("success", "SPL", "plan valid", "env steps", "s / episode"):
@@ -50,14 +52,16 @@ def _ros_up(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from embodied.rollout import POLICIES
     from envs import ENV_IDS
-    from envs.planners import PLANNERS
 
     parser = argparse.ArgumentParser(prog="embodied", description="Embodied-agent stack: rollouts, evaluation, training.")
     commands = parser.add_subparsers(dest="command", required=True)
     ro = commands.add_parser("rollout", help="run simulated episodes with a policy and report success")
     ro.add_argument("--task", choices=list(ENV_IDS), default="pick_place")
-    ro.add_argument("--policy", choices=list(PLANNERS), default="oracle")
+    ro.add_argument("--policy", choices=list(POLICIES), default="oracle")
+    ro.add_argument("--checkpoint", help="model policy: a checkpoint folder (default: an untrained model)")
+    ro.add_argument("--model-config", choices=["default", "tiny"], default="default", help="model policy without a checkpoint")
     ro.add_argument("--episodes", type=int, default=10)
     ro.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     ro.add_argument("--out", type=Path, help="output folder (default runs/rollout_TASK_POLICY_seedS)")

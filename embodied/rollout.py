@@ -18,6 +18,7 @@ from envs import ENV_IDS
 from envs.executor import execute_plan
 from envs.planners import PLANNERS, Planner
 
+POLICIES = (*PLANNERS, "model")
 GIF_EVERY = 3  # keep every third control step (0.3 s of simulated time per frame)
 GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
@@ -31,18 +32,27 @@ class RolloutConfig:
     seed: int = 0
     out: Path = Path("runs/rollout")
     gifs: int = 2
+    checkpoint: str | None = None  # the model policy's checkpoint folder; None: an untrained default model
+    model_config: str = "default"  # without a checkpoint: "default" (SmolLM2) or "tiny"
 
     def __post_init__(self):
         if self.task not in ENV_IDS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(ENV_IDS)}")
-        if self.policy not in PLANNERS:
-            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(PLANNERS)}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.model_config not in ("default", "tiny"):
+            raise ValueError(f"model_config must be 'default' or 'tiny', got {self.model_config!r}")
         if self.episodes < 1 or self.gifs < 0:
             raise ValueError("episodes must be >= 1 and gifs >= 0")
 
 
-def make_planner(name: str, seed: int) -> Planner:
-    return PLANNERS[name](seed=seed) if name == "random" else PLANNERS[name]()
+def make_planner(config: RolloutConfig) -> Planner:
+    if config.policy == "model":
+        from embodied.model import ModelConfig
+        from embodied.model_planner import ModelPlanner
+
+        return ModelPlanner(config.checkpoint, ModelConfig.tiny() if config.model_config == "tiny" else ModelConfig())
+    return PLANNERS[config.policy](seed=config.seed) if config.policy == "random" else PLANNERS[config.policy]()
 
 
 class GifRecorder:
@@ -137,7 +147,7 @@ def summarize(records: list[dict], config: RolloutConfig) -> dict:
 def rollout(config: RolloutConfig, progress: bool = True) -> dict:
     """Run ``config.episodes`` seeded episodes; write one JSON per episode as it ends, GIFs of the
     first ``config.gifs``, and ``summary.json``. Returns the summary."""
-    planner = make_planner(config.policy, config.seed)
+    planner = make_planner(config)
     env = gym.make(ENV_IDS[config.task], sensors=planner.sensors, render_mode="rgb_array" if config.gifs else None)
     out = Path(config.out)
     records = []

@@ -11,6 +11,7 @@ import pytest
 
 from embodied.cli import main
 from embodied.io import write_json
+from embodied.plan import parse_plan
 from embodied.rollout import RolloutConfig, run_episode
 
 
@@ -140,3 +141,14 @@ def test_write_json_writes_numpy_and_normal_permissions(tmp_path):
         os.umask(old)
     assert json.loads(path.read_text()) == {"v": [0, 1, 2], "x": 0.5}
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # as open() would make it, not mkstemp's 0600
+
+
+def test_model_policy_plans_from_the_camera_and_runs_the_episode(tmp_path):
+    """The model policy sees only rgb, points and the instruction; its plan is recorded and judged."""
+    code = main(["rollout", "--task", "object_nav", "--policy", "model", "--model-config", "tiny",
+                 "--episodes", "1", "--gifs", "0", "--out", str(tmp_path), "--quiet"])  # fmt: skip
+    assert code == 0
+    record = json.loads((tmp_path / "episodes" / "episode_0000.json").read_text())
+    assert record["plan"].startswith("thought:")
+    assert parse_plan(record["plan"])  # constrained decoding: it always parses
+    assert isinstance(record["plan_valid"], bool) and record["success"] in (True, False)
