@@ -99,12 +99,13 @@ def run_episode(env: gym.Env, planner: Planner, seed: int, gif: bool = False) ->
     record["plan"] = text
     try:
         plan = parse_plan(text, base.scene.object_names)
-        record["plan_valid"] = True
-        outcomes, info = execute_plan(env, plan, on_step=recorder)
     except PlanError as exc:
         record.update(plan_valid=False, plan_error=str(exc))
         outcomes = []
         *_, info = base.submit(None)
+    else:
+        record["plan_valid"] = True
+        outcomes, info = execute_plan(env, plan, on_step=recorder)
     record.update(
         steps=[o.to_dict() for o in outcomes],
         success=bool(info["success"]),

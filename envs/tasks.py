@@ -198,7 +198,7 @@ class EmbodiedQA(Task):
         if rng.random() < 0.5:
             colour = _pick(rng, sorted({o.colour for o in objects}))
             return f"how many {colour} objects are there?", str(sum(o.colour == colour for o in objects))
-        shape = _pick(rng, ("cube", "sphere", "cylinder", "bowl", "bin"))
+        shape = _pick(rng, SHAPES)
         return f"how many {shape}s are there?", str(sum(o.shape == shape for o in objects))
 
     def _ask_spatial(self, rng):
