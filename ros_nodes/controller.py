@@ -8,6 +8,7 @@ validation, or when a skill fails, and reports progress as JSON on controller/st
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -88,6 +89,7 @@ class Controller(Node):
         self.create_service(Trigger, "~/cancel", self.on_cancel)
         self.create_timer(self.period, self.on_timer)
         self.report()
+        gc.freeze()  # what exists now stays out of garbage-collection passes, which would pause the loop
 
     def _go_realtime(self, priority: int) -> None:
         """Every thread of the process, the middleware's receive threads too: a message waits on the
