@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -51,6 +52,28 @@ def _ros_up(args: argparse.Namespace) -> int:
     return run_graph(specs, Path(args.log_dir))
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import time
+
+    from agents import runtime
+    from agents.inference import InferenceConfig, start_inference
+
+    config = InferenceConfig(args.checkpoint or "", args.model_config, args.max_batch)
+    runtime.start(runtime.RuntimeConfig(address=args.address, num_cpus=args.num_cpus))
+    for sig in (signal.SIGINT, signal.SIGTERM):  # after Ray's own handlers: both stop it cleanly
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        router = start_inference(config, args.replicas, args.gpus_per_replica)  # held: the actors live while it does
+        print(f"inference router up with {args.replicas} replica(s) at {runtime.address()}; Ctrl-C stops it")
+        print(f"plan through it from ROS 2: embodied ros up --set inference=ray --set ray_address={runtime.address()}")
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        runtime.shutdown()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from embodied.rollout import POLICIES
     from envs import ENV_IDS
@@ -68,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--gifs", type=int, default=2, help="record GIFs of the first N episodes")
     ro.add_argument("--quiet", action="store_true", help="no progress bar")
     ro.set_defaults(run=_rollout)
+
+    serve = commands.add_parser("serve", help="run model replicas behind a Ray inference router")
+    serve.add_argument("--replicas", type=int, default=1)
+    serve.add_argument("--checkpoint", help="a model folder (default: an untrained model)")
+    serve.add_argument("--model-config", choices=["default", "tiny"], default="default")
+    serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    serve.add_argument("--gpus-per-replica", type=float, default=0.0)
+    serve.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
+    serve.add_argument("--address", help="join this Ray cluster (HOST:PORT) instead of starting one on loopback")
+    serve.set_defaults(run=_serve)
 
     ros = commands.add_parser("ros", help="ROS 2 nodes").add_subparsers(dest="ros_command", required=True)
     up = ros.add_parser("up", help="start the sim or hardware node graph (what the launch files start)")

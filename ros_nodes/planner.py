@@ -3,7 +3,8 @@
 Planning runs on a worker thread, so the node keeps taking images and instructions while the model thinks;
 a newer instruction that arrives meanwhile is planned next (older waiting ones are dropped). ``planner``
 chooses the backend: ``model`` (the embodied model, from ``checkpoint`` or, without one, a fresh
-``model_config``) or ``oracle`` (reads templated instructions against the latched scene description).
+``model_config``; in-process, or with ``inference:=ray`` through the Ray inference router that
+``embodied serve`` runs) or ``oracle`` (reads templated instructions against the latched scene description).
 """
 
 from __future__ import annotations
@@ -42,13 +43,21 @@ class Planner(Node):
                 "model_config": "default",
                 "max_new_tokens": 96,
                 "frame": "odom",
+                "inference": "local",  # "ray": plan through the running inference router (embodied serve)
+                "ray_address": "",  # the cluster that router runs in, as `embodied serve` prints it
                 "threads": 1,  # torch threads: leave the other cores to control
                 "niceness": 10,  # the planning thread yields the CPU to control loops on this machine
             },
         )
         if self.param["planner"] not in ("model", "oracle"):
             raise ValueError(f"planner must be 'model' or 'oracle', got {self.param['planner']!r}")
-        self.model = self._load_model() if self.param["planner"] == "model" else None
+        if self.param["inference"] not in ("local", "ray"):
+            raise ValueError(f"inference must be 'local' or 'ray', got {self.param['inference']!r}")
+        self.model = self.router = None
+        if self.param["planner"] == "model" and self.param["inference"] == "ray":
+            self.router = self._connect_router()
+        elif self.param["planner"] == "model":
+            self.model = self._load_model()
         self.image = self.cloud = self.scene = None
         self.objects: dict[str, tuple[float, float, float]] = {}
         self.pending: str | None = None
@@ -63,6 +72,15 @@ class Planner(Node):
         self.create_subscription(MarkerArray, "objects", self.on_objects, STREAM)
         self.worker = threading.Thread(target=self._work, daemon=True)
         self.worker.start()
+
+    def _connect_router(self):
+        from agents import runtime
+        from agents.inference import connect_inference
+
+        if not self.param["ray_address"]:
+            raise ValueError("inference:=ray needs ray_address:=HOST:PORT (printed by `embodied serve`)")
+        runtime.start(runtime.RuntimeConfig(address=self.param["ray_address"]))
+        return connect_inference()
 
     def _load_model(self):
         import torch
@@ -139,7 +157,7 @@ class Planner(Node):
         names = self.scene.object_names if self.scene is not None else None
         text = ""
         try:
-            if self.model is None:
+            if self.param["planner"] == "oracle":
                 if self.scene is None:
                     raise ValueError("the oracle needs the scene description, none received yet")
                 text = plan_from_goal(parse_instruction(instruction, self.scene), self.scene)
@@ -156,6 +174,10 @@ class Planner(Node):
 
         if self.image is None or self.cloud is None:
             raise ValueError("no camera image and point cloud received yet")
+        if self.router is not None:
+            import ray
+
+            return ray.get(self.router.plan.remote(instruction, self.image, self.cloud, names))
         sample = plan_sample(instruction, self.image, self.cloud)
         return self.model.plan([sample], [names], max_new_tokens=self.param["max_new_tokens"])[0]
 

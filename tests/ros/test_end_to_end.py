@@ -122,3 +122,35 @@ def test_tiny_model_planner_publishes_a_parseable_plan(ros, torch_threads):
     assert markers is not None and markers.markers[0].text == plan["plan"]
     assert all(m.header.frame_id == "odom" for m in markers.markers)
     ros.assert_alive()
+
+
+@pytest.mark.timeout(150)
+def test_planner_plans_through_the_ray_inference_router(ros, torch_threads):
+    """inference:=ray: the planner sends the camera's image and cloud to the router `embodied serve` runs."""
+    from agents import runtime
+    from agents.inference import InferenceConfig, start_inference
+
+    runtime.start(runtime.RuntimeConfig(num_cpus=2))
+    try:
+        router = start_inference(InferenceConfig(model_config="tiny", max_new_tokens=32), replicas=1)
+        bridge = ros.start(SimBridge, parameter_overrides=params(task="object_nav", seed=0))
+        planner = ros.start(
+            Planner, parameter_overrides=params(planner="model", inference="ray", ray_address=runtime.address())
+        )
+        assert planner.model is None and planner.router is not None  # nothing loaded in the node itself
+        probe = ros.probe(
+            topics={"task": (String, "task", LATCHED, "json"), "plan": (String, "plan", LATCHED, "json")},
+            publishers={"instruction": (String, "instruction", 10)},
+        )
+        task = probe.rec["task"].wait(timeout=20)
+        assert task is not None
+        assert wait_for(lambda: planner.image is not None and planner.cloud is not None and planner.scene is not None, 30)
+        assert wait_for(lambda: probe.pub["instruction"].get_subscription_count() > 0, 20)
+        probe.publish("instruction", String(data=task["instruction"]))
+        plan = probe.rec["plan"].wait(timeout=90)
+        assert plan is not None and plan["valid"] is True, plan
+        parse_plan(plan["plan"], bridge.env.unwrapped.scene.object_names)
+        ros.assert_alive()
+        del router
+    finally:
+        runtime.shutdown()

@@ -1,0 +1,141 @@
+"""Model replicas as Ray actors: concurrent planning requests are batched dynamically (up to ``max_batch``
+requests, waiting at most ``max_wait`` seconds for more), queues are bounded, and a router puts several
+replicas behind one named handle.
+
+    runtime.start()
+    router = start_inference(InferenceConfig(model_config="tiny"), replicas=2)
+    plan = ray.get(router.plan.remote("go to the red cube", rgb, points))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import ray
+
+ROUTER_NAME = "inference"
+
+
+class QueueFull(RuntimeError):
+    """Every replica's queue is full: the caller should back off and retry."""
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    checkpoint: str = ""  # a model folder; empty: an untrained model of ``model_config``
+    model_config: str = "default"  # "default" (SmolLM2) or "tiny"
+    max_batch: int = 8
+    max_wait: float = 0.02  # seconds a batch waits for more requests after its first
+    max_queue: int = 64  # waiting requests per replica
+    max_new_tokens: int = 96
+
+    def __post_init__(self):
+        if self.model_config not in ("default", "tiny"):
+            raise ValueError(f"model_config must be 'default' or 'tiny', got {self.model_config!r}")
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait < 0 or self.max_new_tokens < 1:
+            raise ValueError("max_batch, max_queue and max_new_tokens must be positive, max_wait >= 0")
+
+
+@ray.remote
+class InferenceReplica:
+    """One model; requests queue up and are decoded together."""
+
+    def __init__(self, config: dict):
+        import torch
+
+        from embodied.model import EmbodiedModel, ModelConfig
+
+        self.config = InferenceConfig(**config)
+        if self.config.checkpoint:
+            model = EmbodiedModel.from_pretrained(self.config.checkpoint)
+        else:
+            model = EmbodiedModel(ModelConfig.tiny() if self.config.model_config == "tiny" else ModelConfig())
+        self.model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self.queue: asyncio.Queue | None = None
+        self.worker = ThreadPoolExecutor(max_workers=1)  # the model runs off the event loop, which keeps queueing
+        self.batch_sizes: list[int] = []
+
+    async def plan(self, instruction: str, image, cloud, objects=None) -> str:
+        if self.queue is None:  # the actor's event loop exists only once a call arrives
+            self.queue = asyncio.Queue(maxsize=self.config.max_queue)
+            asyncio.get_running_loop().create_task(self._serve())
+        if self.queue.full():
+            raise QueueFull(f"{self.config.max_queue} requests are already waiting")
+        reply = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((instruction, image, cloud, objects, reply))
+        return await reply
+
+    async def _serve(self) -> None:
+        from embodied.prompts import plan_sample
+
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.config.max_wait
+            while len(batch) < self.config.max_batch and (left := deadline - loop.time()) > 0:
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), left))
+                except asyncio.TimeoutError:
+                    break
+            self.batch_sizes.append(len(batch))
+            samples = [plan_sample(instruction, image, cloud) for instruction, image, cloud, _, _ in batch]
+            objects = [names for *_, names, _ in batch]
+            try:
+                plans = await loop.run_in_executor(self.worker, self.model.plan, samples, objects, self.config.max_new_tokens)
+            except Exception as exc:  # noqa: BLE001  a bad request fails its batch, not the replica
+                for *_, reply in batch:
+                    reply.set_exception(exc)
+            else:
+                for (*_, reply), plan in zip(batch, plans):
+                    reply.set_result(plan)
+
+    def stats(self) -> dict:
+        return {"batches": len(self.batch_sizes), "batch_sizes": list(self.batch_sizes)}
+
+
+@ray.remote
+class InferenceRouter:
+    """Several replicas behind one handle: each request goes to the replica with the fewest in flight."""
+
+    def __init__(self, replicas: list):
+        self.replicas = replicas
+        self.in_flight = [0] * len(replicas)
+
+    async def plan(self, instruction: str, image, cloud, objects=None) -> str:
+        for index in sorted(range(len(self.replicas)), key=self.in_flight.__getitem__):
+            self.in_flight[index] += 1
+            try:
+                return await self.replicas[index].plan.remote(instruction, image, cloud, objects)
+            except QueueFull:
+                continue  # that one is saturated: try the next least busy
+            finally:
+                self.in_flight[index] -= 1
+        raise QueueFull("every replica's queue is full")
+
+    async def stats(self) -> list[dict]:
+        return [await replica.stats.remote() for replica in self.replicas]
+
+
+def start_inference(config: InferenceConfig, replicas: int = 1, gpus_per_replica: float = 0.0):
+    """Start ``replicas`` model actors and the named router in front of them (Ray must be running: see
+    ``agents.runtime.start``). Other processes find the router with ``connect_inference()``; it lives as
+    long as the returned handle does."""
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    actors = [InferenceReplica.options(num_gpus=gpus_per_replica).remote(asdict(config)) for _ in range(replicas)]
+    return InferenceRouter.options(name=ROUTER_NAME, max_concurrency=1000).remote(actors)
+
+
+def connect_inference(timeout: float = 30.0):
+    """The running router's handle, waiting up to ``timeout`` seconds for it to register."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get_actor(ROUTER_NAME)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise ValueError(f"no inference router named {ROUTER_NAME!r}: start one with `embodied serve`") from None
+            time.sleep(0.2)

@@ -1,0 +1,72 @@
+"""Ray inference: replicas batch concurrent requests, queues are bounded, one router fronts them all.
+
+Ray starts through agents/runtime.py on loopback (make test runs this inside a private network namespace).
+"""
+
+import numpy as np
+import pytest
+
+from agents import runtime
+from agents.inference import InferenceConfig, QueueFull, connect_inference, start_inference
+from embodied.plan import parse_plan
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    runtime.start(runtime.RuntimeConfig(num_cpus=2))
+    yield
+    runtime.shutdown()
+
+
+def observation(seed: int):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), rng.random((200, 6), dtype=np.float32)
+
+
+def test_runtime_starts_once_on_loopback(cluster):
+    assert runtime.start() is ray  # a second start joins the running instance
+    assert runtime.address().startswith("127.0.0.1:")
+
+
+def test_replicas_batch_concurrent_requests_behind_one_router(cluster):
+    creator = start_inference(InferenceConfig(model_config="tiny", max_new_tokens=16, max_wait=0.5), replicas=2)
+    router = connect_inference()  # found by name, as another process would
+    refs = [router.plan.remote(f"go to the red cube number {i}", *observation(i)) for i in range(8)]
+    plans = ray.get(refs, timeout=120)
+    assert len(plans) == 8 and all(parse_plan(p) for p in plans)
+    stats = ray.get(router.stats.remote())
+    sizes = [size for replica in stats for size in replica["batch_sizes"]]
+    assert sum(sizes) == 8
+    assert all(replica["batches"] > 0 for replica in stats)  # both replicas served
+    assert max(sizes) > 1  # requests were decoded together
+    ray.kill(creator)
+
+
+def test_a_full_queue_refuses_requests_clearly(cluster):
+    router = start_inference(InferenceConfig(model_config="tiny", max_new_tokens=16, max_batch=1, max_queue=1))
+    refs = [router.plan.remote("find the blue sphere", *observation(i)) for i in range(12)]
+    outcomes = []
+    for ref in refs:
+        try:
+            outcomes.append(parse_plan(ray.get(ref, timeout=120)) is not None)
+        except QueueFull as exc:
+            assert "full" in str(exc)
+            outcomes.append(False)
+    assert any(outcomes) and not all(outcomes)  # some served, the overflow refused
+    ray.kill(router)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [({"model_config": "huge"}, "model_config"), ({"max_batch": 0}, "positive"), ({"max_wait": -1}, "max_wait")],
+)
+def test_bad_inference_configs_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        InferenceConfig(**settings)
+
+
+def test_bad_runtime_config_is_refused():
+    with pytest.raises(ValueError, match="num_cpus"):
+        runtime.RuntimeConfig(num_cpus=-1)
