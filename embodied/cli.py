@@ -18,7 +18,12 @@ def _rollout(args: argparse.Namespace) -> int:
     config = RolloutConfig(
         args.task, args.policy, args.episodes, args.seed, out, args.gifs, args.checkpoint, args.model_config
     )
-    summary = rollout(config, progress=not args.quiet)
+    if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
+        from agents.rollout_workers import parallel_rollout
+
+        summary = parallel_rollout(config, args.workers, progress=not args.quiet)
+    else:
+        summary = rollout(config, progress=not args.quiet)
     table = Table(title=f"{config.task} / {config.policy}: {summary['episodes']} episodes from seed {config.seed}")
     for column in ("success", "SPL", "plan valid", "env steps", "s / episode"):
         table.add_column(column, justify="right")
@@ -89,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     ro.add_argument("--out", type=Path, help="output folder (default runs/rollout_TASK_POLICY_seedS)")
     ro.add_argument("--gifs", type=int, default=2, help="record GIFs of the first N episodes")
+    ro.add_argument("--workers", type=int, default=1, help="parallel rollout workers (Ray actors, one CPU each)")
     ro.add_argument("--quiet", action="store_true", help="no progress bar")
     ro.set_defaults(run=_rollout)
 

@@ -145,25 +145,58 @@ def summarize(records: list[dict], config: RolloutConfig) -> dict:
     }
 
 
+class EpisodeRunner:
+    """One environment and one planner, running the episodes of a rollout by index: the serial loop
+    below and each parallel rollout worker (agents/rollout_workers.py) hold one."""
+
+    def __init__(self, config: RolloutConfig):
+        self.config = config
+        self.planner = make_planner(config)
+        render = "rgb_array" if config.gifs else None
+        self.env = gym.make(ENV_IDS[config.task], sensors=self.planner.sensors, render_mode=render)
+
+    def run(self, index: int) -> dict:
+        """Episode ``index`` (seed ``config.seed + index``); its GIF goes to disk, its record is returned."""
+        record, recorder = run_episode(self.env, self.planner, self.config.seed + index, gif=index < self.config.gifs)
+        record["episode"] = index
+        if recorder is not None:
+            recorder.save(Path(self.config.out) / "gifs" / f"episode_{index:04d}.gif")
+        return record
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class RecordWriter:
+    """Writes each episode's record as it arrives, with a progress bar, and the summary at the end."""
+
+    def __init__(self, config: RolloutConfig, progress: bool):
+        self.config, self.out = config, Path(config.out)
+        self.records: dict[int, dict] = {}
+        self.bar = tqdm(total=config.episodes, desc=f"{config.task}/{config.policy}", unit="ep", disable=not progress)
+        self.started = time.perf_counter()
+
+    def add(self, record: dict) -> None:
+        write_json(self.out / "episodes" / f"episode_{record['episode']:04d}.json", record)
+        self.records[record["episode"]] = record
+        self.bar.update(1)
+        self.bar.set_postfix(success=f"{np.mean([r['success'] for r in self.records.values()]):.0%}")
+
+    def finish(self) -> dict:
+        self.bar.close()
+        summary = summarize([self.records[i] for i in sorted(self.records)], self.config)
+        summary["episodes_per_second"] = len(self.records) / (time.perf_counter() - self.started)
+        write_json(self.out / "summary.json", {"config": {**asdict(self.config), "out": str(self.config.out)}, **summary})
+        return summary
+
+
 def rollout(config: RolloutConfig, progress: bool = True) -> dict:
     """Run ``config.episodes`` seeded episodes; write one JSON per episode as it ends, GIFs of the
     first ``config.gifs``, and ``summary.json``. Returns the summary."""
-    planner = make_planner(config)
-    env = gym.make(ENV_IDS[config.task], sensors=planner.sensors, render_mode="rgb_array" if config.gifs else None)
-    out = Path(config.out)
-    records = []
-    bar = tqdm(range(config.episodes), desc=f"{config.task}/{config.policy}", unit="ep", disable=not progress)
+    runner, writer = EpisodeRunner(config), RecordWriter(config, progress)
     try:
-        for i in bar:
-            record, recorder = run_episode(env, planner, config.seed + i, gif=i < config.gifs)
-            record["episode"] = i
-            write_json(out / "episodes" / f"episode_{i:04d}.json", record)
-            if recorder is not None:
-                recorder.save(out / "gifs" / f"episode_{i:04d}.gif")
-            records.append(record)
-            bar.set_postfix(success=f"{np.mean([r['success'] for r in records]):.0%}")
+        for index in range(config.episodes):
+            writer.add(runner.run(index))
     finally:
-        env.close()
-    summary = summarize(records, config)
-    write_json(out / "summary.json", {"config": {**asdict(config), "out": str(config.out)}, **summary})
-    return summary
+        runner.close()
+    return writer.finish()
