@@ -16,7 +16,15 @@ def _rollout(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"rollout_{args.task}_{args.policy}_seed{args.seed}"
     config = RolloutConfig(
-        args.task, args.policy, args.episodes, args.seed, out, args.gifs, args.checkpoint, args.model_config
+        task=args.task,
+        policy=args.policy,
+        episodes=args.episodes,
+        seed=args.seed,
+        out=out,
+        gifs=args.gifs,
+        replans=args.replans,
+        checkpoint=args.checkpoint,
+        model_config=args.model_config,
     )
     if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
         from agents.rollout_workers import parallel_rollout
@@ -95,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--out", type=Path, help="output folder (default runs/rollout_TASK_POLICY_seedS)")
     ro.add_argument("--gifs", type=int, default=2, help="record GIFs of the first N episodes")
     ro.add_argument("--workers", type=int, default=1, help="parallel rollout workers (Ray actors, one CPU each)")
+    ro.add_argument("--replans", type=int, default=0, help="closed loop: plan again after a failed skill, up to N times")
     ro.add_argument("--quiet", action="store_true", help="no progress bar")
     ro.set_defaults(run=_rollout)
 

@@ -32,6 +32,7 @@ class RolloutConfig:
     seed: int = 0
     out: Path = Path("runs/rollout")
     gifs: int = 2
+    replans: int = 0  # closed loop: plans again after a failed skill, up to this many times
     checkpoint: str | None = None  # the model policy's checkpoint folder; None: an untrained default model
     model_config: str = "default"  # without a checkpoint: "default" (SmolLM2) or "tiny"
 
@@ -42,8 +43,8 @@ class RolloutConfig:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.model_config not in ("default", "tiny"):
             raise ValueError(f"model_config must be 'default' or 'tiny', got {self.model_config!r}")
-        if self.episodes < 1 or self.gifs < 0:
-            raise ValueError("episodes must be >= 1 and gifs >= 0")
+        if self.episodes < 1 or self.gifs < 0 or self.replans < 0:
+            raise ValueError("episodes must be >= 1, gifs and replans >= 0")
 
 
 def make_planner(config: RolloutConfig) -> Planner:
@@ -87,26 +88,42 @@ class GifRecorder:
             write_atomic(path, lambda tmp: iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=100, loop=0))
 
 
-def run_episode(env: gym.Env, planner: Planner, seed: int, gif: bool = False) -> tuple[dict, GifRecorder | None]:
-    """One episode: reset, plan, parse, execute, measure. A plan that does not parse or a failing skill
-    ends the episode with the reason recorded; it never raises. With ``gif``, also its frames."""
+def run_episode(
+    env: gym.Env, planner: Planner, seed: int, gif: bool = False, replans: int = 0
+) -> tuple[dict, GifRecorder | None]:
+    """One episode: reset, plan, parse, execute, measure, closed loop: when a skill fails (or a plan does
+    not parse) and ``replans`` remain, the planner plans again from the current observation with the
+    failure in its instruction (PaLM-E / SayCan style). It never raises for a bad plan or a failing skill.
+    With ``gif``, also its frames."""
     started = time.perf_counter()
     obs, info = env.reset(seed=seed)
     base = env.unwrapped
-    record = {"seed": seed, "task": base.task.name, "instruction": base.task.instruction, "goal": base.task.goal()}
-    recorder = GifRecorder(env, base.task.instruction) if gif else None
-    text = planner.plan(obs, env)
-    record["plan"] = text
-    try:
-        plan = parse_plan(text, base.scene.object_names)
-    except PlanError as exc:
-        record.update(plan_valid=False, plan_error=str(exc))
-        outcomes = []
+    instruction = base.task.instruction
+    record = {"seed": seed, "task": base.task.name, "instruction": instruction, "goal": base.task.goal()}
+    recorder = GifRecorder(env, instruction) if gif else None
+    plans, outcomes, feedback = [], [], ""
+    for attempt in range(replans + 1):
+        last = attempt == replans
+        text = planner.plan({**obs, "instruction": instruction + feedback} if feedback else obs, env)
+        plans.append(text)
+        try:
+            plan = parse_plan(text, base.scene.object_names)
+        except PlanError as exc:
+            record.setdefault("plan_error", str(exc))
+            feedback = f"\nyour plan did not parse ({exc}); write it again."
+            continue
+        record.setdefault("plan_valid", attempt == 0)
+        done, info = execute_plan(env, plan, on_step=recorder, finish=last)
+        outcomes += done
+        if base.ended or base.steps >= base.max_steps or not done or done[-1].success:
+            break
+        feedback = f"\n{done[-1].step} failed: {done[-1].reason}. plan again from here."
+        obs = base.observation()
+    record.setdefault("plan_valid", False)
+    if not base.ended:
         *_, info = base.submit(None)
-    else:
-        record["plan_valid"] = True
-        outcomes, info = execute_plan(env, plan, on_step=recorder)
     record.update(
+        plan=plans[0],
         steps=[o.to_dict() for o in outcomes],
         success=bool(info["success"]),
         env_steps=info["steps"],
@@ -115,6 +132,8 @@ def run_episode(env: gym.Env, planner: Planner, seed: int, gif: bool = False) ->
         seconds=time.perf_counter() - started,
         **{k: info[k] for k in ("spl", "progress", "distance_to_goal") if k in info},
     )
+    if replans:
+        record["plans"] = plans
     return record, recorder
 
 
@@ -157,7 +176,8 @@ class EpisodeRunner:
 
     def run(self, index: int) -> dict:
         """Episode ``index`` (seed ``config.seed + index``); its GIF goes to disk, its record is returned."""
-        record, recorder = run_episode(self.env, self.planner, self.config.seed + index, gif=index < self.config.gifs)
+        config = self.config
+        record, recorder = run_episode(self.env, self.planner, config.seed + index, index < config.gifs, config.replans)
         record["episode"] = index
         if recorder is not None:
             recorder.save(Path(self.config.out) / "gifs" / f"episode_{index:04d}.gif")

@@ -235,6 +235,10 @@ class EmbodiedEnv(gym.Env):
 
     # -- observations --------------------------------------------------------------------------------
 
+    def observation(self) -> dict:
+        """The observation now (what the last step returned, rendered again): for a planner mid-episode."""
+        return self._observation()
+
     def world_state(self) -> WorldState:
         """The privileged state the skills and the oracle read."""
         return self._state

@@ -22,15 +22,16 @@ class StepOutcome:
 
 
 def execute_plan(
-    env: EmbodiedEnv, plan: Plan, on_step: Callable[[dict, dict, Step], None] | None = None
+    env: EmbodiedEnv, plan: Plan, on_step: Callable[[dict, dict, Step], None] | None = None, finish: bool = True
 ) -> tuple[list[StepOutcome], dict]:
     """Execute ``plan`` until its terminal step, a failed skill, or the episode's step limit.
 
-    The episode always ends here (a failed plan ends it as if ``done()`` were called), so the returned
-    info holds the task's final metrics. ``on_step(obs, info, plan_step)`` sees every environment step.
+    With ``finish`` the episode always ends here (a failed plan ends it as if ``done()`` were called), so
+    the returned info holds the task's final metrics; without it a failed skill leaves the episode running,
+    for a replan. ``on_step(obs, info, plan_step)`` sees every environment step.
     """
     env = env.unwrapped
-    ctx = SkillContext(env.scene, env.navmap, env.config.control_dt)
+    ctx = SkillContext(env.scene, env.navmap, env.config.control_dt, env.world_state())
     outcomes: list[StepOutcome] = []
     for step in plan.steps:
         if step.skill in ("answer", "done"):
@@ -50,6 +51,8 @@ def execute_plan(
                 outcomes.append(StepOutcome(str(step), False, "timeout: the episode's step limit was reached", runner.steps))
                 return outcomes, info
         if not outcomes[-1].success:
+            if not finish:
+                return outcomes, env.info()
             break
     obs, _, _, _, info = env.submit(None)
     _notify(on_step, obs, info, Step("done"))

@@ -44,11 +44,15 @@ def _wrap(angle: float) -> float:
 class SkillContext:
     """What skills share within an episode: the scene's object specs, the map, and the arm targets."""
 
-    def __init__(self, scene: SceneSpec, navmap: NavMap | None = None, control_dt: float = 0.1):
+    def __init__(self, scene: SceneSpec, navmap: NavMap | None = None, control_dt: float = 0.1, state: WorldState | None = None):
         self.scene = scene
         self.navmap = navmap or NavMap(scene)
         self.control_dt = control_dt  # seconds per action: skills run unchanged at 10 Hz in gym or 50 Hz in ROS
-        self.lift, self.extend, self.closed = LIFT_RANGE[0], EXTEND_RANGE[0], False
+        # arm targets start where the arm is: a new plan must not open a gripper that holds something
+        robot = state.robot if state is not None else None
+        self.lift = robot.lift if robot else LIFT_RANGE[0]
+        self.extend = robot.extend if robot else EXTEND_RANGE[0]
+        self.closed = robot.gripper_closed if robot else False
 
     def spec(self, name: str) -> ObjectSpec | None:
         return self.scene.object(name)

@@ -156,7 +156,7 @@ class Controller(Node):
             self.plan = parse_plan(record["plan"], self.scene.object_names)
         except ValueError as exc:  # PlanError and bad JSON alike
             return self.finish("rejected", f"invalid plan: {exc}")
-        self.ctx = SkillContext(self.scene, control_dt=self.period)
+        self.ctx = SkillContext(self.scene, control_dt=self.period, state=self.world_state())
         self.step_index = -1
         self.next_step()
 

@@ -152,3 +152,94 @@ def test_model_policy_plans_from_the_camera_and_runs_the_episode(tmp_path):
     assert record["plan"].startswith("thought:")
     assert parse_plan(record["plan"])  # constrained decoding: it always parses
     assert isinstance(record["plan_valid"], bool) and record["success"] in (True, False)
+
+
+def _seed_without(env, name: str) -> int:
+    for seed in range(50):
+        env.reset(seed=seed)
+        if name not in env.unwrapped.scene.object_names:
+            return seed
+    raise AssertionError(f"every scene has a {name}")
+
+
+class _FirstPlanFails:
+    """Names an object the scene does not have, then, told why, plans like the oracle."""
+
+    name, sensors = "scripted", ()
+
+    def __init__(self):
+        self.instructions = []
+
+    def plan(self, observation, env):
+        self.instructions.append(observation["instruction"])
+        if len(self.instructions) == 1:
+            return "thought: x\n1. navigate(red cube)\n2. done()"
+        from envs.planners import OraclePlanner
+
+        return OraclePlanner().plan(observation, env)
+
+
+def test_closed_loop_replans_with_the_error_in_the_instruction():
+    import gymnasium as gym
+
+    from envs import ENV_IDS
+
+    env = gym.make(ENV_IDS["object_nav"], sensors=())
+    try:
+        seed = _seed_without(env, "red cube")
+        planner = _FirstPlanFails()
+        record, _ = run_episode(env, planner, seed, replans=1)
+    finally:
+        env.close()
+    assert len(planner.instructions) == 2 and len(record["plans"]) == 2
+    assert "did not parse" in planner.instructions[1] and "unknown object 'red cube'" in planner.instructions[1]
+    assert record["plan_valid"] is False and record["success"] is True
+
+
+def test_without_replans_a_failed_skill_ends_the_episode():
+    import gymnasium as gym
+
+    from envs import ENV_IDS
+
+    env = gym.make(ENV_IDS["object_nav"], sensors=())
+    try:
+        seed = _seed_without(env, "red cube")
+        planner = _FirstPlanFails()
+        record, _ = run_episode(env, planner, seed)
+    finally:
+        env.close()
+    assert len(planner.instructions) == 1 and "plans" not in record and record["success"] is False
+
+
+class _GraspsTheWrongThing:
+    """Picks the navigation target from afar (the skill fails: unreachable), then, told why, plans like the oracle."""
+
+    name, sensors = "scripted", ()
+
+    def __init__(self):
+        self.instructions = []
+
+    def plan(self, observation, env):
+        self.instructions.append(observation["instruction"])
+        target = env.unwrapped.task.target.name
+        if len(self.instructions) == 1:
+            return f"thought: x\n1. pick({target})\n2. done()"
+        from envs.planners import OraclePlanner
+
+        return OraclePlanner().plan(observation, env)
+
+
+def test_closed_loop_replans_after_a_failed_skill():
+    import gymnasium as gym
+
+    from envs import ENV_IDS
+
+    env = gym.make(ENV_IDS["object_nav"], sensors=())
+    try:
+        planner = _GraspsTheWrongThing()
+        record, _ = run_episode(env, planner, 3, replans=2)
+    finally:
+        env.close()
+    assert len(planner.instructions) == 2
+    assert "failed: unreachable" in planner.instructions[1]
+    assert record["steps"][0]["success"] is False and record["plan_valid"] is True and record["success"] is True
