@@ -10,13 +10,16 @@ replicas behind one named handle.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 ROUTER_NAME = "inference"
+MAX_ATTEMPTS = 5  # a replica's restart (loading its model) gets 0.5 + 1 + 2 + 4 s
 
 
 class QueueFull(RuntimeError):
@@ -31,6 +34,7 @@ class InferenceConfig:
     max_wait: float = 0.02  # seconds a batch waits for more requests after its first
     max_queue: int = 64  # waiting requests per replica
     max_new_tokens: int = 96
+    threads: int = 0  # torch threads per replica; 0: every core (Ray would otherwise give an actor one)
 
     def __post_init__(self):
         if self.model_config not in ("default", "tiny"):
@@ -39,7 +43,7 @@ class InferenceConfig:
             raise ValueError("max_batch, max_queue and max_new_tokens must be positive, max_wait >= 0")
 
 
-@ray.remote
+@ray.remote(max_restarts=-1)
 class InferenceReplica:
     """One model; requests queue up and are decoded together."""
 
@@ -49,6 +53,7 @@ class InferenceReplica:
         from embodied.model import EmbodiedModel, ModelConfig
 
         self.config = InferenceConfig(**config)
+        torch.set_num_threads(self.config.threads or os.cpu_count() or 1)
         if self.config.checkpoint:
             model = EmbodiedModel.from_pretrained(self.config.checkpoint)
         else:
@@ -96,24 +101,38 @@ class InferenceReplica:
         return {"batches": len(self.batch_sizes), "batch_sizes": list(self.batch_sizes)}
 
 
-@ray.remote
+@ray.remote(max_restarts=-1)
 class InferenceRouter:
-    """Several replicas behind one handle: each request goes to the replica with the fewest in flight."""
+    """Several replicas behind one handle: each request goes to the replica with the fewest in flight; one
+    whose replica dies mid-request (Ray restarts it) is sent again, up to ``MAX_ATTEMPTS`` times."""
 
     def __init__(self, replicas: list):
         self.replicas = replicas
         self.in_flight = [0] * len(replicas)
 
     async def plan(self, instruction: str, image, cloud, objects=None) -> str:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return await self._least_busy(instruction, image, cloud, objects)
+            except (RayActorError, ActorUnavailableError):  # a replica died or is restarting: wait, send again
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+
+    async def _least_busy(self, instruction: str, image, cloud, objects) -> str:
+        """The request on the least busy replica whose queue has room; QueueFull when none has."""
         for index in sorted(range(len(self.replicas)), key=self.in_flight.__getitem__):
             self.in_flight[index] += 1
             try:
                 return await self.replicas[index].plan.remote(instruction, image, cloud, objects)
             except QueueFull:
-                continue  # that one is saturated: try the next least busy
+                continue
             finally:
                 self.in_flight[index] -= 1
         raise QueueFull("every replica's queue is full")
+
+    def replica_handles(self) -> list:
+        return list(self.replicas)
 
     async def stats(self) -> list[dict]:
         return [await replica.stats.remote() for replica in self.replicas]

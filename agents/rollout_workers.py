@@ -14,7 +14,7 @@ import uuid
 from dataclasses import asdict
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from agents import runtime
 from embodied.rollout import EpisodeRunner, RecordWriter, RolloutConfig
@@ -71,7 +71,7 @@ def parallel_rollout(config: RolloutConfig, workers: int, progress: bool = True,
                 index, worker, _ = running.pop(ref)
                 try:
                     writer.add(ray.get(ref))
-                except RayActorError as exc:  # the worker died (or was killed as hung): Ray restarts it
+                except (RayActorError, ActorUnavailableError) as exc:  # died or killed as hung: Ray restarts it
                     retry_or_fail(index, f"worker died: {exc.__class__.__name__}")
                 submit(worker)
             for ref, (index, worker, started) in list(running.items()):

@@ -70,3 +70,12 @@ def test_bad_inference_configs_are_refused(settings, message):
 def test_bad_runtime_config_is_refused():
     with pytest.raises(ValueError, match="num_cpus"):
         runtime.RuntimeConfig(num_cpus=-1)
+
+
+def test_a_replica_that_dies_is_restarted_and_the_request_sent_again(cluster):
+    creator = start_inference(InferenceConfig(model_config="tiny", max_new_tokens=8), replicas=1)
+    assert parse_plan(ray.get(creator.plan.remote("find the red cube", *observation(0)), timeout=120))
+    (replica,) = ray.get(creator.replica_handles.remote())
+    ray.kill(replica, no_restart=False)
+    assert parse_plan(ray.get(creator.plan.remote("find the red cube", *observation(1)), timeout=120))
+    ray.kill(creator)
