@@ -5,6 +5,7 @@ import os
 import stat
 from pathlib import Path
 
+import gymnasium as gym
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from embodied.cli import main
 from embodied.io import write_json
 from embodied.plan import parse_plan
 from embodied.rollout import RolloutConfig, run_episode
+from envs import ENV_IDS
+from envs.planners import OraclePlanner
 
 
 class GarbagePlanner:
@@ -162,32 +165,38 @@ def _seed_without(env, name: str) -> int:
     raise AssertionError(f"every scene has a {name}")
 
 
-class _FirstPlanFails:
-    """Names an object the scene does not have, then, told why, plans like the oracle."""
+class _WrongFirstPlan:
+    """Writes ``first(env)`` as its first plan, then, told what went wrong, plans like the oracle."""
 
     name, sensors = "scripted", ()
 
-    def __init__(self):
-        self.instructions = []
+    def __init__(self, first):
+        self.first, self.instructions = first, []
 
     def plan(self, observation, env):
         self.instructions.append(observation["instruction"])
         if len(self.instructions) == 1:
-            return "thought: x\n1. navigate(red cube)\n2. done()"
-        from envs.planners import OraclePlanner
-
+            return self.first(env)
         return OraclePlanner().plan(observation, env)
 
 
-def test_closed_loop_replans_with_the_error_in_the_instruction():
-    import gymnasium as gym
+def _unknown_object(env) -> str:
+    return "thought: x\n1. navigate(red cube)\n2. done()"
 
-    from envs import ENV_IDS
 
+def _pick_from_afar(env) -> str:
+    return f"thought: x\n1. pick({env.unwrapped.task.target.name})\n2. done()"
+
+
+def _object_nav(seed_without: str | None = None, seed: int = 3):
     env = gym.make(ENV_IDS["object_nav"], sensors=())
+    return env, (_seed_without(env, seed_without) if seed_without else seed)
+
+
+def test_closed_loop_replans_with_the_error_in_the_instruction():
+    env, seed = _object_nav("red cube")
+    planner = _WrongFirstPlan(_unknown_object)
     try:
-        seed = _seed_without(env, "red cube")
-        planner = _FirstPlanFails()
         record, _ = run_episode(env, planner, seed, replans=1)
     finally:
         env.close()
@@ -196,48 +205,21 @@ def test_closed_loop_replans_with_the_error_in_the_instruction():
     assert record["plan_valid"] is False and record["success"] is True
 
 
-def test_without_replans_a_failed_skill_ends_the_episode():
-    import gymnasium as gym
-
-    from envs import ENV_IDS
-
-    env = gym.make(ENV_IDS["object_nav"], sensors=())
+def test_without_replans_a_failed_plan_ends_the_episode():
+    env, seed = _object_nav("red cube")
+    planner = _WrongFirstPlan(_unknown_object)
     try:
-        seed = _seed_without(env, "red cube")
-        planner = _FirstPlanFails()
         record, _ = run_episode(env, planner, seed)
     finally:
         env.close()
     assert len(planner.instructions) == 1 and "plans" not in record and record["success"] is False
 
 
-class _GraspsTheWrongThing:
-    """Picks the navigation target from afar (the skill fails: unreachable), then, told why, plans like the oracle."""
-
-    name, sensors = "scripted", ()
-
-    def __init__(self):
-        self.instructions = []
-
-    def plan(self, observation, env):
-        self.instructions.append(observation["instruction"])
-        target = env.unwrapped.task.target.name
-        if len(self.instructions) == 1:
-            return f"thought: x\n1. pick({target})\n2. done()"
-        from envs.planners import OraclePlanner
-
-        return OraclePlanner().plan(observation, env)
-
-
 def test_closed_loop_replans_after_a_failed_skill():
-    import gymnasium as gym
-
-    from envs import ENV_IDS
-
-    env = gym.make(ENV_IDS["object_nav"], sensors=())
+    env, seed = _object_nav()
+    planner = _WrongFirstPlan(_pick_from_afar)
     try:
-        planner = _GraspsTheWrongThing()
-        record, _ = run_episode(env, planner, 3, replans=2)
+        record, _ = run_episode(env, planner, seed, replans=2)
     finally:
         env.close()
     assert len(planner.instructions) == 2
