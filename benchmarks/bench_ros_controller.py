@@ -46,6 +46,7 @@ def run() -> list[Ratio]:
 
     from ros_nodes.conversions import cloud_msg, image_msg, joint_state_msg, odometry_msg
     from ros_nodes.qos import LATCHED, STREAM
+    from ros_nodes.spin import go_realtime
 
     env = dict(os.environ, ROS_LOG_DIR=tempfile.mkdtemp(prefix="ros_bench_"))
     python = [sys.executable, "-m"]
@@ -106,10 +107,9 @@ def run() -> list[Ratio]:
     def robot_clock() -> None:
         """Sensors on absolute deadlines from a thread of their own: the robot's clock must not add jitter
         of its own to what is measured of the controller."""
-        try:  # a robot's driver runs with real-time priority too (all threads: DDS's as well)
-            for thread in os.listdir("/proc/self/task"):
-                os.sched_setscheduler(int(thread), os.SCHED_FIFO, os.sched_param(PRIORITY))
-        except (AttributeError, PermissionError, OSError):
+        try:  # a robot's driver runs with real-time priority too
+            go_realtime(PRIORITY)
+        except (AttributeError, OSError):
             pass
         start = time.perf_counter()
         tick = 0

@@ -165,15 +165,21 @@ class EmbodiedModel(nn.Module):
 
     def forward(self, samples: list[Sample]):
         """Language-model loss on the assistant replies of ``samples`` (right-padded batch)."""
-        sequences = self._sequences(samples)
-        length = max(len(e) for e, _ in sequences)
-        width = sequences[0][0].shape[1]
-        embeds = torch.zeros(len(samples), length, width, device=self.device)
-        labels = torch.full((len(samples), length), -100, dtype=torch.long, device=self.device)
-        mask = torch.zeros(len(samples), length, dtype=torch.long, device=self.device)
-        for row, (e, lab) in enumerate(sequences):
-            embeds[row, : len(e)], labels[row, : len(e)], mask[row, : len(e)] = e, lab, 1
+        embeds, mask, labels = self._pad(self._sequences(samples), left=False)
         return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
+
+    def _pad(self, sequences: list[tuple[torch.Tensor, torch.Tensor]], left: bool):
+        """A batch of (embeddings, labels) sequences as padded tensors and the attention mask; left padding
+        for decoding, so every reply starts in the same column."""
+        length = max(len(e) for e, _ in sequences)
+        batch, width = len(sequences), sequences[0][0].shape[1]
+        embeds = torch.zeros(batch, length, width, device=self.device)
+        labels = torch.full((batch, length), -100, dtype=torch.long, device=self.device)
+        mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
+        for row, (e, lab) in enumerate(sequences):
+            span = slice(length - len(e), length) if left else slice(0, len(e))
+            embeds[row, span], labels[row, span], mask[row, span] = e, lab, 1
+        return embeds, mask, labels
 
     # -- generation ----------------------------------------------------------------------------------
 
@@ -196,13 +202,7 @@ class EmbodiedModel(nn.Module):
         others decode at its cost no longer. ``constraints`` (one ``PlanConstraint`` or None per sample)
         restrict the tokens each reply may take."""
         constraints = constraints or [None] * len(samples)
-        sequences = self._sequences(samples)
-        length = max(len(e) for e, _ in sequences)
-        batch, width = len(samples), sequences[0][0].shape[1]
-        embeds = torch.zeros(batch, length, width, device=self.device)
-        mask = torch.zeros(batch, length, dtype=torch.long, device=self.device)
-        for row, (e, _) in enumerate(sequences):  # left padding: every reply starts at the same column
-            embeds[row, length - len(e) :], mask[row, length - len(e) :] = e, 1
+        embeds, mask, _ = self._pad(self._sequences(samples), left=True)
         with self._merged_lora():
             return self._decode(embeds, mask, constraints, max_new_tokens)
 

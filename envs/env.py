@@ -285,8 +285,8 @@ class EmbodiedEnv(gym.Env):
             "answer": self.answer,
             **metrics,
         }
-        if "shortest_path" in self.task.goal():
-            shortest = self.task.goal()["shortest_path"]
+        shortest = self.task.goal().get("shortest_path")
+        if shortest is not None:
             info["spl"] = float(metrics["success"]) * shortest / max(self.path_length, shortest, 1e-6)
         return info
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import sys
 import time
 from collections import deque
@@ -37,9 +36,10 @@ from envs.backend import (
 )
 from envs.scene import SceneSpec
 from envs.skills import SkillContext, SkillResult, SkillRunner
-from ros_nodes.conversions import arm_trajectory_msg, joint_positions, odometry_pose, twist_msg
+from ros_nodes.conversions import arm_trajectory_msg, joint_positions, odometry_pose, scene_spec, twist_msg
 from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
+from ros_nodes.spin import go_realtime
 
 
 class Controller(Node):
@@ -92,20 +92,17 @@ class Controller(Node):
         gc.freeze()  # what exists now stays out of garbage-collection passes, which would pause the loop
 
     def _go_realtime(self, priority: int) -> None:
-        """Every thread of the process, the middleware's receive threads too: a message waits on the
-        slowest thread it passes through."""
         try:
-            for thread in os.listdir("/proc/self/task"):
-                os.sched_setscheduler(int(thread), os.SCHED_FIFO, os.sched_param(priority))
-        except (AttributeError, PermissionError, OSError) as exc:  # not Linux, or no rtprio allowance
+            go_realtime(priority)
+        except (AttributeError, OSError) as exc:  # not Linux, or no rtprio allowance
             self.get_logger().warning(f"running without real-time priority ({exc}); raise the rtprio limit to allow it")
 
     # -- inputs --------------------------------------------------------------------------------------
 
     def on_scene(self, msg: String) -> None:
         try:
-            self.scene = SceneSpec.from_dict(json.loads(msg.data))
-        except (ValueError, KeyError, TypeError) as exc:
+            self.scene = scene_spec(msg)
+        except ValueError as exc:
             self.get_logger().error(f"rejected scene description: {exc}")
             return
         if self.waiting_plan is not None:

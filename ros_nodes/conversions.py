@@ -3,6 +3,7 @@ so a node can log it and carry on instead of acting on garbage."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,11 +11,22 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
+from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from envs.scene import SceneSpec
 
 ARM_JOINTS = ("lift", "extend", "gripper")  # gripper: 1.0 closed, 0.0 open
 _ENCODINGS = {"rgb8": (np.uint8, 3), "32FC1": (np.float32, 1)}
 _CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
+
+
+def scene_spec(msg: String) -> SceneSpec:
+    """The scene description a ``scene`` topic carries as JSON (what the skills need of the world)."""
+    try:
+        return SceneSpec.from_dict(json.loads(msg.data))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a scene description: {exc}") from exc
 
 
 def image_msg(array: np.ndarray, stamp: Time, frame: str) -> Image:

@@ -22,9 +22,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from embodied.plan import parse_plan
 from envs.planners import plan_from_goal
-from envs.scene import SceneSpec
 from envs.tasks import parse_instruction
-from ros_nodes.conversions import cloud_array, image_array
+from ros_nodes.conversions import cloud_array, image_array, scene_spec
 from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
 
@@ -112,8 +111,8 @@ class Planner(Node):
 
     def on_scene(self, msg: String) -> None:
         try:
-            self.scene = SceneSpec.from_dict(json.loads(msg.data))
-        except (ValueError, KeyError, TypeError) as exc:
+            self.scene = scene_spec(msg)
+        except ValueError as exc:
             self.get_logger().error(f"rejected scene description: {exc}")
 
     def on_objects(self, msg: MarkerArray) -> None:
