@@ -56,10 +56,7 @@ def _ros_up(args: argparse.Namespace) -> int:
     from ros_nodes.up import run_graph
 
     def pairs(items, separator):
-        try:
-            return dict(item.split(separator, 1) for item in items)
-        except ValueError:
-            raise ValueError(f"expected NAME{separator}VALUE, got {items}") from None
+        return dict(_pair(item, separator) for item in items)
 
     specs = graph(args.mode, pairs(args.set, "="), pairs(args.remap, ":="))
     return run_graph(specs, Path(args.log_dir))
@@ -85,6 +82,53 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         runtime.shutdown()
+
+
+def _data(args: argparse.Namespace) -> int:
+    from embodied.data.generate import DataConfig, generate
+
+    config = DataConfig(
+        train_scenes=args.train_scenes,
+        val_scenes=args.val_scenes,
+        test_scenes=args.test_scenes,
+        compositional_scenes=args.compositional_scenes,
+    )
+    manifest = generate(args.out, config, workers=args.workers, progress=not args.quiet)
+    table = Table(title=f"dataset in {args.out}")
+    for column in ("split", "samples", "observations", "objects"):
+        table.add_column(column, justify="right")
+    for split, rows in manifest["rows"].items():
+        table.add_row(split, str(rows["samples"]), str(rows["observations"]), str(rows["objects"]))
+    Console().print(table)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from embodied.train.config import TrainConfig
+
+    overrides = {key: yaml.safe_load(value) for key, value in (_pair(item, "=") for item in args.set)}
+    config = TrainConfig.load(args.config, overrides)
+    if config.stage != args.stage:
+        raise ValueError(f"{args.config} configures stage {config.stage!r}, not {args.stage!r}")
+    if args.workers > 0:  # Ray Train: agents/ composes training with Ray, embodied/ knows nothing of it
+        from agents.train_workers import train_with_ray
+
+        metrics = train_with_ray(config, args.workers, address=args.address, progress=not args.quiet)
+    else:
+        from embodied.train.loop import train
+
+        metrics = train(config, progress=not args.quiet)
+    print(f"{config.stage} done: {metrics}; model in {config.out}/model, curves in {config.out}/curves.png")
+    return 0
+
+
+def _pair(item: str, separator: str) -> tuple[str, str]:
+    if separator not in item:
+        raise ValueError(f"expected NAME{separator}VALUE, got {item!r}")
+    name, value = item.split(separator, 1)
+    return name, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,6 +160,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     serve.add_argument("--address", help="join this Ray cluster (HOST:PORT) instead of starting one on loopback")
     serve.set_defaults(run=_serve)
+
+    data = commands.add_parser("data", help="generate (or resume generating) the training and evaluation dataset")
+    data.add_argument("--out", type=Path, default=Path("runs/data"))
+    data.add_argument("--train-scenes", type=int, default=400)
+    data.add_argument("--val-scenes", type=int, default=20)
+    data.add_argument("--test-scenes", type=int, default=60)
+    data.add_argument("--compositional-scenes", type=int, default=60)
+    data.add_argument("--workers", type=int, default=2, help="processes rendering scenes")
+    data.add_argument("--quiet", action="store_true", help="no progress bar")
+    data.set_defaults(run=_data)
+
+    tr = commands.add_parser("train", help="a training stage from a YAML config (rerun to resume)")
+    tr.add_argument("stage", choices=["ulip", "pretrain", "sft"])
+    tr.add_argument("--config", type=Path, required=True, help="YAML file, e.g. configs/train/sft.yaml")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. steps=10")
+    tr.add_argument("--workers", type=int, default=1, help="Ray Train data-parallel workers; 0 trains in this process")
+    tr.add_argument("--address", help="join this Ray cluster (HOST:PORT) instead of starting one on loopback")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(run=_train)
 
     ros = commands.add_parser("ros", help="ROS 2 nodes").add_subparsers(dest="ros_command", required=True)
     up = ros.add_parser("up", help="start the sim or hardware node graph (what the launch files start)")

@@ -85,10 +85,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         """Build from plain data, rejecting unknown keys by name (a typo must not pass silently)."""
-        return _from_dict(cls, data, "config")
+        return config_from_dict(cls, data, "config")
 
 
-def _from_dict(cls, data, where: str):
+def config_from_dict(cls, data, where: str):
+    """A (nested) config dataclass from plain data such as parsed JSON or YAML."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -99,7 +100,7 @@ def _from_dict(cls, data, where: str):
     for name, value in data.items():
         kind = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
         if kind is not None and dataclasses.is_dataclass(kind):
-            value = _from_dict(kind, value, f"{where}.{name}")
+            value = config_from_dict(kind, value, f"{where}.{name}")
         elif isinstance(value, list):
             value = tuple(value)
         values[name] = value
@@ -165,7 +166,11 @@ class EmbodiedModel(nn.Module):
 
     def forward(self, samples: list[Sample]):
         """Language-model loss on the assistant replies of ``samples`` (right-padded batch)."""
-        embeds, mask, labels = self._pad(self._sequences(samples), left=False)
+        return self.score(self._sequences(samples))
+
+    def score(self, sequences: list[tuple[torch.Tensor, torch.Tensor]]):
+        """The language model's output and loss on sequences ``_sequences`` made."""
+        embeds, mask, labels = self._pad(sequences, left=False)
         return self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels)
 
     def _pad(self, sequences: list[tuple[torch.Tensor, torch.Tensor]], left: bool):
@@ -272,9 +277,22 @@ class EmbodiedModel(nn.Module):
     def save_pretrained(self, path: str | Path) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``path``, replacing it in one rename."""
         with atomic_dir(path) as tmp:
-            (tmp / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **self.config.to_dict()}, indent=2))
-            save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable_state().items()}, str(tmp / WEIGHTS_FILE))
+            self.write_files(tmp)
         return Path(path)
+
+    def write_files(self, folder: Path) -> None:
+        """The checkpoint's files into an existing folder (a caller that adds files of its own makes the
+        folder atomic)."""
+        (folder / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, **self.config.to_dict()}, indent=2))
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.trainable_state().items()}, str(folder / WEIGHTS_FILE))
+
+    def load_matching(self, weights: dict[str, torch.Tensor]) -> list[str]:
+        """Load the entries of ``weights`` that the trainable state holds with the same shape (a ULIP run's
+        encoders into a fresh model, say); returns their names."""
+        state = self.trainable_state()
+        matching = {k: v for k, v in weights.items() if k in state and state[k].shape == v.shape}
+        self.load_state_dict(matching, strict=False)
+        return sorted(matching)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> EmbodiedModel:

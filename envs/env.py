@@ -27,6 +27,7 @@ from envs.backend import (
     MAX_LINEAR_SPEED,
     OVERVIEW_CAMERA,
     Backend,
+    CameraFrame,
     RobotCommand,
     WorldState,
     from_unit,
@@ -183,6 +184,17 @@ class EmbodiedEnv(gym.Env):
         info = self.info()
         return self._observation(), float(info["success"]), True, False, info
 
+    def view_from(self, x: float, y: float, yaw: float, segmentation: bool = True) -> CameraFrame:
+        """The head camera's frame with the robot standing at (x, y, yaw) in this episode's scene: the extra
+        viewpoints a dataset is rendered from (``frame_observation`` turns it into an observation). The
+        episode itself is over after this."""
+        if self.scene is None:
+            raise RuntimeError("call reset() before view_from()")
+        self.backend.load(dataclasses.replace(self.scene, robot_start=(float(x), float(y), float(yaw))))
+        self._state = self.backend.state()
+        self.ended = True
+        return self.backend.render(HEAD_CAMERA, self.config.width, self.config.height, segmentation)
+
     # -- dynamics ------------------------------------------------------------------------------------
 
     def _joint_targets(self, normalized: np.ndarray) -> tuple[float, float]:
@@ -261,6 +273,11 @@ class EmbodiedEnv(gym.Env):
         its camera rate, not every physics step)."""
         config = self.config
         frame = self.backend.render(HEAD_CAMERA, config.width, config.height, "segmentation" in sensors)
+        return self.frame_observation(frame, sensors)
+
+    def frame_observation(self, frame: CameraFrame, sensors=("rgb", "depth", "points")) -> dict:
+        """The observation a head-camera frame gives: the same processing for every frame source."""
+        config = self.config
         obs = {}
         if "rgb" in sensors:
             obs["rgb"] = frame.rgb

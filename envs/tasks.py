@@ -152,6 +152,76 @@ class Rearrange(PickPlace):
         self.instruction = "put " + ", then ".join(parts)
 
 
+# Question form -> how the EQA task phrases it (the data generator adds more phrasings of each form).
+QUESTIONS = {
+    "colour": "what colour is the {}?",
+    "shape": "what shape is the {} object?",
+    "size": "what size is the {}?",
+    "count_colour": "how many {} objects are there?",
+    "count_shape": "how many {}s are there?",
+    "left_of": "is the {} left of the {}?",
+    "closest": "what is closest to the {}?",
+    "exists": "is there a {}?",
+}
+QUESTION_TYPES = ("attribute", "count", "spatial", "existence")
+
+
+def ask(question_type: str, scene: SceneSpec, yaw: float, rng: np.random.Generator) -> tuple[str, tuple[str, ...], str]:
+    """A question about ``scene`` as seen facing ``yaw``: its form (a key of ``QUESTIONS``), the words
+    that fill the form, and the answer. Raises TaskUnavailable when no unambiguous question exists."""
+    if question_type not in QUESTION_TYPES:
+        raise ValueError(f"unknown question type {question_type!r}; choose one of {', '.join(QUESTION_TYPES)}")
+    return _ASK[question_type](scene, yaw, rng)
+
+
+def _ask_attribute(scene, yaw, rng):
+    objects = scene.objects
+    obj = _pick(rng, objects)
+    same_shape = [o for o in objects if o.shape == obj.shape]
+    same_colour = [o for o in objects if o.colour == obj.colour]
+    if len(same_shape) == 1 and rng.random() < 0.5:
+        return "colour", (obj.shape,), obj.colour
+    if len(same_colour) == 1 and rng.random() < 0.5:
+        return "shape", (obj.colour,), obj.shape
+    return "size", (obj.name,), obj.size
+
+
+def _ask_count(scene, yaw, rng):
+    objects = scene.objects
+    if rng.random() < 0.5:
+        colour = _pick(rng, sorted({o.colour for o in objects}))
+        return "count_colour", (colour,), str(sum(o.colour == colour for o in objects))
+    shape = _pick(rng, SHAPES)
+    return "count_shape", (shape,), str(sum(o.shape == shape for o in objects))
+
+
+def _ask_spatial(scene, yaw, rng):
+    """Left of (as seen facing ``yaw``) or closest to; only unambiguous pairs."""
+    objects = scene.objects
+    left = np.array([-np.sin(yaw), np.cos(yaw)])
+    for i, j in rng.permutation([(i, j) for i in range(len(objects)) for j in range(len(objects)) if i != j]):
+        a, b = objects[i], objects[j]
+        offset = float(left @ np.array([a.x - b.x, a.y - b.y]))
+        if rng.random() < 0.5 and abs(offset) > 0.06:
+            return "left_of", (a.name, b.name), "yes" if offset > 0 else "no"
+        others = sorted((np.hypot(o.x - a.x, o.y - a.y), o.name) for o in objects if o is not a)
+        if len(others) == 1 or others[1][0] - others[0][0] > 0.05:
+            return "closest", (a.name,), others[0][1]
+    raise TaskUnavailable("no unambiguous spatial question")
+
+
+def _ask_existence(scene, yaw, rng):
+    present = {(o.colour, o.shape) for o in scene.objects}
+    if rng.random() < 0.5:
+        return "exists", (_pick(rng, scene.objects).name,), "yes"
+    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+    colour, shape = _pick(rng, absent)
+    return "exists", (f"{colour} {shape}",), "no"
+
+
+_ASK = {"attribute": _ask_attribute, "count": _ask_count, "spatial": _ask_spatial, "existence": _ask_existence}
+
+
 class EmbodiedQA(Task):
     """Answer a question about the one table in front of the robot: attribute, count, spatial relation,
     existence."""
@@ -159,7 +229,7 @@ class EmbodiedQA(Task):
     name = "eqa"
     max_steps = 200
     scene_config = SceneConfig(min_tables=1, max_tables=1)
-    question_types = ("attribute", "count", "spatial", "existence")
+    question_types = QUESTION_TYPES
 
     def start_pose(self, rng):
         table = self.scene.tables[0]
@@ -173,7 +243,8 @@ class EmbodiedQA(Task):
 
     def sample(self, rng):
         self.question_type = _pick(rng, self.question_types)
-        self.question, self.answer = getattr(self, f"_ask_{self.question_type}")(rng)
+        form, words, self.answer = ask(self.question_type, self.scene, self.start[2], rng)
+        self.question = QUESTIONS[form].format(*words)
         self.instruction = self.question
 
     def goal(self):
@@ -181,49 +252,6 @@ class EmbodiedQA(Task):
 
     def evaluate(self, state, answer):
         return {"success": normalize_answer(answer) == normalize_answer(self.answer), "answered": answer is not None}
-
-    def _ask_attribute(self, rng):
-        objects = self.scene.objects
-        obj = _pick(rng, objects)
-        same_shape = [o for o in objects if o.shape == obj.shape]
-        same_colour = [o for o in objects if o.colour == obj.colour]
-        if len(same_shape) == 1 and rng.random() < 0.5:
-            return f"what colour is the {obj.shape}?", obj.colour
-        if len(same_colour) == 1 and rng.random() < 0.5:
-            return f"what shape is the {obj.colour} object?", obj.shape
-        return f"what size is the {obj.name}?", obj.size
-
-    def _ask_count(self, rng):
-        objects = self.scene.objects
-        if rng.random() < 0.5:
-            colour = _pick(rng, sorted({o.colour for o in objects}))
-            return f"how many {colour} objects are there?", str(sum(o.colour == colour for o in objects))
-        shape = _pick(rng, SHAPES)
-        return f"how many {shape}s are there?", str(sum(o.shape == shape for o in objects))
-
-    def _ask_spatial(self, rng):
-        """Left of (as seen from the start pose, facing the table) or closest to; only unambiguous pairs."""
-        objects = self.scene.objects
-        yaw = self.start[2]
-        left = np.array([-np.sin(yaw), np.cos(yaw)])
-        for i, j in rng.permutation([(i, j) for i in range(len(objects)) for j in range(len(objects)) if i != j]):
-            a, b = objects[i], objects[j]
-            offset = float(left @ np.array([a.x - b.x, a.y - b.y]))
-            if rng.random() < 0.5 and abs(offset) > 0.06:
-                return f"is the {a.name} left of the {b.name}?", "yes" if offset > 0 else "no"
-            others = sorted((np.hypot(o.x - a.x, o.y - a.y), o.name) for o in objects if o is not a)
-            if len(others) == 1 or others[1][0] - others[0][0] > 0.05:
-                return f"what is closest to the {a.name}?", others[0][1]
-        raise TaskUnavailable("no unambiguous spatial question")
-
-    def _ask_existence(self, rng):
-        present = {(o.colour, o.shape) for o in self.scene.objects}
-        if rng.random() < 0.5:
-            obj = _pick(rng, self.scene.objects)
-            return f"is there a {obj.name}?", "yes"
-        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-        colour, shape = _pick(rng, absent)
-        return f"is there a {colour} {shape}?", "no"
 
 
 def parse_instruction(text: str, scene: SceneSpec) -> dict:

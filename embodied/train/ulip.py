@@ -1,0 +1,131 @@
+"""Stage 0, ULIP-2: tri-modal contrastive alignment of object point clouds, object renders and the frozen
+all-MiniLM-L6-v2 embeddings of their generated descriptions.
+
+The point-cloud and image encoders are the ones the embodied model uses (same configs), so their weights
+start the later stages. Zero-shot 3D classification (nearest class prompt) measures the alignment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from embodied.data.dataset import SplitData, decode_cloud, decode_png
+from embodied.data.phrasing import CLASS_PROMPT
+from embodied.encoders.image import ImageEncoder
+from embodied.encoders.pointcloud import PointEncoder, prepare_cloud
+from embodied.io import atomic_dir
+from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from embodied.train.loop import check_loaded
+from embodied.train.text_tower import TextTower
+from envs.scene import COLOURS, SHAPES
+
+CLASSES = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+
+
+class UlipModel(nn.Module):
+    def __init__(self, config: ModelConfig, text_dim: int):
+        super().__init__()
+        self.config = config
+        self.image_encoder = ImageEncoder(config.image)
+        self.point_encoder = PointEncoder(config.points)
+        self.point_head = nn.Linear(self.point_encoder.out_dim, text_dim)
+        self.image_head = nn.Linear(self.image_encoder.out_dim, text_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed_points(self, clouds: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.point_head(self.point_encoder(clouds)[:, 0]), dim=-1)  # the class token
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_head(self.image_encoder(images).mean(dim=1)), dim=-1)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        points, images, texts = self.embed_points(batch["clouds"]), self.embed_images(batch["images"]), batch["texts"]
+        same = (batch["labels"][:, None] == batch["labels"][None, :]).float()
+        targets = same / same.sum(dim=1, keepdim=True)  # objects of one class are all positives of each other
+        scale = self.logit_scale.clamp(max=math.log(100)).exp()
+        pairs = ((points, texts), (points, images), (images, texts))
+        return sum(_clip_loss(scale * a @ b.T, targets) for a, b in pairs) / len(pairs)
+
+
+def _clip_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+class UlipStage:
+    unit = "objects"
+
+    def __init__(self, config, rank: int = 0):
+        self.config = config
+        self.tower = TextTower()
+        self.module = UlipModel(config.model, self.tower.dim)
+        self.train = SplitData(config.data, "train").objects
+        self.val = SplitData(config.data, "val").objects
+        if not self.train:
+            raise ValueError(f"{config.data} has no training objects")
+        descriptions = sorted({d for row in self.train for d in row["descriptions"]})
+        self.text_index = {d: i for i, d in enumerate(descriptions)}
+        self.text_embeddings = self.tower.embed(descriptions)
+        self.class_embeddings = self.tower.embed([CLASS_PROMPT.format(colour=c, shape=s) for c, s in CLASSES])
+
+    def batch(self, rng: np.random.Generator) -> dict:
+        rows = [self.train[i] for i in rng.choice(len(self.train), min(self.config.batch_size, len(self.train)), replace=False)]
+        texts = [row["descriptions"][int(rng.integers(len(row["descriptions"])))] for row in rows]
+        views = [row["views"][int(rng.integers(len(row["views"])))] for row in rows]
+        return {
+            "clouds": self._clouds(rows),
+            "images": torch.as_tensor(np.stack([decode_png(v) for v in views])),
+            "texts": self.text_embeddings[[self.text_index[t] for t in texts]],
+            "labels": torch.tensor([CLASSES.index((r["colour"], r["shape"])) * 2 + (r["size"] == "large") for r in rows]),
+        }
+
+    def _clouds(self, rows: list[dict]) -> torch.Tensor:
+        points, group = self.config.model.points, self.config.model.points.group_size
+        size = max(group, len(decode_cloud(rows[0]["cloud"])))
+        return torch.stack([prepare_cloud(decode_cloud(r["cloud"]), size, group, points.in_channels) for r in rows])
+
+    def size(self, batch: dict) -> int:
+        return len(batch["labels"])
+
+    @torch.no_grad()
+    def evaluate(self, module: UlipModel) -> dict[str, float]:
+        return {"zero_shot_accuracy": zero_shot_accuracy(module, self.val[: self.config.eval_samples * 4], self.class_embeddings)}
+
+    def write_files(self, folder: Path) -> None:
+        (folder / CONFIG_FILE).write_text(json.dumps({"stage": "ulip", "model": self.config.model.to_dict()}, indent=2))
+        save_file({k: v.contiguous() for k, v in self.module.state_dict().items()}, str(folder / WEIGHTS_FILE))
+
+    def load_weights(self, weights: dict[str, torch.Tensor], partial: bool = False) -> list[str]:
+        state = self.module.state_dict()
+        matching = {k: v for k, v in weights.items() if k in state and state[k].shape == v.shape}
+        self.module.load_state_dict(matching, strict=False)
+        return check_loaded(sorted(matching), set(state), partial)
+
+    def export(self, folder: Path) -> None:
+        with atomic_dir(folder) as tmp:
+            self.write_files(tmp)
+
+
+@torch.no_grad()
+def zero_shot_accuracy(module: UlipModel, rows: list[dict], class_embeddings: torch.Tensor, batch_size: int = 64) -> float:
+    """Share of objects whose point-cloud embedding is nearest the prompt of their own colour and shape."""
+    if not rows:
+        return float("nan")
+    module.eval()
+    correct = 0
+    points = module.config.points
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        size = max(points.group_size, len(decode_cloud(chunk[0]["cloud"])))
+        clouds = torch.stack([prepare_cloud(decode_cloud(r["cloud"]), size, points.group_size, points.in_channels) for r in chunk])
+        predicted = (module.embed_points(clouds) @ class_embeddings.T).argmax(dim=1)
+        correct += sum(CLASSES[int(p)] == (r["colour"], r["shape"]) for p, r in zip(predicted, chunk))
+    module.train()
+    return correct / len(rows)
