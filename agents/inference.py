@@ -14,6 +14,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
@@ -63,15 +64,23 @@ class InferenceReplica:
         self.worker = ThreadPoolExecutor(max_workers=1)  # the model runs off the event loop, which keeps queueing
         self.batch_sizes: list[int] = []
 
-    async def plan(self, instruction: str, image, cloud, objects=None) -> str:
+    async def plan(self, instruction: str, image, cloud, objects=None, temperature: float = 0.0, seed: int | None = None) -> str:
         if self.queue is None:  # the actor's event loop exists only once a call arrives
             self.queue = asyncio.Queue(maxsize=self.config.max_queue)
             asyncio.get_running_loop().create_task(self._serve())
         if self.queue.full():
             raise QueueFull(f"{self.config.max_queue} requests are already waiting")
         reply = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((instruction, image, cloud, objects, reply))
+        self.queue.put_nowait((instruction, image, cloud, objects, temperature, seed, reply))
         return await reply
+
+    async def load_weights(self, weights: dict) -> int:
+        """New trainable weights (from the RL learner), loaded between batches; returns how many tensors."""
+        import torch
+
+        tensors = {k: torch.as_tensor(v) for k, v in weights.items()}
+        loaded = await asyncio.get_running_loop().run_in_executor(self.worker, self.model.load_matching, tensors)
+        return len(loaded)
 
     async def _serve(self) -> None:
         from embodied.prompts import plan_sample
@@ -86,10 +95,11 @@ class InferenceReplica:
                 except asyncio.TimeoutError:
                     break
             self.batch_sizes.append(len(batch))
-            samples = [plan_sample(instruction, image, cloud) for instruction, image, cloud, _, _ in batch]
-            objects = [names for *_, names, _ in batch]
+            samples = [plan_sample(instruction, image, cloud) for instruction, image, cloud, *_ in batch]
+            objects, temperatures, seeds = ([request[i] for request in batch] for i in (3, 4, 5))
+            decode = partial(self.model.plan, samples, objects, self.config.max_new_tokens, temperatures, seeds)
             try:
-                plans = await loop.run_in_executor(self.worker, self.model.plan, samples, objects, self.config.max_new_tokens)
+                plans = await loop.run_in_executor(self.worker, decode)
             except Exception as exc:  # noqa: BLE001  a bad request fails its batch, not the replica
                 for *_, reply in batch:
                     reply.set_exception(exc)
@@ -110,26 +120,30 @@ class InferenceRouter:
         self.replicas = replicas
         self.in_flight = [0] * len(replicas)
 
-    async def plan(self, instruction: str, image, cloud, objects=None) -> str:
+    async def plan(self, instruction: str, image, cloud, objects=None, temperature: float = 0.0, seed: int | None = None) -> str:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                return await self._least_busy(instruction, image, cloud, objects)
+                return await self._least_busy(instruction, image, cloud, objects, temperature, seed)
             except (RayActorError, ActorUnavailableError):  # a replica died or is restarting: wait, send again
                 if attempt == MAX_ATTEMPTS:
                     raise
                 await asyncio.sleep(0.5 * 2 ** (attempt - 1))
 
-    async def _least_busy(self, instruction: str, image, cloud, objects) -> str:
+    async def _least_busy(self, *request) -> str:
         """The request on the least busy replica whose queue has room; QueueFull when none has."""
         for index in sorted(range(len(self.replicas)), key=self.in_flight.__getitem__):
             self.in_flight[index] += 1
             try:
-                return await self.replicas[index].plan.remote(instruction, image, cloud, objects)
+                return await self.replicas[index].plan.remote(*request)
             except QueueFull:
                 continue
             finally:
                 self.in_flight[index] -= 1
         raise QueueFull("every replica's queue is full")
+
+    async def load_weights(self, weights: dict) -> list[int]:
+        """Push new weights to every replica (the RL learner's update); returns the tensors each loaded."""
+        return list(await asyncio.gather(*(replica.load_weights.remote(weights) for replica in self.replicas)))
 
     def replica_handles(self) -> list:
         return list(self.replicas)
@@ -138,13 +152,14 @@ class InferenceRouter:
         return [await replica.stats.remote() for replica in self.replicas]
 
 
-def start_inference(config: InferenceConfig, replicas: int = 1, gpus_per_replica: float = 0.0):
+def start_inference(config: InferenceConfig, replicas: int = 1, gpus_per_replica: float = 0.0, num_cpus: float | None = None):
     """Start ``replicas`` model actors and the named router in front of them (Ray must be running: see
-    ``agents.runtime.start``). Other processes find the router with ``connect_inference()``; it lives as
+    ``agents.runtime.start``; ``num_cpus`` reserves CPUs per replica, Ray's default when None). Other processes find the router with ``connect_inference()``; it lives as
     long as the returned handle does."""
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
-    actors = [InferenceReplica.options(num_gpus=gpus_per_replica).remote(asdict(config)) for _ in range(replicas)]
+    options = {"num_gpus": gpus_per_replica} | ({} if num_cpus is None else {"num_cpus": num_cpus})
+    actors = [InferenceReplica.options(**options).remote(asdict(config)) for _ in range(replicas)]
     return InferenceRouter.options(name=ROUTER_NAME, max_concurrency=1000).remote(actors)
 
 

@@ -18,6 +18,7 @@ class RuntimeConfig:
     address: str | None = None  # "host:port" of a cluster's GCS; None starts a local one on loopback
     num_cpus: int | None = None  # local only; None: every core
     num_gpus: int | None = None  # local only; None: what Ray detects
+    log_to_driver: bool = False  # show the actors' output here (training progress)
 
     def __post_init__(self):
         for name in ("num_cpus", "num_gpus"):
@@ -34,7 +35,7 @@ def start(config: RuntimeConfig | None = None):
     if ray.is_initialized():
         return ray
     config = config or RuntimeConfig()
-    common = {"namespace": NAMESPACE, "log_to_driver": False, "configure_logging": False}
+    common = {"namespace": NAMESPACE, "log_to_driver": config.log_to_driver, "configure_logging": False}
     if config.address:
         ray.init(address=config.address, **common)
     else:

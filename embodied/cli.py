@@ -23,7 +23,7 @@ def _rollout(args: argparse.Namespace) -> int:
         out=out,
         gifs=args.gifs,
         replans=args.replans,
-        checkpoint=args.checkpoint,
+        checkpoint=args.checkpoint or _shipped_checkpoint(args),
         model_config=args.model_config,
     )
     if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
@@ -49,6 +49,15 @@ def _rollout(args: argparse.Namespace) -> int:
         console.print("failed skills: " + ", ".join(f"{k} x{v}" for k, v in summary["failure_reasons"].items()))
     console.print(f"records in {out}/episodes, GIFs in {out}/gifs, summary in {out}/summary.json")
     return 0
+
+
+def _shipped_checkpoint(args: argparse.Namespace) -> str | None:
+    """The model policies use the shipped checkpoint unless told otherwise (``--model-config tiny``: an
+    untrained tiny model)."""
+    from embodied.model import DEFAULT_CHECKPOINT
+
+    wanted = args.policy in ("model", "blind") and args.model_config == "default"
+    return "default" if wanted and DEFAULT_CHECKPOINT.is_dir() else None
 
 
 def _ros_up(args: argparse.Namespace) -> int:
@@ -109,6 +118,12 @@ def _train(args: argparse.Namespace) -> int:
     from embodied.train.config import TrainConfig
 
     overrides = {key: yaml.safe_load(value) for key, value in (_pair(item, "=") for item in args.set)}
+    if args.stage == "rl":  # rollouts, learner and inference are Ray actors: agents/ composes them
+        from agents.rl import RLConfig, train_rl
+
+        curve = train_rl(RLConfig.load(args.config, overrides), address=args.address, progress=not args.quiet)
+        print("held-out success by iteration: " + ", ".join(f"{r['step']}: {r['eval/success']:.0%}" for r in curve))
+        return 0
     config = TrainConfig.load(args.config, overrides)
     if config.stage != args.stage:
         raise ValueError(f"{args.config} configures stage {config.stage!r}, not {args.stage!r}")
@@ -124,6 +139,34 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    if args.eval_command == "vqa":
+        from embodied.eval.vqa import evaluate_vqa
+
+        rows = evaluate_vqa(args.checkpoint, str(args.data), args.splits, args.policies, args.out, args.limit, args.seed)
+        metrics = ("exact_match", "refined_exact_match", "questions")
+        group = "split"
+    else:
+        from embodied.eval.plan import evaluate_plans
+
+        rows = evaluate_plans(args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet)
+        metrics = ("success", "of_oracle", "spl", "plan_valid", "episodes")
+        group = "task"
+    table = Table(title=f"{args.eval_command} evaluation ({args.out}/report.md)")
+    for column in ("policy", group, *metrics):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*(_format(row.get(k)) for k in ("policy", group, *metrics)))
+    Console().print(table)
+    return 0
+
+
+def _format(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if isinstance(value, float) and 0 <= value <= 1 else str(value)
+
+
 def _pair(item: str, separator: str) -> tuple[str, str]:
     if separator not in item:
         raise ValueError(f"expected NAME{separator}VALUE, got {item!r}")
@@ -132,6 +175,7 @@ def _pair(item: str, separator: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from embodied.eval.plan import EVAL_SEED
     from embodied.rollout import POLICIES
     from envs import ENV_IDS
 
@@ -140,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro = commands.add_parser("rollout", help="run simulated episodes with a policy and report success")
     ro.add_argument("--task", choices=list(ENV_IDS), default="pick_place")
     ro.add_argument("--policy", choices=list(POLICIES), default="oracle")
-    ro.add_argument("--checkpoint", help="model policy: a checkpoint folder (default: an untrained model)")
-    ro.add_argument("--model-config", choices=["default", "tiny"], default="default", help="model policy without a checkpoint")
+    ro.add_argument("--checkpoint", help="model policies: a checkpoint folder (default: the shipped checkpoint)")
+    ro.add_argument("--model-config", choices=["default", "tiny"], default="default", help="tiny: an untrained tiny model, for tests")
     ro.add_argument("--episodes", type=int, default=10)
     ro.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     ro.add_argument("--out", type=Path, help="output folder (default runs/rollout_TASK_POLICY_seedS)")
@@ -172,13 +216,33 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(run=_data)
 
     tr = commands.add_parser("train", help="a training stage from a YAML config (rerun to resume)")
-    tr.add_argument("stage", choices=["ulip", "pretrain", "sft"])
+    tr.add_argument("stage", choices=["ulip", "pretrain", "sft", "rl"])
     tr.add_argument("--config", type=Path, required=True, help="YAML file, e.g. configs/train/sft.yaml")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. steps=10")
-    tr.add_argument("--workers", type=int, default=1, help="Ray Train data-parallel workers; 0 trains in this process")
+    tr.add_argument("--workers", type=int, default=1, help="Ray Train data-parallel workers; 0 trains in this process (not rl)")
     tr.add_argument("--address", help="join this Ray cluster (HOST:PORT) instead of starting one on loopback")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(run=_train)
+
+    ev = commands.add_parser("eval", help="evaluate a checkpoint beside baselines").add_subparsers(dest="eval_command", required=True)
+    vqa = ev.add_parser("vqa", help="embodied VQA on held-out scenes: exact match per question type")
+    vqa.add_argument("--checkpoint", default="default", help="a model folder (default: the shipped checkpoint)")
+    vqa.add_argument("--data", type=Path, default=Path("runs/recipe/data"))
+    vqa.add_argument("--splits", nargs="+", default=["test", "compositional"], choices=["val", "test", "compositional"])
+    vqa.add_argument("--policies", nargs="+", default=["model", "blind", "random", "oracle"])
+    vqa.add_argument("--limit", type=int, help="questions per split (default: all)")
+    vqa.add_argument("--seed", type=int, default=0)
+    vqa.add_argument("--out", type=Path, default=Path("runs/eval/vqa"))
+    vqa.set_defaults(run=_eval)
+    pl = ev.add_parser("plan", help="plan, execute and measure success in simulation")
+    pl.add_argument("--checkpoint", default="default", help="a model folder (default: the shipped checkpoint)")
+    pl.add_argument("--tasks", nargs="+", default=list(ENV_IDS), choices=list(ENV_IDS))
+    pl.add_argument("--policies", nargs="+", default=["model", "blind", "random", "oracle"], choices=list(POLICIES))
+    pl.add_argument("--episodes", type=int, default=20, help="per task and policy")
+    pl.add_argument("--seed", type=int, default=EVAL_SEED, help="episode i uses seed + i (training scenes use 1e6 and up)")
+    pl.add_argument("--out", type=Path, default=Path("runs/eval/plan"))
+    pl.add_argument("--quiet", action="store_true", help="no progress bar")
+    pl.set_defaults(run=_eval)
 
     ros = commands.add_parser("ros", help="ROS 2 nodes").add_subparsers(dest="ros_command", required=True)
     up = ros.add_parser("up", help="start the sim or hardware node graph (what the launch files start)")

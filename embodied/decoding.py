@@ -23,10 +23,18 @@ FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
 
 
 class PlanConstraint:
-    def __init__(self, tokenizer, objects=None, max_thought_chars: int = MAX_THOUGHT_CHARS):
+    """``temperature`` > 0 samples instead of taking the best token: candidates are ranked by their logits
+    plus Gumbel noise (the Gumbel-max trick), so the first legal one is a draw from the model's
+    distribution restricted to legal tokens; ``seed`` makes the draws repeatable."""
+
+    def __init__(self, tokenizer, objects=None, max_thought_chars: int = MAX_THOUGHT_CHARS, temperature: float = 0.0, seed: int | None = None):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.tokenizer = tokenizer
         self.objects = None if objects is None else sorted({normalize_arg(o) for o in objects})
         self.max_thought_chars = max_thought_chars
+        self.temperature = temperature
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._piece = lru_cache(maxsize=None)(self._decode_one)
 
     def _decode_one(self, token_id: int) -> str:
@@ -129,7 +137,10 @@ class PlanConstraint:
     # -- choosing the next token ---------------------------------------------------------------------
 
     def choose(self, text: str, logits: torch.Tensor) -> int:
-        """The best-scoring token that keeps ``text`` legal."""
+        """The best-scoring (or, sampling, the first drawn) token that keeps ``text`` legal."""
+        if self.temperature > 0:
+            uniform = torch.rand(logits.shape, generator=self.generator).clamp_(1e-10, 1.0)
+            logits = logits / self.temperature - torch.log(-torch.log(uniform))
         for token in logits.topk(TOP_K).indices.tolist():
             if self.valid(text + self._piece(token)):
                 return token

@@ -34,6 +34,7 @@ from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"  # made by `make recipe`
 
 
 class CheckpointError(Exception):
@@ -260,11 +261,24 @@ class EmbodiedModel(nn.Module):
             )
         return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
 
-    def plan(self, samples: list[Sample], objects: list | None = None, max_new_tokens: int = 96) -> list[str]:
+    def plan(
+        self,
+        samples: list[Sample],
+        objects: list | None = None,
+        max_new_tokens: int = 96,
+        temperature: float | list[float] = 0.0,
+        seeds: list | None = None,
+    ) -> list[str]:
         """Plans that always parse: grammar-constrained decoding, then repair if the token limit cut one off.
-        ``objects`` (a list of names per sample, or None) limits the objects a plan may name."""
-        objects = objects or [None] * len(samples)
-        constraints = [PlanConstraint(self.tokenizer, names) for names in objects]
+        ``objects`` (a list of names per sample, or None) limits the objects a plan may name; a
+        ``temperature`` above 0 (one for all, or one per sample) samples, ``seeds`` (one per sample) make
+        the draws repeatable."""
+        n = len(samples)
+        objects, seeds = objects or [None] * n, seeds or [None] * n
+        temperatures = temperature if isinstance(temperature, list) else [temperature] * n
+        constraints = [
+            PlanConstraint(self.tokenizer, names, temperature=t, seed=seed) for names, t, seed in zip(objects, temperatures, seeds)
+        ]
         texts = self.generate(samples, max_new_tokens, constraints)
         return [text if rule.complete(text) else repair_plan(text, rule.objects) for text, rule in zip(texts, constraints)]
 
@@ -296,7 +310,8 @@ class EmbodiedModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> EmbodiedModel:
-        path = Path(path)
+        """A model folder, or ``"default"``: the checkpoint that ships with the package."""
+        path = DEFAULT_CHECKPOINT if str(path) == "default" else Path(path)
         config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
         for needed in (config_file, weights_file):
             if not needed.is_file():

@@ -18,7 +18,7 @@ from envs import ENV_IDS
 from envs.executor import execute_plan
 from envs.planners import PLANNERS, Planner
 
-POLICIES = (*PLANNERS, "model")
+POLICIES = (*PLANNERS, "model", "blind")  # blind: the model without image or point cloud
 GIF_EVERY = 3  # keep every third control step (0.3 s of simulated time per frame)
 GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
@@ -48,11 +48,12 @@ class RolloutConfig:
 
 
 def make_planner(config: RolloutConfig) -> Planner:
-    if config.policy == "model":
+    if config.policy in ("model", "blind"):
         from embodied.model import ModelConfig
         from embodied.model_planner import ModelPlanner
 
-        return ModelPlanner(config.checkpoint, ModelConfig.tiny() if config.model_config == "tiny" else ModelConfig())
+        model_config = ModelConfig.tiny() if config.model_config == "tiny" else ModelConfig()
+        return ModelPlanner(config.checkpoint, model_config, blind=config.policy == "blind")
     return PLANNERS[config.policy](seed=config.seed) if config.policy == "random" else PLANNERS[config.policy]()
 
 

@@ -51,3 +51,24 @@ def run_oracle():
         return execute_plan(env, plan, on_step=on_step)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A dataset of a few scenes per split (about ten seconds to render), shared by the whole session."""
+    from embodied.data.generate import DataConfig, generate
+
+    root = tmp_path_factory.mktemp("dataset")
+    generate(root, DataConfig(train_scenes=2, val_scenes=1, test_scenes=1, compositional_scenes=1, shard_scenes=1), progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """An untrained tiny model saved as a checkpoint folder."""
+    import torch
+
+    from embodied.model import EmbodiedModel, ModelConfig
+
+    torch.manual_seed(0)
+    return EmbodiedModel(ModelConfig.tiny()).save_pretrained(tmp_path_factory.mktemp("checkpoint") / "model")

@@ -64,7 +64,7 @@ class SplitData:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return np.array(Image.open(io.BytesIO(data)).convert("RGB"))  # a writable copy: torch takes it as is
 
 
 def decode_cloud(data: bytes) -> np.ndarray:

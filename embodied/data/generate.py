@@ -55,9 +55,10 @@ class DataConfig:
     compositional_scenes: int = 100
     views: int = 3  # head-camera views around the table per scene
     shard_scenes: int = 25
-    object_points: int = 256
-    object_voxel: float = 0.005
+    object_points: int = 512
+    object_voxel: float = 0.004
     crop_size: int = 32
+    object_image_size: int = 256  # object clouds and crops come from sharper renders than the observations
     image_size: int = 128
     num_points: int = 1024
 
@@ -230,8 +231,10 @@ class _SceneWriter:
         plan = OraclePlanner().plan(obs, env)
         instruction, held = self._instruction(env, rng)
         combos = {(o.colour, o.shape) for o in env.scene.objects}
+        asks = any(f"{colour} {shape}" in instruction for colour, shape in HELD_OUT_COMBOS)  # "is there a blue cube?"
+        compositional = held or asks or bool(combos & HELD_OUT_COMBOS)
         sample = plan_sample(instruction, obs["rgb"], obs["points"], plan)
-        self._sample(sample_id, env.episode_seed, "plan", sample, sample_id, env.task.name, held or bool(combos & HELD_OUT_COMBOS))
+        self._sample(sample_id, env.episode_seed, "plan", sample, sample_id, env.task.name, compositional)
         if env.task.name in ("pick_place", "rearrange"):  # the same plan from a description in words
             described = " ".join(
                 f"on {table.name}: {', '.join(o.name for o in env.scene.objects if o.table == table.name)}."
@@ -239,7 +242,7 @@ class _SceneWriter:
             )
             text = text_sample(f"{described} {instruction}", plan)
             text.system = sample.system
-            self._sample(sample_id + "-text", env.episode_seed, "text", text, "", env.task.name, held)
+            self._sample(sample_id + "-text", env.episode_seed, "text", text, "", env.task.name, compositional)
 
     def _instruction(self, env, rng) -> tuple[str, bool]:
         task = env.task
@@ -256,6 +259,7 @@ class _SceneWriter:
     # -- views, questions, captions, objects -----------------------------------------------------------
 
     def _views_and_objects(self, scene, seed: int, start, prefix: str, rng) -> None:
+        from envs.backend import HEAD_CAMERA
         from envs.pointcloud import backproject, sample_cloud
         from envs.tasks import TaskUnavailable, ask
 
@@ -271,9 +275,10 @@ class _SceneWriter:
             if max(abs(x), abs(y)) > scene.room_half - 0.4:
                 continue
             yaw = float(angle + np.pi)
-            frame = env.view_from(x, y, yaw)
+            frame = env.view_from(x, y, yaw, segmentation=False)
             obs_id = f"{prefix}-view{view}"
             obs = self._observation(obs_id, seed, env.frame_observation(frame, ("rgb", "points")))
+            frame = env.backend.render(HEAD_CAMERA, config.object_image_size, config.object_image_size, True)
             self._caption(scene, yaw, obs_id, seed, obs, rng)
             answers = []
             for question_type in ("attribute", "count", "spatial", "existence"):

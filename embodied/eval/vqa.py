@@ -6,7 +6,9 @@ inside a longer phrase ("it is red"), as long as it names no other candidate of 
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,10 +25,14 @@ def exact_match(prediction: str, answer: str) -> bool:
 
 
 def refined_exact_match(prediction: str, answer: str, candidates: set[str]) -> bool:
-    """The answer appears as whole words and no other candidate answer does."""
-    said = f" {normalize_answer(prediction)} "
-    named = {c for c in candidates if f" {c} " in said}
-    return normalize_answer(answer) in named and len(named) == 1
+    """Exact match, or the answer appears as whole words and no other candidate answer does (words of the
+    answer itself aside: "purple cube" also names "cube")."""
+    if exact_match(prediction, answer):
+        return True
+    said, wanted = f" {normalize_answer(prediction)} ", f" {normalize_answer(answer)} "
+    if wanted.strip() == "" or wanted not in said:
+        return False
+    return not any(f" {c} " in said and f" {c} " not in wanted for c in candidates)
 
 
 def answer_rows(model, data: SplitData, rows: list[dict], batch_size: int = 8, blind: bool = False) -> list[str]:
@@ -61,3 +67,58 @@ def question_form(row: dict) -> str:
     """What a question asks for, as far as the answer's vocabulary goes: yes/no, a number, a word."""
     answer = normalize_answer(row["answer"])
     return "yes/no" if answer in ("yes", "no") else "number" if answer.isdigit() else row["question_type"]
+
+
+POLICIES = ("model", "blind", "random", "oracle")
+
+
+def evaluate_vqa(
+    checkpoint: str, data: str, splits: list[str], policies: list[str], out: Path, limit: int | None = None, seed: int = 0, batch_size: int = 8
+) -> list[dict]:
+    """Every policy answers the VQA samples of every split (the first ``limit`` of each); per split and
+    question type, exact match and refined exact match. Writes report.{json,md,png} and answers.jsonl."""
+    from embodied.eval.report import write_report
+    from embodied.io import write_atomic
+    from embodied.model import EmbodiedModel
+
+    unknown = set(policies) - set(POLICIES)
+    if unknown:
+        raise ValueError(f"unknown VQA policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
+    model = EmbodiedModel.from_pretrained(checkpoint).eval() if {"model", "blind"} & set(policies) else None
+    train = SplitData(data, "train")
+    candidates = {normalize_answer(row["answer"]) for row in train.select(("vqa",))}
+    rows, answers_out = [], []
+    for split in splits:
+        split_data = SplitData(data, split)
+        questions = split_data.select(("vqa",))[:limit]
+        for policy in policies:
+            if policy == "oracle":
+                replies = [row["answer"] for row in questions]
+            elif policy == "random":
+                replies = random_answers(questions, train, seed)
+            else:
+                replies = answer_rows(model, split_data, questions, batch_size, blind=policy == "blind")
+            scored = [
+                (row, reply, exact_match(reply, row["answer"]), refined_exact_match(reply, row["answer"], candidates))
+                for row, reply in zip(questions, replies)
+            ]
+            answers_out += [
+                {"split": split, "policy": policy, "id": row["id"], "question_type": row["question_type"], "answer": row["answer"], "reply": reply}
+                for row, reply, _, _ in scored
+            ]
+            for question_type in ("all", *sorted({row["question_type"] for row in questions})):
+                chosen = [s for s in scored if question_type in ("all", s[0]["question_type"])]
+                rows.append(
+                    {
+                        "policy": policy,
+                        "split": f"{split}/{question_type}",
+                        "exact_match": float(np.mean([s[2] for s in chosen])),
+                        "refined_exact_match": float(np.mean([s[3] for s in chosen])),
+                        "questions": len(chosen),
+                    }
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "answers.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(a) + "\n" for a in answers_out)))
+    note = f"checkpoint {checkpoint}, dataset {data}; blind: the same model without image or point cloud; random: a random answer of the question's form."
+    write_report(out, "Embodied VQA", rows, ["exact_match", "refined_exact_match", "questions"], "exact_match", "split", note)
+    return rows

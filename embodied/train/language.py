@@ -36,7 +36,7 @@ class LanguageStage:
     def __init__(self, config, rank: int = 0):
         self.config = config
         self.model = EmbodiedModel(config.model)
-        _freeze_all_but(self.model, config.parts)
+        freeze_all_but(self.model, config.parts)
         self.module = _Loss(self.model)
         self.mix = {kind: w for kind, w in config.sample_mix.items() if w > 0}
         train, val = SplitData(config.data, "train"), SplitData(config.data, "val")
@@ -86,7 +86,7 @@ class LanguageStage:
         self.model.save_pretrained(folder)
 
 
-def _freeze_all_but(model: EmbodiedModel, parts: tuple[str, ...]) -> None:
+def freeze_all_but(model: EmbodiedModel, parts: tuple[str, ...]) -> None:
     prefixes = tuple(f"{part}." for part in parts if part != "lora")
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith(prefixes) or ("lora" in parts and "lora_" in name))

@@ -64,7 +64,7 @@ def train(
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config.to_dict())
-        _truncate_metrics(out / METRICS, start)
+        truncate_metrics(out / METRICS, start)
     module.train()
     last: dict = {}
     bar = tqdm(total=config.steps, initial=start, desc=config.stage, unit="step", disable=not (progress and rank == 0))
@@ -89,11 +89,11 @@ def train(
         if rank == 0 and (done % config.log_every == 0 or done == config.steps):
             rate = window_units / window_seconds
             last = {"step": done, "loss": float(loss), "lr": learning_rate(config, step), f"{stage.unit}_per_s": rate}
-            _append(out / METRICS, last)
+            append_metrics(out / METRICS, last)
             window_seconds, window_units = 0.0, 0
         if rank == 0 and (done % config.eval_every == 0 or done == config.steps):
             last = {"step": done, **{f"eval/{k}": v for k, v in stage.evaluate(module).items()}}
-            _append(out / METRICS, last)
+            append_metrics(out / METRICS, last)
             bar.write(f"step {done}: " + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k != "step"))
             plot_curves(out / METRICS, out / CURVES, title=f"{config.stage}: {out.name}")
         if rank == 0 and (done % config.save_every == 0 or done == config.steps):
@@ -116,33 +116,43 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 
 
 def _save(out: Path, config: TrainConfig, stage, optimizer: torch.optim.Optimizer, step: int) -> None:
-    state = optimizer.state_dict()
-    tensors = {f"{index}.{key}": value for index, entry in state["state"].items() for key, value in entry.items()}
-    groups = [{k: v for k, v in group.items()} for group in state["param_groups"]]
-    with atomic_dir(out / CHECKPOINT) as tmp:
-        stage.write_files(tmp)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / OPTIMIZER_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "param_groups": groups, "config": config.to_dict()}, indent=2))
+    save_checkpoint(out / CHECKPOINT, stage.write_files, optimizer, {"step": step, "config": config.to_dict()})
 
 
 def _resume(out: Path, config: TrainConfig, stage, optimizer: torch.optim.Optimizer) -> int:
     folder = out / CHECKPOINT
-    try:
-        state = json.loads((folder / STATE_FILE).read_text())
-        weights, tensors = load_file(str(folder / WEIGHTS_FILE)), load_file(str(folder / OPTIMIZER_FILE))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot resume from {folder}: {exc}; delete it to start over") from exc
+    weights, optimizer_state, state = load_checkpoint(folder)
     saved = TrainConfig.from_dict(state["config"])
     changed = [k for k in ("stage", "model", "batch_size", "seed", "trainable", "mix") if getattr(saved, k) != getattr(config, k)]
     if changed:
         raise CheckpointError(f"{folder} was written by a run with other {changed}; use another out folder or delete it")
     stage.load_weights(weights)
+    optimizer.load_state_dict(optimizer_state)
+    return int(state["step"])
+
+
+def save_checkpoint(folder: Path, write_model: Callable[[Path], None], optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Model files, optimizer state (safetensors + JSON) and ``state`` (JSON), replaced in one rename."""
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"{index}.{key}": value for index, entry in optimizer_state["state"].items() for key, value in entry.items()}
+    with atomic_dir(folder) as tmp:
+        write_model(tmp)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / OPTIMIZER_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps({**state, "param_groups": optimizer_state["param_groups"]}, indent=2))
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """What ``save_checkpoint`` wrote: model weights, the optimizer's state dict, and the JSON state."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        weights, tensors = load_file(str(folder / WEIGHTS_FILE)), load_file(str(folder / OPTIMIZER_FILE))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot resume from {folder}: {exc}; delete it to start over") from exc
     entries: dict[int, dict] = {}
     for name, value in tensors.items():
         index, key = name.split(".", 1)
         entries.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
-    return int(state["step"])
+    return weights, {"state": entries, "param_groups": state.pop("param_groups")}, state
 
 
 def check_loaded(loaded: list[str], expected: set[str], partial: bool) -> list[str]:
@@ -170,12 +180,12 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _append(path: Path, record: dict) -> None:
+def append_metrics(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
+def truncate_metrics(path: Path, step: int) -> None:
     """Drop records past the step a run resumes from, so the curve has no steps twice."""
     records = [r for r in read_metrics(path) if r["step"] <= step]
     write_atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))

@@ -1,0 +1,258 @@
+"""RL fine-tuning in simulation on Ray actors (``embodied train rl``).
+
+Each iteration, rollout workers reset seeded training episodes, ask the inference router for a group of
+sampled plans per episode, run every plan with the skills, and score it (task success, plus a small bonus
+for a valid plan). The learner actor takes a GRPO step on LoRA and projector weights and pushes the new
+weights to the inference replicas. Every ``eval_every`` iterations the current policy plans held-out
+episodes greedily: the success curve. Checkpoints are atomic and a rerun resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import yaml
+from tqdm import tqdm
+
+from agents import runtime
+from agents.inference import InferenceConfig, start_inference
+from embodied.eval.plan import EVAL_SEED
+from embodied.model import config_from_dict
+from embodied.train.config import PARTS
+
+TRAIN_SEED = 7_000_000  # training episodes draw their seeds from here (evaluation: EVAL_SEED)
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    init: str = "default"  # the instruction-tuned checkpoint to start from
+    out: str = "runs/rl"
+    tasks: tuple[str, ...] = ("object_nav", "pick_place", "rearrange", "eqa")
+    iterations: int = 20
+    episodes: int = 4  # training episodes per iteration
+    group: int = 4  # plans sampled per episode
+    temperature: float = 1.0
+    lr: float = 1e-4
+    grad_clip: float = 1.0
+    validity_bonus: float = 0.1  # reward for a plan that parses with known skills and objects
+    trainable: tuple[str, ...] = ("image_projector", "point_projector", "lora")
+    eval_every: int = 5
+    eval_episodes: int = 8  # held-out episodes per task
+    eval_seed: int = EVAL_SEED
+    save_every: int = 5
+    workers: int = 2
+    threads: int = 1  # torch threads for the learner and the inference replica
+    seed: int = 0
+    max_new_tokens: int = 96
+
+    def __post_init__(self):
+        from envs import ENV_IDS
+
+        unknown = set(self.tasks) - set(ENV_IDS)
+        if unknown or not self.tasks:
+            raise ValueError(f"tasks must be some of {', '.join(ENV_IDS)}, got {list(self.tasks)}")
+        if set(self.trainable) - set(PARTS) or not self.trainable:
+            raise ValueError(f"trainable parts must be some of {', '.join(PARTS)}, got {list(self.trainable)}")
+        for name in ("iterations", "episodes", "eval_every", "eval_episodes", "save_every", "workers", "threads", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group < 2:
+            raise ValueError("group must be >= 2: GRPO compares plans within a group")
+        if self.temperature <= 0 or self.lr <= 0 or self.grad_clip <= 0 or self.validity_bonus < 0:
+            raise ValueError("temperature, lr and grad_clip must be positive, validity_bonus >= 0")
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: dict | None = None) -> RLConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update(overrides or {})
+        return config_from_dict(cls, data, "rl config")
+
+
+@ray.remote
+class Learner:
+    """The policy being trained: GRPO steps on the trainable parts, checkpoints, the weights to push."""
+
+    def __init__(self, config: dict):
+        import torch
+
+        from embodied.model import EmbodiedModel
+        from embodied.train.language import freeze_all_but
+        from embodied.train.loop import CHECKPOINT, load_checkpoint
+
+        self.config = RLConfig(**config)
+        torch.set_num_threads(self.config.threads)
+        torch.manual_seed(self.config.seed)
+        self.model = EmbodiedModel.from_pretrained(self.config.init).train()
+        freeze_all_but(self.model, self.config.trainable)
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=self.config.lr, weight_decay=0.0)
+        self.step = 0
+        folder = Path(self.config.out) / CHECKPOINT
+        if folder.exists():
+            weights, optimizer_state, state = load_checkpoint(folder)
+            self.model.load_matching(weights)
+            self.optimizer.load_state_dict(optimizer_state)
+            self.step = int(state["step"])
+
+    def iteration(self) -> int:
+        return self.step
+
+    def weights(self) -> dict:
+        return {k: v.detach().cpu().numpy() for k, v in self.model.trainable_state().items()}
+
+    def update(self, groups: list[dict]) -> dict:
+        import torch
+
+        from embodied.prompts import plan_sample
+        from embodied.train.grpo import group_advantages, policy_loss
+
+        samples, advantages = [], []
+        for group in groups:
+            for plan, advantage in zip(group["plans"], group_advantages(group["rewards"])):
+                if advantage != 0.0:
+                    samples.append(plan_sample(group["instruction"], group["rgb"], group["points"], plan))
+                    advantages.append(float(advantage))
+        self.step += 1
+        if not samples:  # every group scored all its plans alike: no signal this time
+            return {"loss": 0.0, "trained_plans": 0}
+        loss = policy_loss(self.model, samples, advantages)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
+        self.optimizer.step()
+        return {"loss": float(loss), "grad_norm": float(norm), "trained_plans": len(samples)}
+
+    def save(self) -> None:
+        from embodied.train.loop import CHECKPOINT, save_checkpoint
+
+        save_checkpoint(Path(self.config.out) / CHECKPOINT, self.model.write_files, self.optimizer, {"step": self.step, "config": asdict(self.config)})
+
+    def export(self) -> str:
+        from embodied.train.loop import FINAL
+
+        return str(self.model.save_pretrained(Path(self.config.out) / FINAL))
+
+
+class _GivenPlan:
+    """A planner that returns the plan it was given: lets ``run_episode`` score a sampled plan."""
+
+    name, sensors = "given", ()
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def plan(self, observation, env) -> str:
+        return self.text
+
+
+@ray.remote
+class RLWorker:
+    """Owns one environment per task; collects groups of sampled plans and scores them in simulation."""
+
+    def __init__(self, tasks: list[str]):
+        import gymnasium as gym
+
+        from envs import ENV_IDS
+
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        self.envs = {task: gym.make(ENV_IDS[task], sensors=("rgb", "points")) for task in tasks}
+
+    def collect(self, task: str, seed: int, group: int, temperature: float, draw_seed: int, router, bonus: float) -> dict:
+        from embodied.rollout import run_episode
+
+        env = self.envs[task]
+        obs, _ = env.reset(seed=seed)
+        refs = [router.plan.remote(obs["instruction"], obs["rgb"], obs["points"], None, temperature, draw_seed + k) for k in range(group)]
+        plans = ray.get(refs)
+        records = [run_episode(env, _GivenPlan(plan), seed)[0] for plan in plans]
+        return {
+            "task": task,
+            "seed": seed,
+            "instruction": obs["instruction"],
+            "rgb": obs["rgb"],
+            "points": obs["points"],
+            "plans": plans,
+            "success": [bool(r["success"]) for r in records],
+            "valid": [bool(r["plan_valid"]) for r in records],
+            "rewards": [float(r["success"]) + bonus * float(r["plan_valid"]) for r in records],
+        }
+
+
+def train_rl(config: RLConfig, address: str | None = None, progress: bool = True) -> list[dict]:
+    """Run (or resume) RL fine-tuning; returns the evaluation records (the success curve)."""
+    from embodied.io import write_json
+    from embodied.train.loop import CURVES, METRICS, append_metrics, truncate_metrics, plot_curves, read_metrics
+
+    absolute = {k: str(Path(getattr(config, k)).resolve()) for k in ("out",)}
+    if config.init != "default":
+        absolute["init"] = str(Path(config.init).resolve())
+    config = dataclasses.replace(config, **absolute)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", asdict(config))
+    runtime.start(runtime.RuntimeConfig(address=address))
+    try:
+        learner = Learner.options(num_cpus=0).remote(asdict(config))
+        start = ray.get(learner.iteration.remote())
+        truncate_metrics(out / METRICS, start)
+        inference = InferenceConfig(checkpoint=config.init, max_batch=config.episodes * config.group, threads=config.threads, max_new_tokens=config.max_new_tokens)
+        router = start_inference(inference, replicas=1, num_cpus=0)
+        if start:
+            ray.get(router.load_weights.remote(learner.weights.remote()))
+        workers = [RLWorker.options(num_cpus=0).remote(list(config.tasks)) for _ in range(config.workers)]
+
+        def evaluate(step: int) -> None:
+            jobs = [
+                (task, config.eval_seed + i) for task in config.tasks for i in range(config.eval_episodes)
+            ]
+            results = ray.get(
+                [workers[k % len(workers)].collect.remote(task, seed, 1, 0.0, 0, router, config.validity_bonus) for k, (task, seed) in enumerate(jobs)]
+            )
+            record = {"step": step, "eval/success": float(np.mean([r["success"][0] for r in results]))}
+            for task in config.tasks:
+                record[f"eval/success_{task}"] = float(np.mean([r["success"][0] for r in results if r["task"] == task]))
+            append_metrics(out / METRICS, record)
+            plot_curves(out / METRICS, out / CURVES, title=f"RL: {out.name}")
+
+        if start == 0:
+            evaluate(0)
+        bar = tqdm(total=config.iterations, initial=start, desc="rl", unit="iter", disable=not progress)
+        for step in range(start, config.iterations):
+            rng = np.random.default_rng([config.seed, step])
+            tasks = [config.tasks[int(i)] for i in rng.integers(len(config.tasks), size=config.episodes)]
+            seeds = [TRAIN_SEED + 1000 * step + k for k in range(config.episodes)]
+            groups = ray.get(
+                [
+                    workers[k % len(workers)].collect.remote(task, seed, config.group, config.temperature, seed * config.group, router, config.validity_bonus)
+                    for k, (task, seed) in enumerate(zip(tasks, seeds))
+                ]
+            )
+            metrics = ray.get(learner.update.remote(groups))
+            ray.get(router.load_weights.remote(learner.weights.remote()))
+            record = {
+                "step": step + 1,
+                **metrics,
+                "reward": float(np.mean([r for g in groups for r in g["rewards"]])),
+                "sampled_success": float(np.mean([s for g in groups for s in g["success"]])),
+                "sampled_valid": float(np.mean([v for g in groups for v in g["valid"]])),
+            }
+            append_metrics(out / METRICS, record)
+            bar.update()
+            bar.set_postfix(reward=f"{record['reward']:.2f}")
+            done = step + 1
+            if done % config.eval_every == 0 or done == config.iterations:
+                evaluate(done)
+            if done % config.save_every == 0 or done == config.iterations:
+                ray.get(learner.save.remote())
+        bar.close()
+        ray.get(learner.export.remote())
+        plot_curves(out / METRICS, out / CURVES, title=f"RL: {out.name}")
+    finally:
+        if address is None:
+            runtime.shutdown()
+    return [r for r in read_metrics(out / METRICS) if "eval/success" in r]

@@ -1,0 +1,391 @@
+"""Training: the ulip -> pretrain -> sft chain on a tiny model and dataset, what each stage trains, exact
+resumption, configs from YAML, the learning-rate schedule, failures that must be loud, the VQA metrics and
+the frozen text tower."""
+
+import json
+import math
+from dataclasses import replace
+from itertools import count
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from embodied.cli import main
+from embodied.data.dataset import SplitData
+from embodied.eval.vqa import exact_match, question_form, random_answers, refined_exact_match
+from embodied.model import WEIGHTS_FILE, CheckpointError, EmbodiedModel, ModelConfig
+from embodied.train import language, loop
+from embodied.train.config import TrainConfig
+from embodied.train.loop import OPTIMIZER_FILE, STATE_FILE, check_loaded, learning_rate, read_metrics, train
+from embodied.train.text_tower import TextTower
+from embodied.train.ulip import CLASSES
+from envs.tasks import normalize_answer
+
+TINY = ModelConfig.tiny()
+STEPS = 4
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def data(tiny_dataset):
+    """The session's few-scene dataset (conftest): enough of every sample kind for every stage."""
+    return tiny_dataset
+
+
+def _config(data, out, stage: str, **changes) -> TrainConfig:
+    settings = dict(
+        stage=stage, data=str(data), out=str(out), model=TINY.to_dict(), steps=STEPS, batch_size=2, lr=1e-3,
+        warmup=1, log_every=1, eval_every=100, eval_samples=2, save_every=2, threads=1,
+    )
+    return TrainConfig.from_dict({**settings, **changes})
+
+
+def _fresh_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The trainable weights a stage starts from before any init: ``train`` seeds torch, then builds the model."""
+    torch.manual_seed(seed)
+    return {k: v.clone() for k, v in EmbodiedModel(TINY).trainable_state().items()}
+
+
+def _weights(run, folder: str = "model") -> dict[str, torch.Tensor]:
+    return load_file(str(run / folder / WEIGHTS_FILE))
+
+
+def _part(weights: dict, prefix: str) -> dict:
+    return {k: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def chain(data, tmp_path_factory):
+    """ulip, then pretrain from the ulip run, then sft from the pretrain run:
+    {stage: (config, run folder, last metrics)}."""
+    runs = tmp_path_factory.mktemp("runs")
+    done, init = {}, None
+    for stage in ("ulip", "pretrain", "sft"):
+        config = _config(data, runs / stage, stage, init=init)
+        done[stage] = (config, runs / stage, train(config, progress=False))
+        init = str(runs / stage)
+    return done
+
+
+# -- the chain of stages -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", ["ulip", "pretrain", "sft"])
+def test_every_stage_writes_checkpoint_model_metrics_and_curves(chain, stage):
+    config, run, last = chain[stage]
+    for name in (WEIGHTS_FILE, OPTIMIZER_FILE, STATE_FILE, "config.json"):
+        assert (run / "checkpoint" / name).is_file(), name
+    state = json.loads((run / "checkpoint" / STATE_FILE).read_text())
+    assert state["step"] == STEPS
+    assert TrainConfig.from_dict(state["config"]) == config
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
+    assert {p.name for p in (run / "model").iterdir()} == {"config.json", WEIGHTS_FILE}
+    assert _same(_weights(run), _weights(run, "checkpoint"))  # the last checkpoint is the final model
+
+    records = read_metrics(run / "metrics.jsonl")
+    losses = [r for r in records if "loss" in r]
+    assert [r["step"] for r in losses] == list(range(1, STEPS + 1))
+    assert all(math.isfinite(r["loss"]) and r["lr"] > 0 for r in losses)
+    evals = [r for r in records if any(k.startswith("eval/") for k in r)]
+    assert [r["step"] for r in evals] == [STEPS] and last == evals[-1]
+    if stage == "ulip":
+        assert 0 <= last["eval/zero_shot_accuracy"] <= 1
+    else:
+        assert math.isfinite(last["eval/val_loss"]) and last["eval/val_loss"] > 0
+    assert ("eval/val_vqa_exact_match" in last) == (stage == "sft")
+
+    png = (run / "curves.png").read_bytes()
+    assert png.startswith(PNG_MAGIC)
+    with Image.open(run / "curves.png") as image:
+        image.verify()
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_ulip_model_folder_holds_both_encoders_and_heads(chain):
+    _, run, _ = chain["ulip"]
+    weights = _weights(run)
+    written = json.loads((run / "model" / "config.json").read_text())
+    assert written == {"stage": "ulip", "model": json.loads(json.dumps(TINY.to_dict()))}
+    for prefix in ("image_encoder.", "point_encoder.", "image_head.", "point_head."):
+        assert _part(weights, prefix), prefix
+    assert "logit_scale" in weights
+    assert len(CLASSES) == 40 and len(set(CLASSES)) == 40
+
+
+def test_pretrain_trains_only_the_projectors(chain):
+    ulip, pretrain, fresh = _weights(chain["ulip"][1]), _weights(chain["pretrain"][1]), _fresh_state()
+    assert pretrain.keys() == fresh.keys()
+    for encoder in ("image_encoder.", "point_encoder."):
+        assert _part(pretrain, encoder) and _same(_part(pretrain, encoder), _part(ulip, encoder))  # loaded, then frozen
+        assert not _same(_part(ulip, encoder), _part(fresh, encoder))  # (so the init did change them)
+    lora = {k: v for k, v in pretrain.items() if "lora_" in k}
+    assert lora and _same(lora, {k: fresh[k] for k in lora})
+    for projector in ("image_projector.", "point_projector."):
+        changed = [k for k in _part(pretrain, projector) if not torch.equal(pretrain[k], fresh[k])]
+        assert len(changed) >= len(_part(pretrain, projector)) / 2, projector
+
+
+def test_sft_tunes_lora_and_projectors_from_pretrain_and_loads(chain):
+    pretrain, sft = _weights(chain["pretrain"][1]), _weights(chain["sft"][1])
+    for encoder in ("image_encoder.", "point_encoder."):
+        assert _same(_part(sft, encoder), _part(pretrain, encoder))
+    lora_b = {k: v for k, v in sft.items() if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())  # LoRA B starts at zero
+    for projector in ("image_projector.", "point_projector."):
+        assert not _same(_part(sft, projector), _part(pretrain, projector))
+
+    model = EmbodiedModel.from_pretrained(chain["sft"][1] / "model")
+    assert model.config == TINY
+    assert _same({k: v for k, v in model.trainable_state().items()}, sft)
+    data = SplitData(chain["sft"][0].data, "val")
+    row = data.select(("vqa",))[0]
+    (reply,) = model.eval().generate([data.sample(row, reply=False)], max_new_tokens=3)
+    assert isinstance(reply, str)
+
+
+# -- resuming ----------------------------------------------------------------------------------------------
+
+
+def _interrupt_at(monkeypatch, step: int) -> None:
+    """Make the next run's stage raise when it draws the batch of ``step`` (0-based), as a crash would."""
+    real = loop.build_stage
+
+    def build(config):
+        stage = real(config)
+        calls, batch = count(), stage.batch
+
+        def interrupted(rng):
+            if next(calls) == step:
+                raise KeyboardInterrupt
+            return batch(rng)
+
+        stage.batch = interrupted
+        return stage
+
+    monkeypatch.setattr(loop, "build_stage", build)
+
+
+def test_an_interrupted_run_resumes_exactly(data, tmp_path, monkeypatch):
+    steps = 6
+    straight = _config(data, tmp_path / "a", "sft", steps=steps, eval_every=3)
+    train(straight, progress=False)
+
+    resumed = replace(straight, out=str(tmp_path / "b"))
+    _interrupt_at(monkeypatch, 5)  # steps 0-4 done and logged, the last checkpoint at 4
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed, progress=False)
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "b" / "checkpoint" / STATE_FILE).read_text())["step"] == 4
+    assert [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4, 5]
+    assert not (tmp_path / "b" / "model").exists()
+    train(resumed, progress=False)
+
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
+    metrics_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    metrics_b = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    loss_a, loss_b = [r for r in metrics_a if "loss" in r], [r for r in metrics_b if "loss" in r]
+    assert [r["step"] for r in loss_b] == list(range(1, steps + 1))  # step 5 once, not twice
+    assert [r["loss"] for r in loss_b] == pytest.approx([r["loss"] for r in loss_a], rel=1e-4)
+    assert [r["lr"] for r in loss_b] == [r["lr"] for r in loss_a]
+    assert [r["step"] for r in metrics_b if "eval/val_loss" in r] == [3, 6]
+
+    # Rerunning a finished run trains nothing more.
+    train(resumed, progress=False)
+    assert _same(_weights(tmp_path / "b"), b)
+    assert read_metrics(tmp_path / "b" / "metrics.jsonl") == metrics_b
+
+    with pytest.raises(CheckpointError, match="batch_size"):
+        train(replace(resumed, batch_size=3), progress=False)
+
+
+def test_a_damaged_checkpoint_is_a_checkpoint_error(data, tmp_path):
+    config = _config(data, tmp_path / "run", "pretrain", steps=2)
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint" / STATE_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot resume"):
+        train(config, progress=False)
+
+
+def test_init_from_an_empty_folder_is_a_checkpoint_error(data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    config = _config(data, tmp_path / "run", "pretrain", init=str(tmp_path / "empty"))
+    with pytest.raises(CheckpointError, match=f"holds no {WEIGHTS_FILE}"):
+        train(config, progress=False)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+def test_read_init_prefers_the_final_model(chain, tmp_path):
+    run = chain["pretrain"][1]
+    assert _same(loop._read_init(run), _weights(run))
+    assert _same(loop._read_init(run / "model"), _weights(run))
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / WEIGHTS_FILE).write_bytes((run / "checkpoint" / WEIGHTS_FILE).read_bytes())
+    assert _same(loop._read_init(tmp_path), _weights(run, "checkpoint"))
+
+
+def test_check_loaded():
+    assert check_loaded(["a"], {"a", "b"}, partial=True) == ["a"]
+    assert check_loaded(["a", "b"], {"a", "b"}, partial=False) == ["a", "b"]
+    with pytest.raises(CheckpointError, match="lacks 1 of 2"):
+        check_loaded(["a"], {"a", "b"}, partial=False)
+    with pytest.raises(CheckpointError):
+        check_loaded([], {"a"}, partial=True)
+
+
+def test_a_nan_loss_stops_training(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(language._Loss, "forward", lambda self, samples: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match="loss is nan at step 0"):
+        train(_config(data, tmp_path / "run", "pretrain"), progress=False)
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+# -- configs -----------------------------------------------------------------------------------------------
+
+
+def _yaml(path, data: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data))))  # tuples as lists
+    return path
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+    config = TrainConfig(stage="sft", data="d", out="o", steps=100, warmup=10, lr=1e-3)
+    rates = [learning_rate(config, step) for step in range(config.steps + 1)]
+    assert rates[:10] == pytest.approx([1e-3 * (i + 1) / 10 for i in range(10)])
+    assert rates[9] == pytest.approx(1e-3)  # the peak
+    after = rates[10:]
+    assert all(a >= b for a, b in zip(after, after[1:]))
+    assert after[0] == pytest.approx(1e-3)
+    assert rates[55] == pytest.approx(1e-3 * 0.55)  # half way: the middle of the cosine
+    assert rates[100] == pytest.approx(1e-4)
+    assert 1e-4 < rates[99] < 1.01e-4
+    assert learning_rate(replace(config, warmup=0), 0) == pytest.approx(1e-3)
+
+
+def test_train_config_validation():
+    base = dict(stage="sft", data="d", out="o")
+    bad_values = (
+        dict(steps=0), dict(batch_size=0), dict(lr=0),
+        dict(trainable=("decoder",)), dict(mix={"chat": 1.0}), dict(mix={"vqa": 0}),
+    )
+    for bad in bad_values:
+        with pytest.raises(ValueError):
+            TrainConfig(**base, **bad)
+    config = TrainConfig(**base)
+    assert config.parts == ("image_projector", "point_projector", "lora")
+    assert config.sample_mix == {"vqa": 0.45, "plan": 0.3, "dialogue": 0.1, "text": 0.15}
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_yaml_with_an_unknown_key_or_stage_is_refused(tmp_path):
+    good = {"stage": "ulip", "data": "d", "out": "o"}
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.load(_yaml(tmp_path / "a.yaml", {**good, "learning_rate": 0.1}))
+    with pytest.raises(ValueError, match=r"train config\.model\.lora.*'rnak'"):
+        TrainConfig.load(_yaml(tmp_path / "b.yaml", {**good, "model": {"lora": {"rnak": 2}}}))
+    with pytest.raises(ValueError, match="unknown stage 'finetune'"):
+        TrainConfig.load(_yaml(tmp_path / "c.yaml", {**good, "stage": "finetune"}))
+    with pytest.raises(FileNotFoundError):
+        TrainConfig.load(tmp_path / "missing.yaml")
+    with pytest.raises(FileNotFoundError, match="no model config"):
+        TrainConfig.load(_yaml(tmp_path / "d.yaml", {**good, "model": "nowhere.yaml"}))
+
+
+def test_model_path_is_relative_to_the_config_and_overrides_apply(tmp_path, monkeypatch):
+    _yaml(tmp_path / "configs" / "model" / "tiny.yaml", TINY.to_dict())
+    path = _yaml(
+        tmp_path / "configs" / "train" / "sft.yaml",
+        {"stage": "sft", "data": "d", "out": "o", "model": "../model/tiny.yaml", "steps": 3},
+    )
+    monkeypatch.chdir(tmp_path / "configs")  # relative to the file, not to the working folder
+    config = TrainConfig.load(path)
+    assert config.model == TINY and config.steps == 3
+    changed = TrainConfig.load(path, {"model.lora.rank": 2, "steps": 7, "mix.vqa": 1.0})
+    assert changed.model == replace(TINY, lora=replace(TINY.lora, rank=2))
+    assert changed.steps == 7 and changed.mix == {"vqa": 1.0}
+    assert TrainConfig.load(path) == config  # the file is untouched
+    with pytest.raises(ValueError, match="steps is not a section"):
+        TrainConfig.load(path, {"steps.x": 1})
+    with pytest.raises(ValueError, match="rnak"):
+        TrainConfig.load(path, {"model.lora.rnak": 2})
+
+
+@pytest.mark.parametrize("stage", ["ulip", "pretrain", "sft"])
+def test_shipped_configs_load(stage):
+    config = TrainConfig.load(CONFIGS / "train" / f"{stage}.yaml")
+    assert config.stage == stage
+    assert config.model == ModelConfig.from_dict(yaml.safe_load((CONFIGS / "model" / "default.yaml").read_text()))
+
+
+def test_cli_refuses_a_config_of_another_stage(tmp_path, capsys):
+    path = _yaml(tmp_path / "ulip.yaml", {"stage": "ulip", "data": str(tmp_path / "d"), "out": str(tmp_path / "out")})
+    assert main(["train", "sft", "--config", str(path), "--workers", "0", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert "embodied train: error" in error and "'ulip'" in error and "'sft'" in error
+    assert not (tmp_path / "out").exists()
+    bad = _yaml(tmp_path / "bad.yaml", {"stage": "sft", "data": "d", "out": "o", "stepz": 3})
+    assert main(["train", "sft", "--config", str(bad), "--workers", "0"]) == 2
+    assert "stepz" in capsys.readouterr().err
+
+
+# -- VQA metrics ---------------------------------------------------------------------------------------------
+
+
+def test_exact_and_refined_exact_match():
+    candidates = {"red", "blue", "green", "yes", "no", "2", "3"}
+    assert exact_match("Red.", "red")
+    assert exact_match("two", "2") and exact_match("The red cube", "red cube")
+    assert not exact_match("it is red", "red")
+    assert refined_exact_match("it is red", "red", candidates)
+    assert refined_exact_match("Red.", "red", candidates)
+    assert not refined_exact_match("red or blue", "red", candidates)
+    assert not refined_exact_match("it is blue", "red", candidates)
+    assert not refined_exact_match("reddish", "red", candidates)  # whole words only
+    assert refined_exact_match("there are two", "2", candidates)
+
+
+def test_random_answers_come_from_the_question_form(data):
+    train_data, val = SplitData(data, "train"), SplitData(data, "val")
+    rows = val.select(("vqa",))
+    answers = random_answers(rows, train_data, seed=0)
+    assert answers == random_answers(rows, train_data, seed=0)
+    pools = {}
+    for row in train_data.select(("vqa",)):
+        pools.setdefault(question_form(row), set()).add(normalize_answer(row["answer"]))
+    everything = set().union(*pools.values())
+    for row, answer in zip(rows, answers):
+        assert answer in pools.get(question_form(row), everything)
+        form = question_form(row)
+        if form == "yes/no":
+            assert answer in ("yes", "no")
+        elif form == "number":
+            assert answer.isdigit()
+    assert question_form({"answer": "Yes", "question_type": "existence"}) == "yes/no"
+    assert question_form({"answer": "three", "question_type": "count"}) == "number"
+    assert question_form({"answer": "red", "question_type": "attribute"}) == "attribute"
+
+
+# -- the text tower ------------------------------------------------------------------------------------------
+
+
+def test_text_tower_embeds_unit_vectors_by_meaning():
+    tower = TextTower()
+    embeddings = tower.embed(["a small red cube", "a red cube", "a blue sphere"])
+    assert embeddings.shape == (3, tower.dim) and tower.dim == 384
+    assert torch.allclose(embeddings.norm(dim=1), torch.ones(3), atol=1e-5)
+    similar, different = float(embeddings[0] @ embeddings[1]), float(embeddings[0] @ embeddings[2])
+    assert similar > different
+    assert torch.allclose(tower.embed(["a red cube"], batch_size=1)[0], embeddings[1], atol=1e-5)
+    assert tower.embed([]).shape == (0, tower.dim)
