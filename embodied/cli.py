@@ -12,6 +12,7 @@ from rich.table import Table
 
 
 def _rollout(args: argparse.Namespace) -> int:
+    from embodied.model import shipped_checkpoint
     from embodied.rollout import RolloutConfig, rollout
 
     out = args.out or Path("runs") / f"rollout_{args.task}_{args.policy}_seed{args.seed}"
@@ -23,7 +24,7 @@ def _rollout(args: argparse.Namespace) -> int:
         out=out,
         gifs=args.gifs,
         replans=args.replans,
-        checkpoint=args.checkpoint or _shipped_checkpoint(args),
+        checkpoint=args.checkpoint or (shipped_checkpoint(args.model_config) if args.policy in ("model", "blind") else None),
         model_config=args.model_config,
     )
     if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
@@ -51,15 +52,6 @@ def _rollout(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shipped_checkpoint(args: argparse.Namespace) -> str | None:
-    """The model policies use the shipped checkpoint unless told otherwise (``--model-config tiny``: an
-    untrained tiny model)."""
-    from embodied.model import DEFAULT_CHECKPOINT
-
-    wanted = args.policy in ("model", "blind") and args.model_config == "default"
-    return "default" if wanted and DEFAULT_CHECKPOINT.is_dir() else None
-
-
 def _ros_up(args: argparse.Namespace) -> int:
     from ros_nodes.graph import graph
     from ros_nodes.up import run_graph
@@ -77,7 +69,9 @@ def _serve(args: argparse.Namespace) -> int:
     from agents import runtime
     from agents.inference import InferenceConfig, start_inference
 
-    config = InferenceConfig(args.checkpoint or "", args.model_config, args.max_batch)
+    from embodied.model import shipped_checkpoint
+
+    config = InferenceConfig(args.checkpoint or shipped_checkpoint(args.model_config) or "", args.model_config, args.max_batch)
     runtime.start(runtime.RuntimeConfig(address=args.address, num_cpus=args.num_cpus))
     for sig in (signal.SIGINT, signal.SIGTERM):  # after Ray's own handlers: both stop it cleanly
         signal.signal(sig, signal.default_int_handler)
@@ -197,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run model replicas behind a Ray inference router")
     serve.add_argument("--replicas", type=int, default=1)
-    serve.add_argument("--checkpoint", help="a model folder (default: an untrained model)")
+    serve.add_argument("--checkpoint", help="a model folder (default: the shipped checkpoint)")
     serve.add_argument("--model-config", choices=["default", "tiny"], default="default")
     serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
     serve.add_argument("--gpus-per-replica", type=float, default=0.0)

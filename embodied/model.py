@@ -37,14 +37,20 @@ FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"  # made by `make recipe`
 
 
+def shipped_checkpoint(model_config: str = "default") -> str | None:
+    """What a model policy loads when given no checkpoint: the shipped one for the default model size
+    (when installed), nothing for ``"tiny"`` (an untrained tiny model, for tests)."""
+    return str(DEFAULT_CHECKPOINT) if model_config == "default" and DEFAULT_CHECKPOINT.is_dir() else None
+
+
 class CheckpointError(Exception):
     """A checkpoint folder that is missing, incomplete, or does not fit its config."""
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    rank: int = 16  # 0 turns LoRA off
-    alpha: int = 32
+    rank: int = 8  # 0 turns LoRA off
+    alpha: int = 16
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 

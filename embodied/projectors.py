@@ -17,9 +17,9 @@ KINDS = ("linear", "mlp", "resampler")
 @dataclass(frozen=True)
 class ProjectorConfig:
     kind: str = "resampler"
-    num_queries: int = 16  # resampler only
-    layers: int = 2  # resampler only
-    heads: int = 8  # resampler only; must divide the encoder's width
+    num_queries: int = 8  # resampler only
+    layers: int = 1  # resampler only
+    heads: int = 4  # resampler only; must divide the encoder's width
 
     def __post_init__(self):
         if self.kind not in KINDS:

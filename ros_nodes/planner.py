@@ -2,8 +2,8 @@
 
 Planning runs on a worker thread, so the node keeps taking images and instructions while the model thinks;
 a newer instruction that arrives meanwhile is planned next (older waiting ones are dropped). ``planner``
-chooses the backend: ``model`` (the embodied model, from ``checkpoint`` or, without one, a fresh
-``model_config``; in-process, or with ``inference:=ray`` through the Ray inference router that
+chooses the backend: ``model`` (the embodied model, from ``checkpoint`` or, without one, the shipped
+checkpoint; ``model_config:=tiny`` gives an untrained tiny one; in-process, or with ``inference:=ray`` through the Ray inference router that
 ``embodied serve`` runs) or ``oracle`` (reads templated instructions against the latched scene description).
 """
 
@@ -84,13 +84,14 @@ class Planner(Node):
     def _load_model(self):
         import torch
 
-        from embodied.model import EmbodiedModel, ModelConfig
+        from embodied.model import EmbodiedModel, ModelConfig, shipped_checkpoint
 
         torch.set_num_threads(self.param["threads"])
-        if self.param["checkpoint"]:
-            return EmbodiedModel.from_pretrained(self.param["checkpoint"]).eval()
+        checkpoint = self.param["checkpoint"] or shipped_checkpoint(self.param["model_config"])
+        if checkpoint:
+            return EmbodiedModel.from_pretrained(checkpoint).eval()
         config = ModelConfig.tiny() if self.param["model_config"] == "tiny" else ModelConfig()
-        self.get_logger().warning("no checkpoint given: planning with an untrained model")
+        self.get_logger().warning("no checkpoint given or shipped: planning with an untrained model")
         return EmbodiedModel(config).eval()
 
     # -- inputs --------------------------------------------------------------------------------------

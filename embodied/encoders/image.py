@@ -16,9 +16,9 @@ class ImageEncoderConfig:
     name: str = "vit"  # "vit": built from the numbers below; anything else: an HF model id or folder
     image_size: int = 128
     patch_size: int = 16
-    hidden_size: int = 192
-    layers: int = 4
-    heads: int = 3
+    hidden_size: int = 128
+    layers: int = 3
+    heads: int = 4
 
     def __post_init__(self):
         if self.name == "vit":

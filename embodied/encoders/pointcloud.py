@@ -15,11 +15,11 @@ from torch import nn
 
 @dataclass(frozen=True)
 class PointEncoderConfig:
-    num_groups: int = 64
+    num_groups: int = 32
     group_size: int = 32
-    hidden_size: int = 192
-    layers: int = 4
-    heads: int = 3
+    hidden_size: int = 128
+    layers: int = 3
+    heads: int = 4
     in_channels: int = 6  # xyz + rgb
 
     def __post_init__(self):

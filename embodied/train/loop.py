@@ -75,8 +75,9 @@ def train(
             group["lr"] = learning_rate(config, step)
         batch = stage.batch(np.random.default_rng([config.seed, step, rank]))
         loss = module(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower the learning rate or check the data")
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {step}; lower the learning rate or check the data")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
@@ -85,10 +86,10 @@ def train(
         window_seconds += time.perf_counter() - began
         done = step + 1
         bar.update()
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{value:.3f}")
         if rank == 0 and (done % config.log_every == 0 or done == config.steps):
             rate = window_units / window_seconds
-            last = {"step": done, "loss": float(loss), "lr": learning_rate(config, step), f"{stage.unit}_per_s": rate}
+            last = {"step": done, "loss": value, "lr": learning_rate(config, step), f"{stage.unit}_per_s": rate}
             append_metrics(out / METRICS, last)
             window_seconds, window_units = 0.0, 0
         if rank == 0 and (done % config.eval_every == 0 or done == config.steps):
