@@ -188,10 +188,9 @@ def train_rl(config: RLConfig, address: str | None = None, progress: bool = True
     from embodied.io import write_json
     from embodied.train.loop import CURVES, METRICS, append_metrics, truncate_metrics, plot_curves, read_metrics
 
-    absolute = {k: str(Path(getattr(config, k)).resolve()) for k in ("out",)}
-    if config.init != "default":
-        absolute["init"] = str(Path(config.init).resolve())
-    config = dataclasses.replace(config, **absolute)
+    # actors do not start in this folder: the paths they read and write must be absolute
+    init = config.init if config.init == "default" else str(Path(config.init).resolve())
+    config = dataclasses.replace(config, out=str(Path(config.out).resolve()), init=init)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(config))

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     data = commands.add_parser("data", help="generate (or resume generating) the training and evaluation dataset")
-    data.add_argument("--out", type=Path, default=Path("runs/data"))
+    data.add_argument("--out", type=Path, default=Path("runs/recipe/data"))
     data.add_argument("--train-scenes", type=int, default=400)
     data.add_argument("--val-scenes", type=int, default=20)
     data.add_argument("--test-scenes", type=int, default=60)

@@ -668,3 +668,15 @@ def test_batched_plans_match_one_at_a_time(lively):
     alone = [lively.plan([s], objects=[o], max_new_tokens=96)[0] for s, o in zip(PLAN_PROMPTS, OBJECTS)]
     assert batch == alone
     assert len({len(p) for p in batch}) > 1  # they did finish at different steps
+
+
+def test_target_logprobs_give_the_language_model_loss_on_replies_only():
+    torch.manual_seed(0)
+    model = EmbodiedModel(ModelConfig.tiny()).eval()
+    rng = np.random.default_rng(0)
+    image, cloud = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), rng.random((64, 6), dtype=np.float32)
+    samples = [plan_sample("go to the red cube", image, cloud, "thought: x.\n1. done()"), vqa_sample("how many?", image, cloud, "3")]
+    logprobs, rows = model.target_logprobs(model._sequences(samples))
+    assert torch.allclose(-logprobs.mean(), model(samples).loss, atol=1e-5)
+    targets = [int((labels != -100).sum()) for _, labels in model._sequences(samples)]
+    assert rows.tolist() == [0] * targets[0] + [1] * targets[1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from embodied.model import EmbodiedModel
 from embodied.prompts import Sample
@@ -27,13 +26,10 @@ def group_advantages(rewards: list[float]) -> np.ndarray:
 
 def mean_token_logprobs(model: EmbodiedModel, samples: list[Sample]) -> torch.Tensor:
     """Per sample, the mean log-probability of its reply tokens (teacher-forced), shape (B,)."""
-    sequences = model._sequences(samples)
-    logits = model.score(sequences).logits[:, :-1].float()
-    _, _, labels = model._pad(sequences, left=False)
-    targets = labels[:, 1:]
-    mask = targets != -100
-    logprobs = torch.gather(F.log_softmax(logits, dim=-1), 2, targets.clamp(min=0)[..., None])[..., 0]
-    return (logprobs * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    logprobs, rows = model.target_logprobs(model._sequences(samples))
+    sums = torch.zeros(len(samples), device=logprobs.device).index_add(0, rows, logprobs)
+    counts = torch.zeros(len(samples), device=logprobs.device).index_add(0, rows, torch.ones_like(logprobs))
+    return sums / counts.clamp(min=1)
 
 
 def policy_loss(model: EmbodiedModel, samples: list[Sample], advantages: list[float]) -> torch.Tensor:

@@ -27,7 +27,8 @@ class _Loss(nn.Module):
     def forward(self, samples) -> torch.Tensor:
         sequences = self.model._sequences(samples)
         self.tokens = sum(len(embeds) for embeds, _ in sequences)  # text and projected tokens: the throughput unit
-        return self.model.score(sequences).loss
+        logprobs, _ = self.model.target_logprobs(sequences)
+        return -logprobs.mean()
 
 
 class LanguageStage:
