@@ -169,6 +169,7 @@ def _pair(item: str, separator: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from embodied.data.generate import DataConfig
     from embodied.eval.plan import EVAL_SEED
     from embodied.rollout import POLICIES
     from envs import ENV_IDS
@@ -201,10 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="generate (or resume generating) the training and evaluation dataset")
     data.add_argument("--out", type=Path, default=Path("runs/recipe/data"))
-    data.add_argument("--train-scenes", type=int, default=400)
-    data.add_argument("--val-scenes", type=int, default=20)
-    data.add_argument("--test-scenes", type=int, default=60)
-    data.add_argument("--compositional-scenes", type=int, default=60)
+    defaults = DataConfig()
+    for split in ("train", "val", "test", "compositional"):
+        data.add_argument(f"--{split}-scenes", type=int, default=defaults.scenes(split))
     data.add_argument("--workers", type=int, default=2, help="processes rendering scenes")
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     data.set_defaults(run=_data)

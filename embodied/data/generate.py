@@ -49,10 +49,10 @@ MAX_SEED_TRIES = 200
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_scenes: int = 600
-    val_scenes: int = 40
-    test_scenes: int = 100
-    compositional_scenes: int = 100
+    train_scenes: int = 400
+    val_scenes: int = 20
+    test_scenes: int = 60
+    compositional_scenes: int = 60
     views: int = 3  # head-camera views around the table per scene
     shard_scenes: int = 25
     object_points: int = 512
