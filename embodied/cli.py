@@ -134,6 +134,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from embodied.eval.report import format_cell
+
     if args.eval_command == "vqa":
         from embodied.eval.vqa import evaluate_vqa
 
@@ -150,15 +152,9 @@ def _eval(args: argparse.Namespace) -> int:
     for column in ("policy", group, *metrics):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(*(_format(row.get(k)) for k in ("policy", group, *metrics)))
+        table.add_row(*(format_cell(row.get(k)) for k in ("policy", group, *metrics)))
     Console().print(table)
     return 0
-
-
-def _format(value) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1%}" if isinstance(value, float) and 0 <= value <= 1 else str(value)
 
 
 def _pair(item: str, separator: str) -> tuple[str, str]:

@@ -14,12 +14,12 @@ def write_report(out: Path, title: str, rows: list[dict], columns: list[str], pl
     header = ["policy", group, *columns]
     lines = [f"# {title}", "", note, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(k)) for k in header) + " |")
+        lines.append("| " + " | ".join(format_cell(row.get(k)) for k in header) + " |")
     write_atomic(out / "report.md", lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
     _bar_plot(out / "report.png", title, rows, plot_metric, group)
 
 
-def _cell(value) -> str:
+def format_cell(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -34,7 +34,7 @@ class _Loss(nn.Module):
 class LanguageStage:
     unit = "tokens"
 
-    def __init__(self, config, rank: int = 0):
+    def __init__(self, config):
         self.config = config
         self.model = EmbodiedModel(config.model)
         freeze_all_but(self.model, config.parts)

@@ -66,7 +66,7 @@ def _clip_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class UlipStage:
     unit = "objects"
 
-    def __init__(self, config, rank: int = 0):
+    def __init__(self, config):
         self.config = config
         self.tower = TextTower()
         self.module = UlipModel(config.model, self.tower.dim)
@@ -88,16 +88,13 @@ class UlipStage:
         labels = torch.tensor([CLASSES.index((r["colour"], r["shape"])) for r in rows])  # size: scaled away
         own = (labels[:, None] == self.description_class[None, :]).float()
         return {
-            "clouds": self._clouds(rows),
+            "clouds": object_clouds(rows, self.config.model.points),
             "images": torch.as_tensor(np.stack([decode_png(v) for v in views])),
             "texts": self.text_embeddings[[self.text_index[t] for t in texts]],
             "labels": labels,
             "bank": self.text_embeddings,
             "bank_targets": own / own.sum(dim=1, keepdim=True),
         }
-
-    def _clouds(self, rows: list[dict]) -> torch.Tensor:
-        return object_clouds(rows, self.config.model.points)
 
     def size(self, batch: dict) -> int:
         return len(batch["labels"])
@@ -147,7 +144,8 @@ def object_clouds(rows: list[dict], config) -> torch.Tensor:
     on (in metres an object's neighbourhoods are millimetres apart, too small a signal beside colour)."""
     clouds = []
     for row in rows:
-        cloud = prepare_cloud(decode_cloud(row["cloud"]), len(decode_cloud(row["cloud"])), config.group_size, config.in_channels)
+        raw = decode_cloud(row["cloud"])
+        cloud = prepare_cloud(raw, len(raw), config.group_size, config.in_channels)
         xyz = cloud[:, :3] - cloud[:, :3].mean(dim=0)
         clouds.append(torch.cat([xyz / xyz.norm(dim=1).max().clamp(min=1e-6), cloud[:, 3:]], dim=1))
     return torch.stack(clouds)
