@@ -10,8 +10,10 @@ from embodied.encoders.pointcloud import (
     PointEncoder,
     PointEncoderConfig,
     farthest_point_sample,
+    group_indices,
     group_points,
     prepare_cloud,
+    smallest,
 )
 from embodied.projectors import ProjectorConfig, Resampler, build_projector
 
@@ -117,6 +119,43 @@ def test_each_group_contains_its_own_centre_at_the_origin():
     _, groups = group_points(points, num_groups=8, group_size=4)
     distance = groups[0, :, :, :3].norm(dim=-1)  # (G, K)
     assert torch.all(distance.min(dim=1).values < 1e-6)
+
+
+@pytest.mark.parametrize(("num_points", "group_size"), [(1000, 8), (1003, 8), (4096, 32), (40, 32)])
+def test_group_indices_match_a_full_nearest_neighbour_search(num_points, group_size):
+    """The block-pruned kNN (and the padded width when N does not split evenly) finds the same neighbour sets
+    as sorting every exact distance, for every cloud of a batch."""
+    xyz = torch.stack([_cloud(num_points, 3, seed=10 + s) * 4 - 2 for s in range(2)])
+    centres, neighbours = group_indices(xyz, num_groups=12, group_size=group_size)
+    assert torch.equal(centres, farthest_point_sample(xyz, 12))
+    assert neighbours.shape == (2, 12, group_size)
+    for b in range(2):
+        exact = ((xyz[b, centres[b], None].double() - xyz[b].double()) ** 2).sum(-1)  # (G, N)
+        expected = exact.argsort(dim=1)[:, :group_size]
+        for g in range(12):
+            assert set(neighbours[b, g].tolist()) == set(expected[g].tolist())
+
+
+@pytest.mark.parametrize("width", [5000, 4096, 300])
+def test_smallest_finds_the_k_smallest_of_every_row(width):
+    """Two levels of block pruning with padding at each (5000 -> 625 -> 79 columns), one level, and none."""
+    values = torch.rand(3, 5, width, generator=torch.Generator().manual_seed(width))
+    found = smallest(values, 10)
+    expected = values.argsort(dim=-1)[..., :10]
+    assert found.shape == (3, 5, 10)
+    assert all(set(a.tolist()) == set(b.tolist()) for a, b in zip(found.flatten(0, 1), expected.flatten(0, 1)))
+
+
+def test_fps_is_exact_far_from_the_origin():
+    """The distance expansion |p|^2 + |c|^2 - 2 p.c runs on a centred cloud, so a cloud metres away from the
+    origin is sampled as it would be at the origin."""
+    xyz = _cloud(500, 3, seed=11)[None]
+    assert torch.equal(farthest_point_sample(xyz + torch.tensor([300.0, -200.0, 50.0]), 20), farthest_point_sample(xyz, 20))
+
+
+def test_grouping_needs_enough_points():
+    with pytest.raises(ValueError, match="groups of 32 need at least that many points, got 20"):
+        group_indices(_cloud(20, 3)[None], num_groups=4, group_size=32)
 
 
 # -- preparing clouds -----------------------------------------------------------------------------------

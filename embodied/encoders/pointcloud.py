@@ -2,7 +2,8 @@
 group, and a transformer over the group tokens. xyz + rgb in, one token per group (plus a class token) out.
 
 Everything is batched torch: the only Python loop is farthest-point sampling's, over the centres it picks
-(each pick depends on the last), and each of its iterations is one vectorised pass over all points.
+(each pick depends on the last), and each of its iterations is one vectorised pass over all points. The
+distances FPS computes are the ones kNN needs, so grouping never measures a distance twice.
 """
 
 from __future__ import annotations
@@ -34,27 +35,68 @@ class PointEncoderConfig:
 def farthest_point_sample(xyz: torch.Tensor, count: int) -> torch.Tensor:
     """Indices (B, count) of points spread over each cloud, starting from the point farthest from the
     centroid (deterministic, unlike a random start)."""
+    return _farthest_points(xyz, count)[0]
+
+
+def _farthest_points(xyz: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FPS indices (B, count) and the squared distances (B, count, N) from each pick to every point, which
+    kNN grouping reuses.
+
+    Each step is one (1 x 5) @ (5 x N) product, |p|^2 + |c|^2 - 2 p.c, on a centred cloud so the expansion
+    loses little precision: one kernel instead of a subtract, a square and two adds per step, which is
+    what bounds FPS's sequential loop on a CPU.
+    """
     batch, num_points, _ = xyz.shape
-    coords = xyz.transpose(1, 2).contiguous()  # (B, 3, N): each step streams three contiguous rows
+    centred = xyz - xyz.mean(dim=1, keepdim=True)
+    square = centred.square().sum(dim=-1, keepdim=True)
+    ones = torch.ones_like(square)
+    points = torch.cat([centred, square, ones], dim=-1).transpose(1, 2).contiguous()  # (B, 5, N)
+    queries = torch.cat([-2 * centred, ones, square], dim=-1)  # (B, N, 5): query . point = |point - query|^2
+    nearest = torch.full((batch, 1, num_points), float("inf"), device=xyz.device)
+    distance = torch.empty(batch, count, num_points, device=xyz.device)
     rows = torch.arange(batch, device=xyz.device)
-    chosen = torch.empty(batch, count, dtype=torch.long, device=xyz.device)
-    nearest = torch.full((batch, num_points), float("inf"), device=xyz.device)
-    distance = torch.empty_like(nearest)
-    current = (coords - coords.mean(dim=2, keepdim=True)).square_().sum(dim=1).argmax(dim=1)
+    current = square[..., 0].argmax(dim=1)
+    chosen = []
     for i in range(count):
-        chosen[:, i] = current
-        torch.sum((coords - coords[rows, :, current, None]).square_(), dim=1, out=distance)
-        torch.minimum(nearest, distance, out=nearest)
-        current = nearest.argmax(dim=1)
-    return chosen
+        chosen.append(current)
+        step = distance[:, i : i + 1]
+        torch.bmm(queries[rows, current, None], points, out=step)
+        current = torch.minimum(nearest, step, out=nearest).max(dim=2).indices[:, 0]
+    return torch.stack(chosen, dim=1), distance
+
+
+def smallest(values: torch.Tensor, k: int, rows: int = 8) -> torch.Tensor:
+    """Indices (..., k) of the k smallest of each row of values (..., W), in no order, without a top-k over
+    whole rows (top-k costs ~k log k per element on a CPU): view the columns as blocks of ``rows`` (column j
+    is in block j % (W / rows), so the block minima are a vectorised reduction across rows); only the k
+    blocks with the smallest minima can hold the k smallest values, since those k minima are already k
+    values no larger than anything in another block. The k blocks are found the same way, recursively."""
+    *lead, width = values.shape
+    if width < 4 * k * rows:
+        return values.topk(k, dim=-1, largest=False, sorted=False).indices
+    columns = -(-width // rows)
+    if columns * rows != width:
+        values = torch.nn.functional.pad(values, (0, columns * rows - width), value=float("inf"))
+    blocks = values.view(*lead, rows, columns)
+    best = smallest(blocks.amin(dim=-2), k, rows)  # (..., k) block indices
+    candidates = torch.gather(blocks, -1, best[..., None, :].expand(*lead, rows, k)).flatten(-2)
+    pick = candidates.topk(k, dim=-1, largest=False, sorted=False).indices  # row * k + position in best
+    return torch.gather(best, -1, pick % k) + (pick // k) * columns
+
+
+def group_indices(xyz: torch.Tensor, num_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FPS centre indices (B, G) and the indices (B, G, K) of each centre's K nearest points (in no order)."""
+    if group_size > xyz.shape[1]:
+        raise ValueError(f"groups of {group_size} need at least that many points, got {xyz.shape[1]}")
+    centres, distance = _farthest_points(xyz, num_groups)
+    return centres, smallest(distance, group_size)
 
 
 def group_points(points: torch.Tensor, num_groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centres (B, G, 3) and groups (B, G, K, C) with xyz relative to their centre."""
-    xyz = points[..., :3]
+    centre_index, neighbours = group_indices(points[..., :3], num_groups, group_size)
     batch = torch.arange(points.shape[0], device=points.device)
-    centres = xyz[batch[:, None], farthest_point_sample(xyz, num_groups)]
-    neighbours = torch.cdist(centres, xyz).topk(group_size, dim=-1, largest=False).indices  # (B, G, K)
+    centres = points[batch[:, None], centre_index, :3]
     groups = points[batch[:, None, None], neighbours]
     groups = torch.cat([groups[..., :3] - centres[:, :, None], groups[..., 3:]], dim=-1)
     return centres, groups
