@@ -54,15 +54,17 @@ def _farthest_points(xyz: torch.Tensor, count: int) -> tuple[torch.Tensor, torch
     queries = torch.cat([-2 * centred, ones, square], dim=-1)  # (B, N, 5): query . point = |point - query|^2
     nearest = torch.full((batch, 1, num_points), float("inf"), device=xyz.device)
     distance = torch.empty(batch, count, num_points, device=xyz.device)
-    rows = torch.arange(batch, device=xyz.device)
-    current = square[..., 0].argmax(dim=1)
-    chosen = []
-    for i in range(count):
-        chosen.append(current)
-        step = distance[:, i : i + 1]
-        torch.bmm(queries[rows, current, None], points, out=step)
-        current = torch.minimum(nearest, step, out=nearest).max(dim=2).indices[:, 0]
-    return torch.stack(chosen, dim=1), distance
+    chosen = torch.empty(batch, count, 1, dtype=torch.long, device=xyz.device)
+    largest = torch.empty(batch, 1, device=xyz.device)
+    rows = torch.arange(batch, device=xyz.device)[:, None]
+    chosen[:, 0] = square.argmax(dim=1)
+    # per step: distances into their row of `distance`, the argmax straight into the next slot of `chosen`
+    steps, picks = distance.split(1, dim=1), chosen.unbind(dim=1)
+    for i in range(count - 1):
+        torch.bmm(queries[rows, picks[i]], points, out=steps[i])
+        torch.max(torch.minimum(nearest, steps[i], out=nearest), dim=2, out=(largest, picks[i + 1]))
+    torch.bmm(queries[rows, picks[-1]], points, out=steps[-1])
+    return chosen[..., 0], distance
 
 
 def smallest(values: torch.Tensor, k: int, rows: int = 8) -> torch.Tensor:
