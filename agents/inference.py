@@ -19,6 +19,8 @@ from functools import partial
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
+from embodied.plan import PLAN_TOKENS
+
 ROUTER_NAME = "inference"
 MAX_ATTEMPTS = 5  # a replica's restart (loading its model) gets 0.5 + 1 + 2 + 4 s
 
@@ -34,7 +36,7 @@ class InferenceConfig:
     max_batch: int = 8
     max_wait: float = 0.02  # seconds a batch waits for more requests after its first
     max_queue: int = 64  # waiting requests per replica
-    max_new_tokens: int = 96
+    max_new_tokens: int = PLAN_TOKENS
     threads: int = 0  # torch threads per replica; 0: every core (Ray would otherwise give an actor one)
 
     def __post_init__(self):

@@ -23,6 +23,7 @@ from agents import runtime
 from agents.inference import InferenceConfig, start_inference
 from embodied.eval.plan import EVAL_SEED
 from embodied.model import config_from_dict
+from embodied.plan import PLAN_TOKENS
 from embodied.train.config import PARTS
 
 TRAIN_SEED = 7_000_000  # training episodes draw their seeds from here (evaluation: EVAL_SEED)
@@ -48,7 +49,7 @@ class RLConfig:
     workers: int = 2
     threads: int = 1  # torch threads for the learner and the inference replica
     seed: int = 0
-    max_new_tokens: int = 96
+    max_new_tokens: int = PLAN_TOKENS
 
     def __post_init__(self):
         from envs import ENV_IDS

@@ -28,6 +28,7 @@ from embodied.decoding import PlanConstraint, repair_plan
 from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
 from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud
 from embodied.io import atomic_dir
+from embodied.plan import PLAN_TOKENS
 from embodied.projectors import ProjectorConfig, build_projector
 from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample
 
@@ -283,7 +284,7 @@ class EmbodiedModel(nn.Module):
         self,
         samples: list[Sample],
         objects: list | None = None,
-        max_new_tokens: int = 96,
+        max_new_tokens: int = PLAN_TOKENS,
         temperature: float | list[float] = 0.0,
         seeds: list | None = None,
     ) -> list[str]:

@@ -5,12 +5,13 @@ model without the image and point cloud: the baseline that shows what seeing add
 from __future__ import annotations
 
 from embodied.model import EmbodiedModel, ModelConfig
+from embodied.plan import PLAN_TOKENS
 from embodied.prompts import plan_sample
 
 
 class ModelPlanner:
     def __init__(
-        self, checkpoint: str | None = None, config: ModelConfig | None = None, max_new_tokens: int = 96, blind: bool = False
+        self, checkpoint: str | None = None, config: ModelConfig | None = None, max_new_tokens: int = PLAN_TOKENS, blind: bool = False
     ):
         self.model = (EmbodiedModel.from_pretrained(checkpoint) if checkpoint else EmbodiedModel(config)).eval()
         self.max_new_tokens = max_new_tokens

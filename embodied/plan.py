@@ -19,6 +19,10 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+# Tokens a planner may decode: the longest plan in the dataset, a three-object rearrangement with its
+# thought, is 188 SmolLM2 tokens, and a plan cut off by the limit ends early (closed with done()).
+PLAN_TOKENS = 256
+
 # Skill name -> the kinds of its arguments. "object" arguments name scene objects ("red cube").
 SKILLS: dict[str, tuple[str, ...]] = {
     "navigate": ("object",),

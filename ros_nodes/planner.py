@@ -20,7 +20,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from embodied.plan import parse_plan
+from embodied.plan import PLAN_TOKENS, parse_plan
 from envs.planners import plan_from_goal
 from envs.tasks import parse_instruction
 from ros_nodes.conversions import cloud_array, image_array, scene_spec
@@ -40,7 +40,7 @@ class Planner(Node):
                 "planner": "model",
                 "checkpoint": "",
                 "model_config": "default",
-                "max_new_tokens": 96,
+                "max_new_tokens": PLAN_TOKENS,
                 "frame": "odom",
                 "inference": "local",  # "ray": plan through the running inference router (embodied serve)
                 "ray_address": "",  # the cluster that router runs in, as `embodied serve` prints it
