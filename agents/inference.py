@@ -22,7 +22,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from embodied.plan import PLAN_TOKENS
 
 ROUTER_NAME = "inference"
-MAX_ATTEMPTS = 5  # a replica's restart (loading its model) gets 0.5 + 1 + 2 + 4 s
+RESTART_WAIT_S = 120.0  # how long a request waits for its replica's restart (loading a model on a busy machine)
 
 
 class QueueFull(RuntimeError):
@@ -116,20 +116,22 @@ class InferenceReplica:
 @ray.remote(max_restarts=-1)
 class InferenceRouter:
     """Several replicas behind one handle: each request goes to the replica with the fewest in flight; one
-    whose replica dies mid-request (Ray restarts it) is sent again, up to ``MAX_ATTEMPTS`` times."""
+    whose replica dies mid-request (Ray restarts it) is sent again, for up to ``RESTART_WAIT_S`` seconds."""
 
     def __init__(self, replicas: list):
         self.replicas = replicas
         self.in_flight = [0] * len(replicas)
 
     async def plan(self, instruction: str, image, cloud, objects=None, temperature: float = 0.0, seed: int | None = None) -> str:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        deadline, pause = time.monotonic() + RESTART_WAIT_S, 0.5
+        while True:
             try:
                 return await self._least_busy(instruction, image, cloud, objects, temperature, seed)
             except (RayActorError, ActorUnavailableError):  # a replica died or is restarting: wait, send again
-                if attempt == MAX_ATTEMPTS:
+                if time.monotonic() + pause > deadline:
                     raise
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 4.0)
 
     async def _least_busy(self, *request) -> str:
         """The request on the least busy replica whose queue has room; QueueFull when none has."""
