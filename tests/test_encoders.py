@@ -153,6 +153,17 @@ def test_fps_is_exact_far_from_the_origin():
     assert torch.equal(farthest_point_sample(xyz + torch.tensor([300.0, -200.0, 50.0]), 20), farthest_point_sample(xyz, 20))
 
 
+def test_groups_stay_differentiable_in_the_points_dtype():
+    """Grouping picks its indices off the autograd graph (in numpy, on the CPU); the gathered centres and
+    groups keep the points' dtype and carry gradients back to every point they contain."""
+    points = _cloud(64, 6, seed=12)[None].double().requires_grad_()
+    centres, groups = group_points(points, num_groups=4, group_size=8)
+    assert centres.dtype == groups.dtype == torch.float64
+    groups[..., 3:].sum().backward()
+    used = torch.unique(group_indices(points[..., :3].detach(), 4, 8)[1])
+    assert torch.all(points.grad[0, used, 3:] > 0) and points.grad[0, :, 3:].count_nonzero() == 3 * len(used)
+
+
 def test_grouping_needs_enough_points():
     with pytest.raises(ValueError, match="groups of 32 need at least that many points, got 20"):
         group_indices(_cloud(20, 3)[None], num_groups=4, group_size=32)
