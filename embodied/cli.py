@@ -143,10 +143,10 @@ def _eval(args: argparse.Namespace) -> int:
         metrics = ("exact_match", "refined_exact_match", "questions")
         group = "split"
     else:
-        from embodied.eval.plan import evaluate_plans
+        from embodied.eval.plan import PLAN_METRICS, evaluate_plans
 
         rows = evaluate_plans(args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet)
-        metrics = ("success", "of_oracle", "spl", "plan_valid", "episodes")
+        metrics = PLAN_METRICS
         group = "task"
     table = Table(title=f"{args.eval_command} evaluation ({args.out}/report.md)")
     for column in ("policy", group, *metrics):

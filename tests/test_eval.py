@@ -5,7 +5,7 @@ import json
 import pytest
 
 from embodied.cli import main
-from embodied.eval.plan import evaluate_plans
+from embodied.eval.plan import evaluate_plans, margin95, mean_over_tasks
 from embodied.eval.vqa import evaluate_vqa
 from embodied.model_planner import ModelPlanner
 from embodied.plan import parse_plan
@@ -55,14 +55,28 @@ def test_vqa_rejects_an_unknown_policy(tiny_dataset, tiny_checkpoint, tmp_path):
 
 def test_plan_report_puts_the_model_beside_its_baselines(tiny_checkpoint, tmp_path):
     rows = evaluate_plans(str(tiny_checkpoint), ["object_nav", "eqa"], ["model", "blind", "random", "oracle"], 1, tmp_path, progress=False)
-    assert len(rows) == 8
+    assert len(rows) == 8 + 4  # each policy on each task, then each policy's mean over the tasks
     oracle = [r for r in rows if r["policy"] == "oracle"]
-    assert all(r["success"] == 1.0 and r["of_oracle"] == 1.0 for r in oracle)
+    assert all(r["success"] == 1.0 and r["of_oracle"] == 1.0 and r["ci95"] == 0.0 for r in oracle)
+    for policy in ("model", "blind", "random"):
+        *tasks, mean = [r for r in rows if r["policy"] == policy]
+        assert mean["task"] == "mean" and mean["episodes"] == 2
+        assert mean["of_oracle"] == pytest.approx(sum(r["of_oracle"] for r in tasks) / 2)
     model = [r for r in rows if r["policy"] in ("model", "blind")]
     assert all(r["plan_valid"] in (0.0, 1.0) for r in model)
     assert (tmp_path / "report.png").read_bytes().startswith(PNG)
     assert "| oracle | object_nav | 100.0% |" in (tmp_path / "report.md").read_text()
     assert list((tmp_path / "rollouts" / "object_nav_model" / "gifs").glob("*.gif"))
+
+
+def test_plan_report_margins_shrink_with_episodes_and_average_over_tasks():
+    assert margin95(0.5, 40) == pytest.approx(1.96 * 0.5 / 40**0.5)
+    assert margin95(0.5, 160) == pytest.approx(margin95(0.5, 40) / 2)
+    assert margin95(1.0, 40) == 0.0
+    task = {"success": 0.5, "of_oracle": 0.5, "plan_valid": 1.0, "episodes": 40, "ci95": margin95(0.5, 40)}
+    mean = mean_over_tasks("model", [task, {**task, "success": 1.0, "of_oracle": 1.0, "ci95": 0.0}])
+    assert mean["success"] == mean["of_oracle"] == 0.75 and mean["episodes"] == 80
+    assert mean["ci95"] == pytest.approx(margin95(0.5, 40) / 2)
 
 
 def test_blind_planner_sees_no_camera_and_still_writes_a_plan(tiny_checkpoint, make_env):

@@ -4,12 +4,14 @@ are reported side by side."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from embodied.eval.report import write_report
 from embodied.rollout import RolloutConfig, rollout
 
 EVAL_SEED = 500_000  # far from the training scenes' seeds (embodied/data/generate.py)
+PLAN_METRICS = ["success", "ci95", "of_oracle", "spl", "plan_valid", "episodes"]
 
 
 def evaluate_plans(
@@ -28,6 +30,7 @@ def evaluate_plans(
                     "policy": policy,
                     "task": task,
                     "success": summary["success_rate"],
+                    "ci95": margin95(summary["success_rate"], summary["episodes"]),
                     "spl": summary["spl"],
                     "plan_valid": summary["plan_valid_rate"],
                     "episodes": summary["episodes"],
@@ -37,6 +40,27 @@ def evaluate_plans(
     for row in rows:
         if oracle.get(row["task"]):
             row["of_oracle"] = row["success"] / oracle[row["task"]]
-    note = f"{episodes} episodes per task from seed {seed}; checkpoint {checkpoint}. SPL for object navigation only."
-    write_report(out, "Planning in simulation", rows, ["success", "of_oracle", "spl", "plan_valid", "episodes"], "success", "task", note)
+    rows += [mean_over_tasks(policy, [r for r in rows if r["policy"] == policy]) for policy in policies]
+    note = (
+        f"{episodes} episodes per task from seed {seed}; checkpoint {checkpoint}. SPL for object navigation only. "
+        "ci95: half-width of the 95% interval of the success rate (normal approximation; for the mean, tasks independent)."
+    )
+    write_report(out, "Planning in simulation", rows, PLAN_METRICS, "success", "task", note)
     return rows
+
+
+
+def margin95(rate: float, episodes: int) -> float:
+    """Half-width of the normal-approximation 95% interval of a success rate over ``episodes`` episodes."""
+    return 1.96 * math.sqrt(rate * (1 - rate) / episodes) if episodes else 0.0
+
+
+def mean_over_tasks(policy: str, rows: list[dict]) -> dict:
+    """A policy's mean over tasks, each task weighing the same (the headline figure: success relative to
+    the oracle's, averaged over tasks)."""
+    mean = {"policy": policy, "task": "mean", "episodes": sum(r["episodes"] for r in rows)}
+    for key in ("success", "of_oracle", "plan_valid"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        mean[key] = sum(values) / len(values) if len(values) == len(rows) else None
+    mean["ci95"] = math.sqrt(sum(r["ci95"] ** 2 for r in rows)) / len(rows)
+    return mean

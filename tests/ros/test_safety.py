@@ -349,19 +349,22 @@ def test_nan_odometry_is_logged_and_treated_as_stale(ros):
     ros.assert_alive()
 
 
+TEXT_INPUTS = {"scene": (String, "scene", LATCHED), "instruction": (String, "instruction", 10)}
+ALL_INPUTS = {"image": (Image, "camera/image", STREAM), "cloud": (PointCloud2, "camera/points", STREAM), **TEXT_INPUTS}
+
+
+def planner_rig(ros, inputs: dict, topics: dict | None = None, **parameters):
+    """A planner node and a probe that publishes ``inputs`` to it (once each has its subscriber) and
+    records its plans and any other ``topics``."""
+    planner = ros.start(Planner, parameter_overrides=params(**parameters))
+    probe = ros.probe(topics={"plan": (String, "plan", LATCHED, "json"), **(topics or {})}, publishers=inputs)
+    assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in probe.pub.values()), 10)
+    return planner, probe
+
+
 @pytest.mark.timeout(60)
 def test_planner_drops_malformed_inputs_and_keeps_planning(ros):
-    planner = ros.start(Planner, parameter_overrides=params(planner="oracle"))
-    probe = ros.probe(
-        topics={"plan": (String, "plan", LATCHED, "json"), "rosout": (Log, "/rosout", ROSOUT_QOS)},
-        publishers={
-            "image": (Image, "camera/image", STREAM),
-            "cloud": (PointCloud2, "camera/points", STREAM),
-            "scene": (String, "scene", LATCHED),
-            "instruction": (String, "instruction", 10),
-        },
-    )
-    assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in probe.pub.values()), 10)
+    planner, probe = planner_rig(ros, ALL_INPUTS, {"rosout": (Log, "/rosout", ROSOUT_QOS)}, planner="oracle")
     stamp = probe.get_clock().now().to_msg()
 
     depth = image_msg(np.ones((8, 8), np.float32), stamp, "cam")
@@ -398,12 +401,7 @@ def test_planner_drops_malformed_inputs_and_keeps_planning(ros):
 
 
 def oracle_planner_rig(ros):
-    planner = ros.start(Planner, parameter_overrides=params(planner="oracle"))
-    probe = ros.probe(
-        topics={"plan": (String, "plan", LATCHED, "json")},
-        publishers={"scene": (String, "scene", LATCHED), "instruction": (String, "instruction", 10)},
-    )
-    assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in probe.pub.values()), 10)
+    planner, probe = planner_rig(ros, TEXT_INPUTS, planner="oracle")
     scene = generate_scene(0)
     probe.publish("scene", String(data=json.dumps(scene.to_dict())))
     assert wait_for(lambda: planner.scene is not None, 5)
@@ -437,17 +435,7 @@ def test_oracle_planner_keeps_planning_after_an_invalid_plan(ros):
 
 @pytest.mark.timeout(90)
 def test_model_planner_survives_a_depth_image_on_the_colour_topic(ros, torch_threads):
-    planner = ros.start(Planner, parameter_overrides=params(planner="model", model_config="tiny", max_new_tokens=24))
-    probe = ros.probe(
-        topics={"plan": (String, "plan", LATCHED, "json")},
-        publishers={
-            "image": (Image, "camera/image", STREAM),
-            "cloud": (PointCloud2, "camera/points", STREAM),
-            "scene": (String, "scene", LATCHED),
-            "instruction": (String, "instruction", 10),
-        },
-    )
-    assert wait_for(lambda: all(p.get_subscription_count() > 0 for p in probe.pub.values()), 10)
+    planner, probe = planner_rig(ros, ALL_INPUTS, planner="model", model_config="tiny", max_new_tokens=24)
     stamp = probe.get_clock().now().to_msg()
     scene = generate_scene(0)
     rng = np.random.default_rng(0)
