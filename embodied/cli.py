@@ -10,6 +10,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from embodied.errors import InputError
+
 
 def _rollout(args: argparse.Namespace) -> int:
     from embodied.model import shipped_checkpoint
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as exc:  # a wrong config: say what is wrong, not a traceback
+    except (ValueError, FileNotFoundError, InputError) as exc:  # a wrong input: say what, not a traceback
         print(f"embodied {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -26,6 +26,7 @@ from transformers import DynamicCache
 from embodied.backbone import SMOLLM2, TINY, add_lora, load_backbone
 from embodied.decoding import PlanConstraint, repair_plan
 from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
+from embodied.errors import CheckpointError
 from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud
 from embodied.io import atomic_dir
 from embodied.plan import PLAN_TOKENS
@@ -42,10 +43,6 @@ def shipped_checkpoint(model_config: str = "default") -> str | None:
     """What a model policy loads when given no checkpoint: the shipped one for the default model size
     (when installed), nothing for ``"tiny"`` (an untrained tiny model, for tests)."""
     return str(DEFAULT_CHECKPOINT) if model_config == "default" and DEFAULT_CHECKPOINT.is_dir() else None
-
-
-class CheckpointError(Exception):
-    """A checkpoint folder that is missing, incomplete, or does not fit its config."""
 
 
 @dataclass(frozen=True)

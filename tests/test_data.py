@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from embodied.data.dataset import DatasetError, SplitData, decode_cloud, decode_png
+from embodied.data.dataset import SplitData, decode_cloud, decode_png
+from embodied.errors import DatasetError
 from embodied.data.generate import MANIFEST, SPLITS, TABLES, DataConfig, _write_shard, generate
 from embodied.data.phrasing import DESCRIPTIONS, HELD_OUT_COMBOS, INSTRUCTION_PHRASINGS, QUESTION_PHRASINGS
 from embodied.plan import parse_plan

@@ -94,3 +94,19 @@ def test_eval_command_line(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
     assert code == 0
     assert "oracle" in capsys.readouterr().out
     assert json.loads((tmp_path / "report.json").read_text())["rows"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ("eval plan --checkpoint {tmp}/nowhere --policies model --out {tmp}/out", "not a checkpoint: {tmp}/nowhere/config.json is missing"),
+        ("eval vqa --data {tmp}/nowhere --policies oracle --out {tmp}/out", "{tmp}/nowhere is not a dataset"),
+        ("train sft --config {tmp}/nowhere.yaml --quiet", "no training config at {tmp}/nowhere.yaml"),
+    ],
+)
+def test_command_line_reports_a_missing_input_in_one_line(tmp_path, capsys, argv, message):
+    argv = argv.format(tmp=tmp_path).split()
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"embodied {argv[0]}: error: ") and message.format(tmp=tmp_path) in error
+    assert len(error.strip().splitlines()) == 1  # no traceback

@@ -11,15 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from embodied.model import (
-    CONFIG_FILE,
-    FORMAT_VERSION,
-    WEIGHTS_FILE,
-    CheckpointError,
-    EmbodiedModel,
-    LoraSettings,
-    ModelConfig,
-)
+from embodied.errors import CheckpointError
+from embodied.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, EmbodiedModel, LoraSettings, ModelConfig
 from embodied.plan import SKILLS, parse_plan
 from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample, plan_sample, text_sample, vqa_sample
 

@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from embodied.cli import main
 from embodied.data.dataset import SplitData
 from embodied.eval.vqa import exact_match, question_form, random_answers, refined_exact_match
-from embodied.model import WEIGHTS_FILE, CheckpointError, EmbodiedModel, ModelConfig
+from embodied.errors import CheckpointError
+from embodied.model import WEIGHTS_FILE, EmbodiedModel, ModelConfig
 from embodied.train import language, loop
 from embodied.train.config import TrainConfig
 from embodied.train.loop import OPTIMIZER_FILE, STATE_FILE, check_loaded, learning_rate, read_metrics, train

@@ -12,11 +12,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from embodied.data.generate import MANIFEST, SPLITS
+from embodied.errors import DatasetError
 from embodied.prompts import IMAGE, POINTS, Sample
-
-
-class DatasetError(Exception):
-    """A dataset folder that is missing, unfinished, or lacks the split asked for."""
 
 
 class SplitData:

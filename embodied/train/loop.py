@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from embodied.errors import CheckpointError
 from embodied.io import atomic_dir, write_atomic, write_json
-from embodied.model import WEIGHTS_FILE, CheckpointError
+from embodied.model import WEIGHTS_FILE
 from embodied.train.config import TrainConfig
 
 CHECKPOINT = "checkpoint"  # resumable state: weights, optimizer, step
