@@ -29,6 +29,8 @@ def test_vqa_report_has_every_policy_split_and_question_type(vqa_report):
         assert (out / name).stat().st_size > 0
     assert (out / "report.png").read_bytes().startswith(PNG)
     assert "| oracle | test/all | 100.0% |" in (out / "report.md").read_text()
+    for split in ("test", "compositional"):  # a sheet of observations with their questions and replies
+        assert (out / f"examples_{split}.png").read_bytes().startswith(PNG)
 
 
 def test_vqa_scores_are_consistent_with_the_answers(vqa_report):

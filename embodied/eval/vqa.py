@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from embodied.data.dataset import SplitData
+from embodied.io import write_atomic
 from embodied.prompts import PLACEHOLDER_RE, Sample
 from envs.tasks import normalize_answer
 
@@ -78,7 +79,6 @@ def evaluate_vqa(
     """Every policy answers the VQA samples of every split (the first ``limit`` of each); per split and
     question type, exact match and refined exact match. Writes report.{json,md,png} and answers.jsonl."""
     from embodied.eval.report import write_report
-    from embodied.io import write_atomic
     from embodied.model import EmbodiedModel
 
     unknown = set(policies) - set(POLICIES)
@@ -88,9 +88,11 @@ def evaluate_vqa(
     train = SplitData(data, "train")
     candidates = {normalize_answer(row["answer"]) for row in train.select(("vqa",))}
     rows, answers_out = [], []
+    out.mkdir(parents=True, exist_ok=True)
     for split in splits:
         split_data = SplitData(data, split)
         questions = split_data.select(("vqa",))[:limit]
+        by_policy = {}
         for policy in policies:
             if policy == "oracle":
                 replies = [row["answer"] for row in questions]
@@ -98,6 +100,7 @@ def evaluate_vqa(
                 replies = random_answers(questions, train, seed)
             else:
                 replies = answer_rows(model, split_data, questions, batch_size, blind=policy == "blind")
+            by_policy[policy] = replies
             scored = [
                 (row, reply, exact_match(reply, row["answer"]), refined_exact_match(reply, row["answer"], candidates))
                 for row, reply in zip(questions, replies)
@@ -117,8 +120,44 @@ def evaluate_vqa(
                         "questions": len(chosen),
                     }
                 )
-    out.mkdir(parents=True, exist_ok=True)
+        write_examples(out / f"examples_{split}.png", split_data, questions, by_policy)
     write_atomic(out / "answers.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(a) + "\n" for a in answers_out)))
     note = f"checkpoint {checkpoint}, dataset {data}; blind: the same model without image or point cloud; random: a random answer of the question's form."
     write_report(out, "Embodied VQA", rows, ["exact_match", "refined_exact_match", "questions"], "exact_match", "split", note)
     return rows
+
+
+def write_examples(path: Path, data: SplitData, questions: list[dict], replies: dict[str, list[str]], count: int = 8) -> None:
+    """A sheet of one question from each of the first ``count`` observations: the image at the size the
+    model sees it, the question, the answer, and each policy's reply (green when it matches)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first: dict[str, int] = {}
+    for index, row in enumerate(questions):
+        first.setdefault(row["observation"], index)
+    shown = list(first.values())[:count]
+    if not shown:
+        return
+    columns = min(4, len(shown))
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, index in zip(axes.flat, shown):
+        row = questions[index]
+        ax.imshow(data.observation(row["observation"])[0], interpolation="nearest")
+        ax.set_title(PLACEHOLDER_RE.sub("", json.loads(row["turns"])[-1][0]).strip(), fontsize=8, wrap=True)
+        lines = [(f"answer: {row['answer']}", "black")] + [
+            (f"{policy}: {said[index]}", "green" if exact_match(said[index], row["answer"]) else "red")
+            for policy, said in replies.items()
+            if policy != "oracle"
+        ]
+        for line, (text, colour) in enumerate(lines):
+            ax.text(0, -0.04 - 0.07 * line, text, transform=ax.transAxes, fontsize=8, color=colour, va="top")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
