@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -143,13 +144,14 @@ def write_examples(path: Path, data: SplitData, questions: list[dict], replies: 
         return
     columns = min(4, len(shown))
     rows = -(-len(shown) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.6 * rows), squeeze=False)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.94, bottom=0.1, wspace=0.1, hspace=0.65)
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, index in zip(axes.flat, shown):
         row = questions[index]
         ax.imshow(data.observation(row["observation"])[0], interpolation="nearest")
-        ax.set_title(PLACEHOLDER_RE.sub("", json.loads(row["turns"])[-1][0]).strip(), fontsize=8, wrap=True)
+        ax.set_title(textwrap.fill(PLACEHOLDER_RE.sub("", json.loads(row["turns"])[-1][0]).strip(), 40), fontsize=8)
         lines = [(f"answer: {row['answer']}", "black")] + [
             (f"{policy}: {said[index]}", "green" if exact_match(said[index], row["answer"]) else "red")
             for policy, said in replies.items()
@@ -157,7 +159,6 @@ def write_examples(path: Path, data: SplitData, questions: list[dict], replies: 
         ]
         for line, (text, colour) in enumerate(lines):
             ax.text(0, -0.04 - 0.07 * line, text, transform=ax.transAxes, fontsize=8, color=colour, va="top")
-    fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
 
