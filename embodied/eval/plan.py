@@ -30,7 +30,7 @@ def evaluate_plans(
                     "policy": policy,
                     "task": task,
                     "success": summary["success_rate"],
-                    "ci95": margin95(summary["success_rate"], summary["episodes"]),
+                    "ci95": summary["success_ci95"],
                     "spl": summary["spl"],
                     "plan_valid": summary["plan_valid_rate"],
                     "episodes": summary["episodes"],
@@ -48,11 +48,6 @@ def evaluate_plans(
     write_report(out, "Planning in simulation", rows, PLAN_METRICS, "success", "task", note)
     return rows
 
-
-
-def margin95(rate: float, episodes: int) -> float:
-    """Half-width of the normal-approximation 95% interval of a success rate over ``episodes`` episodes."""
-    return 1.96 * math.sqrt(rate * (1 - rate) / episodes) if episodes else 0.0
 
 
 def mean_over_tasks(policy: str, rows: list[dict]) -> dict:
