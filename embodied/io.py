@@ -70,3 +70,22 @@ def _jsonable(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend: figures here only ever go to files (no display on a
+    server or a robot)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_figure(path: str | Path, fig, dpi: int = 100) -> Path:
+    """A matplotlib figure as a PNG, written atomically, then closed."""
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    pyplot().close(fig)
+    return Path(path)
+

@@ -26,8 +26,8 @@ from transformers import DynamicCache
 from embodied.backbone import SMOLLM2, TINY, add_lora, load_backbone
 from embodied.decoding import PlanConstraint, repair_plan
 from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
-from embodied.errors import CheckpointError
 from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud
+from embodied.errors import CheckpointError
 from embodied.io import atomic_dir
 from embodied.plan import PLAN_TOKENS
 from embodied.projectors import ProjectorConfig, build_projector

@@ -49,7 +49,6 @@ def evaluate_plans(
     return rows
 
 
-
 def mean_over_tasks(policy: str, rows: list[dict]) -> dict:
     """A policy's mean over tasks, each task weighing the same (the headline figure: success relative to
     the oracle's, averaged over tasks)."""

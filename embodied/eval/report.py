@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embodied.io import write_atomic, write_json
+from embodied.io import pyplot, write_atomic, write_figure, write_json
 
 
 def write_report(out: Path, title: str, rows: list[dict], columns: list[str], plot_metric: str, group: str, note: str = "") -> None:
@@ -28,11 +28,9 @@ def format_cell(value) -> str:
 
 
 def _bar_plot(path: Path, title: str, rows: list[dict], metric: str, group: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot()
 
     groups = list(dict.fromkeys(r[group] for r in rows))
     policies = list(dict.fromkeys(r["policy"] for r in rows))
@@ -48,5 +46,4 @@ def _bar_plot(path: Path, title: str, rows: list[dict], metric: str, group: str)
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=len(policies), loc="upper center")
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
+    write_figure(path, fig)

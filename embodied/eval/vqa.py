@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from embodied.data.dataset import SplitData
-from embodied.io import write_atomic
+from embodied.io import pyplot, write_atomic, write_figure
 from embodied.prompts import PLACEHOLDER_RE, Sample
 from envs.tasks import normalize_answer
 
@@ -131,11 +131,7 @@ def evaluate_vqa(
 def write_examples(path: Path, data: SplitData, questions: list[dict], replies: dict[str, list[str]], count: int = 8) -> None:
     """A sheet of one question from each of the first ``count`` observations: the image at the size the
     model sees it, the question, the answer, and each policy's reply (green when it matches)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     first: dict[str, int] = {}
     for index, row in enumerate(questions):
         first.setdefault(row["observation"], index)
@@ -159,6 +155,4 @@ def write_examples(path: Path, data: SplitData, questions: list[dict], replies: 
         ]
         for line, (text, colour) in enumerate(lines):
             ax.text(0, -0.04 - 0.07 * line, text, transform=ax.transAxes, fontsize=8, color=colour, va="top")
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
+    write_figure(path, fig)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from embodied.errors import CheckpointError
-from embodied.io import atomic_dir, write_atomic, write_json
+from embodied.io import atomic_dir, pyplot, write_atomic, write_figure, write_json
 from embodied.model import WEIGHTS_FILE
 from embodied.train.config import TrainConfig
 
@@ -195,10 +195,7 @@ def truncate_metrics(path: Path, step: int) -> None:
 
 def plot_curves(metrics: Path, out: Path, title: str) -> None:
     """Training loss and every eval metric against step, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     records = read_metrics(metrics)
     keys = ["loss"] + sorted({k for r in records for k in r if k.startswith("eval/")})
@@ -214,5 +211,4 @@ def plot_curves(metrics: Path, out: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
+    write_figure(out, fig, dpi=90)
