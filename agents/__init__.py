@@ -1,1 +1,1 @@
-"""Ray actors and agents: inference, parallel rollouts, closed-loop planning, RL (see DESIGN.md)."""
+"""Ray actors and agents: inference, parallel rollouts, closed-loop planning, RL (see docs/architecture.md)."""

@@ -3,8 +3,8 @@ requests, waiting at most ``max_wait`` seconds for more), queues are bounded, an
 replicas behind one named handle.
 
     runtime.start()
-    router = start_inference(InferenceConfig(model_config="tiny"), replicas=2)
-    plan = ray.get(router.plan.remote("go to the red cube", rgb, points))
+    router = start_inference(InferenceConfig(checkpoint="tiny"), replicas=2)
+    plan = ray.get(router.plan.remote(PlanRequest("go to the red cube", rgb, points, objects=["red cube"])))
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from functools import partial
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from embodied.plan import PLAN_TOKENS
+from embodied.decoding import PLAN_TOKENS
+from embodied.prompts import PlanRequest
 
 ROUTER_NAME = "inference"
 RESTART_WAIT_S = 120.0  # how long a request waits for its replica's restart (loading a model on a busy machine)
@@ -31,8 +32,7 @@ class QueueFull(RuntimeError):
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    checkpoint: str = ""  # a model folder; empty: an untrained model of ``model_config``
-    model_config: str = "default"  # "default" (SmolLM2) or "tiny"
+    checkpoint: str = "default"  # as ``embodied.model.load_model`` reads it: a folder, "default", "tiny"
     max_batch: int = 8
     max_wait: float = 0.02  # seconds a batch waits for more requests after its first
     max_queue: int = 64  # waiting requests per replica
@@ -40,8 +40,8 @@ class InferenceConfig:
     threads: int = 0  # torch threads per replica; 0: every core (Ray would otherwise give an actor one)
 
     def __post_init__(self):
-        if self.model_config not in ("default", "tiny"):
-            raise ValueError(f"model_config must be 'default' or 'tiny', got {self.model_config!r}")
+        if not isinstance(self.checkpoint, str) or not self.checkpoint:
+            raise ValueError(f"checkpoint must name a folder, 'default', 'tiny' or 'untrained', got {self.checkpoint!r}")
         if self.max_batch < 1 or self.max_queue < 1 or self.max_wait < 0 or self.max_new_tokens < 1:
             raise ValueError("max_batch, max_queue and max_new_tokens must be positive, max_wait >= 0")
 
@@ -53,27 +53,25 @@ class InferenceReplica:
     def __init__(self, config: dict):
         import torch
 
-        from embodied.model import EmbodiedModel, ModelConfig
+        from embodied.model import load_model
+        from embodied.model_planner import ModelPlanner
 
         self.config = InferenceConfig(**config)
         torch.set_num_threads(self.config.threads or os.cpu_count() or 1)
-        if self.config.checkpoint:
-            model = EmbodiedModel.from_pretrained(self.config.checkpoint)
-        else:
-            model = EmbodiedModel(ModelConfig.tiny() if self.config.model_config == "tiny" else ModelConfig())
-        self.model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        self.model = load_model(self.config.checkpoint).to("cuda" if torch.cuda.is_available() else "cpu")
+        self.planner = ModelPlanner(model=self.model, max_new_tokens=self.config.max_new_tokens)
         self.queue: asyncio.Queue | None = None
         self.worker = ThreadPoolExecutor(max_workers=1)  # the model runs off the event loop, which keeps queueing
         self.batch_sizes: list[int] = []
 
-    async def plan(self, instruction: str, image, cloud, objects=None, temperature: float = 0.0, seed: int | None = None) -> str:
+    async def plan(self, request: PlanRequest) -> str:
         if self.queue is None:  # the actor's event loop exists only once a call arrives
             self.queue = asyncio.Queue(maxsize=self.config.max_queue)
             asyncio.get_running_loop().create_task(self._serve())
         if self.queue.full():
             raise QueueFull(f"{self.config.max_queue} requests are already waiting")
         reply = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((instruction, image, cloud, objects, temperature, seed, reply))
+        self.queue.put_nowait((request, reply))
         return await reply
 
     async def load_weights(self, weights: dict) -> int:
@@ -85,8 +83,6 @@ class InferenceReplica:
         return len(loaded)
 
     async def _serve(self) -> None:
-        from embodied.prompts import plan_sample
-
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self.queue.get()]
@@ -97,16 +93,14 @@ class InferenceReplica:
                 except asyncio.TimeoutError:
                     break
             self.batch_sizes.append(len(batch))
-            samples = [plan_sample(instruction, image, cloud) for instruction, image, cloud, *_ in batch]
-            objects, temperatures, seeds = ([request[i] for request in batch] for i in (3, 4, 5))
-            decode = partial(self.model.plan, samples, objects, self.config.max_new_tokens, temperatures, seeds)
+            decode = partial(self.planner.plan_many, [request for request, _ in batch])
             try:
                 plans = await loop.run_in_executor(self.worker, decode)
             except Exception as exc:  # noqa: BLE001  a bad request fails its batch, not the replica
-                for *_, reply in batch:
+                for _, reply in batch:
                     reply.set_exception(exc)
             else:
-                for (*_, reply), plan in zip(batch, plans):
+                for (_, reply), plan in zip(batch, plans):
                     reply.set_result(plan)
 
     def stats(self) -> dict:
@@ -122,23 +116,23 @@ class InferenceRouter:
         self.replicas = replicas
         self.in_flight = [0] * len(replicas)
 
-    async def plan(self, instruction: str, image, cloud, objects=None, temperature: float = 0.0, seed: int | None = None) -> str:
+    async def plan(self, request: PlanRequest) -> str:
         deadline, pause = time.monotonic() + RESTART_WAIT_S, 0.5
         while True:
             try:
-                return await self._least_busy(instruction, image, cloud, objects, temperature, seed)
+                return await self._least_busy(request)
             except (RayActorError, ActorUnavailableError):  # a replica died or is restarting: wait, send again
                 if time.monotonic() + pause > deadline:
                     raise
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, 4.0)
 
-    async def _least_busy(self, *request) -> str:
+    async def _least_busy(self, request: PlanRequest) -> str:
         """The request on the least busy replica whose queue has room; QueueFull when none has."""
         for index in sorted(range(len(self.replicas)), key=self.in_flight.__getitem__):
             self.in_flight[index] += 1
             try:
-                return await self.replicas[index].plan.remote(*request)
+                return await self.replicas[index].plan.remote(request)
             except QueueFull:
                 continue
             finally:

@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from agents import runtime
 from agents.inference import InferenceConfig, start_inference
+from embodied.decoding import PLAN_TOKENS
 from embodied.eval.plan import EVAL_SEED
 from embodied.model import config_from_dict
-from embodied.plan import PLAN_TOKENS
 from embodied.train.config import PARTS
 
 TRAIN_SEED = 7_000_000  # training episodes draw their seeds from here (evaluation: EVAL_SEED)
@@ -81,14 +81,14 @@ class Learner:
     def __init__(self, config: dict):
         import torch
 
-        from embodied.model import EmbodiedModel
+        from embodied.model import load_model
+        from embodied.train.checkpoints import CHECKPOINT, load_checkpoint
         from embodied.train.language import freeze_all_but
-        from embodied.train.loop import CHECKPOINT, load_checkpoint
 
         self.config = RLConfig(**config)
         torch.set_num_threads(self.config.threads)
         torch.manual_seed(self.config.seed)
-        self.model = EmbodiedModel.from_pretrained(self.config.init).train()
+        self.model = load_model(self.config.init).train()
         freeze_all_but(self.model, self.config.trainable)
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=self.config.lr, weight_decay=0.0)
@@ -129,12 +129,12 @@ class Learner:
         return {"loss": float(loss), "grad_norm": float(norm), "trained_plans": len(samples)}
 
     def save(self) -> None:
-        from embodied.train.loop import CHECKPOINT, save_checkpoint
+        from embodied.train.checkpoints import CHECKPOINT, save_checkpoint
 
         save_checkpoint(Path(self.config.out) / CHECKPOINT, self.model.write_files, self.optimizer, {"step": self.step, "config": asdict(self.config)})
 
     def export(self) -> str:
-        from embodied.train.loop import FINAL
+        from embodied.train.checkpoints import FINAL
 
         return str(self.model.save_pretrained(Path(self.config.out) / FINAL))
 
@@ -164,11 +164,16 @@ class RLWorker:
         self.envs = {task: gym.make(ENV_IDS[task], sensors=("rgb", "points")) for task in tasks}
 
     def collect(self, task: str, seed: int, group: int, temperature: float, draw_seed: int, router, bonus: float) -> dict:
+        from embodied.prompts import PlanRequest
         from embodied.rollout import run_episode
 
         env = self.envs[task]
         obs, _ = env.reset(seed=seed)
-        refs = [router.plan.remote(obs["instruction"], obs["rgb"], obs["points"], None, temperature, draw_seed + k) for k in range(group)]
+        objects = env.unwrapped.known_objects()
+        refs = [
+            router.plan.remote(PlanRequest(obs["instruction"], obs["rgb"], obs["points"], objects, temperature, draw_seed + k))
+            for k in range(group)
+        ]
         plans = ray.get(refs)
         records = [run_episode(env, _GivenPlan(plan), seed)[0] for plan in plans]
         return {
@@ -187,7 +192,7 @@ class RLWorker:
 def train_rl(config: RLConfig, address: str | None = None, progress: bool = True) -> list[dict]:
     """Run (or resume) RL fine-tuning; returns the evaluation records (the success curve)."""
     from embodied.io import write_json
-    from embodied.train.loop import CURVES, METRICS, append_metrics, truncate_metrics, plot_curves, read_metrics
+    from embodied.train.metrics import CURVES, METRICS, append_metrics, plot_curves, read_metrics, truncate_metrics
 
     # actors do not start in this folder: the paths they read and write must be absolute
     init = config.init if config.init == "default" else str(Path(config.init).resolve())

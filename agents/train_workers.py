@@ -55,7 +55,7 @@ def train_with_ray(config: TrainConfig, workers: int, address: str | None = None
     finally:
         if address is None:
             runtime.shutdown()
-    from embodied.train.loop import METRICS, read_metrics
+    from embodied.train.metrics import METRICS, read_metrics
 
     records = read_metrics(Path(config.out) / METRICS)
     return records[-1] if records else {}

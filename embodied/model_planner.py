@@ -1,27 +1,44 @@
-"""The embodied model as a rollout policy: it sees the head camera's image and point cloud and the
-instruction, nothing privileged, and writes the plan the skills then carry out. ``blind`` is the same
-model without the image and point cloud: the baseline that shows what seeing adds."""
+"""The embodied model as a planner: one code path from an observation to plan text, shared by simulated
+rollouts, the Ray inference replicas and the ROS 2 planner node. Every request names the objects the robot
+knows of, and the decoder writes only plans over those. ``blind`` is the same model without the image and
+point cloud: the baseline that shows what seeing adds."""
 
 from __future__ import annotations
 
-from embodied.model import EmbodiedModel, ModelConfig
-from embodied.plan import PLAN_TOKENS
-from embodied.prompts import plan_sample
+from collections.abc import Sequence
+
+from embodied.decoding import PLAN_TOKENS
+from embodied.model import EmbodiedModel, load_model
+from embodied.prompts import PlanRequest
 
 
 class ModelPlanner:
+    """``checkpoint`` as ``load_model`` reads it (None: the shipped checkpoint), or an already loaded
+    ``model``."""
+
     def __init__(
-        self, checkpoint: str | None = None, config: ModelConfig | None = None, max_new_tokens: int = PLAN_TOKENS, blind: bool = False
+        self, checkpoint: str | None = None, blind: bool = False, max_new_tokens: int = PLAN_TOKENS, model: EmbodiedModel | None = None
     ):
-        self.model = (EmbodiedModel.from_pretrained(checkpoint) if checkpoint else EmbodiedModel(config)).eval()
+        self.model = model if model is not None else load_model(checkpoint)
         self.max_new_tokens = max_new_tokens
         self.blind = blind
         self.name = "blind" if blind else "model"
         self.sensors: tuple[str, ...] = () if blind else ("rgb", "points")
 
+    def plan_many(self, requests: Sequence[PlanRequest]) -> list[str]:
+        """Plans for a batch of requests, decoded together."""
+        if not requests:
+            return []
+        samples = [r.sample(blind=self.blind) for r in requests]
+        return self.model.plan(
+            samples,
+            [None if r.objects is None else list(r.objects) for r in requests],
+            self.max_new_tokens,
+            [r.temperature for r in requests],
+            [r.seed for r in requests],
+        )
+
     def plan(self, observation: dict, env) -> str:
-        if self.blind:
-            sample = plan_sample(observation["instruction"])
-        else:
-            sample = plan_sample(observation["instruction"], observation["rgb"], observation["points"])
-        return self.model.plan([sample], max_new_tokens=self.max_new_tokens)[0]
+        """A rollout policy's plan for the episode ``env`` is in (the ``envs.planners.Planner`` protocol)."""
+        request = PlanRequest(observation["instruction"], observation.get("rgb"), observation.get("points"), env.unwrapped.known_objects())
+        return self.plan_many([request])[0]

@@ -8,6 +8,7 @@ Turns are rendered in ChatML, the format SmolLM2-Instruct was tuned on.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 IMAGE = "<img>"
@@ -57,6 +58,22 @@ class Sample:
 
 def plan_sample(instruction: str, image=None, cloud=None, plan: str | None = None) -> Sample:
     return Sample([(_observation(image, cloud) + instruction, plan)], _some(image), _some(cloud), PLAN_SYSTEM)
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What every planner asks the model: the instruction, what the head camera sees, and the objects the
+    robot knows of (the plan may name only these; None: any)."""
+
+    instruction: str
+    image: object = None  # (H, W, 3) uint8 head-camera image
+    cloud: object = None  # (N, 6) xyz + rgb point cloud
+    objects: Sequence[str] | None = None
+    temperature: float = 0.0  # > 0 samples (RL); 0 is greedy
+    seed: int | None = None  # makes a sampled plan repeatable
+
+    def sample(self, blind: bool = False) -> Sample:
+        return plan_sample(self.instruction) if blind else plan_sample(self.instruction, self.image, self.cloud)
 
 
 def vqa_sample(question: str, image=None, cloud=None, answer: str | None = None) -> Sample:

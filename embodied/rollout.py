@@ -13,9 +13,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from embodied.io import write_atomic, write_json
-from embodied.plan import PlanError, Step, parse_plan
 from envs import ENV_IDS
 from envs.executor import execute_plan
+from envs.plan import PlanError, Step, parse_plan
 from envs.planners import PLANNERS, Planner
 
 POLICIES = (*PLANNERS, "model", "blind")  # blind: the model without image or point cloud
@@ -33,27 +33,22 @@ class RolloutConfig:
     out: Path = Path("runs/rollout")
     gifs: int = 2
     replans: int = 0  # closed loop: plans again after a failed skill, up to this many times
-    checkpoint: str | None = None  # the model policy's checkpoint folder; None: an untrained default model
-    model_config: str = "default"  # without a checkpoint: "default" (SmolLM2) or "tiny"
+    checkpoint: str | None = None  # model policies: a folder, "tiny" or "untrained"; None: the shipped checkpoint
 
     def __post_init__(self):
         if self.task not in ENV_IDS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(ENV_IDS)}")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
-        if self.model_config not in ("default", "tiny"):
-            raise ValueError(f"model_config must be 'default' or 'tiny', got {self.model_config!r}")
         if self.episodes < 1 or self.gifs < 0 or self.replans < 0:
             raise ValueError("episodes must be >= 1, gifs and replans >= 0")
 
 
 def make_planner(config: RolloutConfig) -> Planner:
     if config.policy in ("model", "blind"):
-        from embodied.model import ModelConfig
         from embodied.model_planner import ModelPlanner
 
-        model_config = ModelConfig.tiny() if config.model_config == "tiny" else ModelConfig()
-        return ModelPlanner(config.checkpoint, model_config, blind=config.policy == "blind")
+        return ModelPlanner(config.checkpoint, blind=config.policy == "blind")
     return PLANNERS[config.policy](seed=config.seed) if config.policy == "random" else PLANNERS[config.policy]()
 
 
@@ -108,7 +103,7 @@ def run_episode(
         text = planner.plan({**obs, "instruction": instruction + feedback} if feedback else obs, env)
         plans.append(text)
         try:
-            plan = parse_plan(text, base.scene.object_names)
+            plan = parse_plan(text, base.known_objects())
         except PlanError as exc:
             record.setdefault("plan_error", str(exc))
             feedback = f"\nyour plan did not parse ({exc}); write it again."

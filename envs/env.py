@@ -255,6 +255,11 @@ class EmbodiedEnv(gym.Env):
         """The privileged state the skills and the oracle read."""
         return self._state
 
+    def known_objects(self) -> list[str]:
+        """The objects the robot knows of, by name: every planner constrains its plan to these, and the
+        episode parses plans against them."""
+        return self.scene.object_names
+
     def _observation(self) -> dict:
         r = self._state.robot
         obs = {

@@ -1,24 +1,13 @@
-"""Runs a parsed plan in an environment, skill by skill, recording each step's outcome."""
+"""Runs a parsed plan in a gymnasium episode: the plan runner, fed the simulator's state each step."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 
-from embodied.plan import Plan, Step
 from envs.env import EmbodiedEnv
-from envs.skills import SkillContext, SkillResult, SkillRunner
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    step: str
-    success: bool
-    reason: str = ""
-    env_steps: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from envs.plan import Plan, Step
+from envs.plan_runner import PlanRunner, StepOutcome
+from envs.skills import SkillContext
 
 
 def execute_plan(
@@ -31,32 +20,19 @@ def execute_plan(
     for a replan. ``on_step(obs, info, plan_step)`` sees every environment step.
     """
     env = env.unwrapped
-    ctx = SkillContext(env.scene, env.navmap, env.config.control_dt, env.world_state())
-    outcomes: list[StepOutcome] = []
-    for step in plan.steps:
-        if step.skill in ("answer", "done"):
-            obs, _, _, _, info = env.submit(plan.answer)
-            outcomes.append(StepOutcome(str(step), True))
-            _notify(on_step, obs, info, step)
-            return outcomes, info
-        runner = SkillRunner(ctx, step, env.world_state())
-        while True:
-            action = runner.act(env.world_state())
-            if isinstance(action, SkillResult):
-                outcomes.append(StepOutcome(str(step), action.success, action.reason, action.steps))
-                break
-            obs, _, terminated, truncated, info = env.step(action)
-            _notify(on_step, obs, info, step)
-            if terminated or truncated:
-                outcomes.append(StepOutcome(str(step), False, "timeout: the episode's step limit was reached", runner.steps))
-                return outcomes, info
-        if not outcomes[-1].success:
-            if not finish:
-                return outcomes, env.info()
-            break
-    obs, _, _, _, info = env.submit(None)
-    _notify(on_step, obs, info, Step("done"))
-    return outcomes, info
+    runner = PlanRunner(plan, SkillContext(env.scene, env.navmap, env.config.control_dt, env.world_state()))
+    while (action := runner.act(env.world_state())) is not None:
+        obs, _, terminated, truncated, info = env.step(action)
+        _notify(on_step, obs, info, runner.step)
+        if terminated or truncated:
+            runner.abort("timeout: the episode's step limit was reached")
+            return runner.outcomes, info
+    if not runner.completed and not finish:
+        return runner.outcomes, env.info()
+    step = runner.step if runner.completed else Step("done")
+    obs, _, _, _, info = env.submit(plan.answer if runner.completed else None)
+    _notify(on_step, obs, info, step)
+    return runner.outcomes, info
 
 
 def _notify(callback, obs, info, step) -> None:

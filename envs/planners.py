@@ -1,6 +1,6 @@
 """Planners that are not the model: the oracle (privileged scene state) and a random baseline.
 
-Both write plan text in the grammar of ``embodied/plan.py``, so every policy goes through the same parser
+Both write plan text in the grammar of ``envs/plan.py``, so every policy goes through the same parser
 and the same skills.
 """
 
@@ -10,8 +10,8 @@ from typing import Protocol
 
 import numpy as np
 
-from embodied.plan import Plan, Step
 from envs.env import EmbodiedEnv
+from envs.plan import Plan, Step
 from envs.scene import COLOURS, SHAPES, SIZES, SceneSpec
 from envs.tasks import EmbodiedQA
 

@@ -1,8 +1,10 @@
 """Skills: closed-loop controllers that turn one plan step into the environment's low-level actions.
 
 A skill is a generator: it yields an action, receives the next ``WorldState``, and finally returns a
-``SkillResult`` saying whether it worked and, if not, why. ``SkillRunner`` drives one with a time budget,
-so the same skills run inside ``gymnasium`` episodes and inside the ROS 2 controller's timer.
+``SkillResult`` saying whether it worked and, if not, why. ``SKILLS`` at the bottom is the one registry of
+skills: the plan grammar, the constrained decoder and the plan runner (``envs/plan_runner.py``, which drives
+the same skills in ``gymnasium`` episodes and in the ROS 2 controller) all read it, so a new skill is added
+there once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embodied.plan import Step
 from envs.backend import EXTEND_RANGE, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, WorldState, to_unit
 from envs.navmap import NavMap
 from envs.scene import CONTAINER_WALL_HEIGHT, ObjectSpec, SceneSpec
@@ -22,7 +23,6 @@ REACH = (0.35, 0.72)  # base-to-object distances a navigate() ends at, inside th
 CARRY_HEIGHT = 0.85
 HEADING_TOLERANCE = 0.03  # rad
 JOINT_TOLERANCE = 0.01  # m
-TIME_LIMIT = {"navigate": 40.0, "look_at": 8.0, "scan": 12.0, "pick": 15.0, "place": 15.0}  # seconds per skill
 GRASP_SETTLE = 0.3  # s the gripper stays closed before the grasp is checked
 DROP_SETTLE = 0.6  # s the released object gets to fall into its container
 
@@ -241,37 +241,27 @@ def place(ctx: SkillContext, state: WorldState, name: str, container: str) -> Sk
     return SkillResult(True)
 
 
-MOTION_SKILLS: dict[str, Callable[..., Skill]] = {
-    "navigate": navigate,
-    "look_at": look_at,
-    "scan": scan,
-    "pick": pick,
-    "place": place,
+@dataclass(frozen=True)
+class SkillSpec:
+    """A skill as plans see it: the kinds of its arguments ("object" names a scene object, "text" is free
+    words), the controller that carries it out and its time limit in seconds. A skill without a controller
+    is terminal: it ends the plan (``answer(x)``, ``done()``)."""
+
+    args: tuple[str, ...] = ()
+    controller: Callable[..., Skill] | None = None
+    time_limit: float = 0.0
+
+    @property
+    def terminal(self) -> bool:
+        return self.controller is None
+
+
+SKILLS: dict[str, SkillSpec] = {
+    "navigate": SkillSpec(("object",), navigate, 40.0),
+    "look_at": SkillSpec(("object",), look_at, 8.0),
+    "scan": SkillSpec((), scan, 12.0),
+    "pick": SkillSpec(("object",), pick, 15.0),
+    "place": SkillSpec(("object", "object"), place, 15.0),
+    "answer": SkillSpec(("text",)),
+    "done": SkillSpec(()),
 }
-
-
-class SkillRunner:
-    """Drives one skill step by step: ``act(state)`` returns the next action, or the ``SkillResult`` once
-    the skill has finished, failed or run out of its step budget."""
-
-    def __init__(self, ctx: SkillContext, step: Step, state: WorldState, budget: int | None = None):
-        if step.skill not in MOTION_SKILLS:
-            raise ValueError(f"{step.skill}() is not a motion skill")
-        self.step = step
-        self.budget = round(TIME_LIMIT[step.skill] / ctx.control_dt) if budget is None else budget
-        self.steps = 0
-        self._skill = MOTION_SKILLS[step.skill](ctx, state, *step.args)
-        self._started = False
-
-    def act(self, state: WorldState) -> np.ndarray | SkillResult:
-        if self.steps >= self.budget:
-            self._skill.close()
-            return SkillResult(False, f"timeout: {self.step} did not finish in {self.budget} steps", self.steps)
-        try:
-            action = self._skill.send(state) if self._started else next(self._skill)
-        except StopIteration as stop:
-            result: SkillResult = stop.value
-            return SkillResult(result.success, result.reason, self.steps)
-        self._started = True
-        self.steps += 1
-        return action

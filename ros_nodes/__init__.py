@@ -1,1 +1,1 @@
-"""ROS 2 nodes: sim bridge, planner, controller, and their launch files (see DESIGN.md)."""
+"""ROS 2 nodes: sim bridge, planner, controller, and their launch files (see docs/architecture.md)."""

@@ -24,7 +24,6 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
-from embodied.plan import TERMINAL_SKILLS, parse_plan
 from envs.backend import (
     EXTEND_RANGE,
     LIFT_RANGE,
@@ -34,8 +33,10 @@ from envs.backend import (
     WorldState,
     from_unit,
 )
+from envs.plan import Step, parse_plan
+from envs.plan_runner import PlanRunner
 from envs.scene import SceneSpec
-from envs.skills import SkillContext, SkillResult, SkillRunner
+from envs.skills import SkillContext
 from ros_nodes.conversions import arm_trajectory_msg, joint_positions, odometry_pose, scene_spec, twist_msg
 from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
@@ -67,10 +68,7 @@ class Controller(Node):
         self.pose_time = self.joints_time = -np.inf
         self.objects: dict[str, np.ndarray] = {}
         self.holding: str | None = None
-        self.plan = None
-        self.step_index = 0
-        self.runner: SkillRunner | None = None
-        self.ctx: SkillContext | None = None
+        self.runner: PlanRunner | None = None
         self.last_step = -np.inf
         self.waiting_plan: String | None = None
         self.started = self.get_clock().now().nanoseconds * 1e-9
@@ -150,12 +148,13 @@ class Controller(Node):
             if record.get("stamp", self.started) < self.started:
                 self.status = {"state": "idle", "reason": "ignored a plan from before this controller started"}
                 return self.report()
-            self.plan = parse_plan(record["plan"], self.scene.object_names)
+            plan = parse_plan(record["plan"], self.scene.object_names)
         except ValueError as exc:  # PlanError and bad JSON alike
             return self.finish("rejected", f"invalid plan: {exc}")
-        self.ctx = SkillContext(self.scene, control_dt=self.period, state=self.world_state())
-        self.step_index = -1
-        self.next_step()
+        ctx = SkillContext(self.scene, control_dt=self.period, state=self.world_state())
+        self.runner = PlanRunner(plan, ctx, on_step=lambda index, step: self.report_step(index, step, len(plan.steps)))
+        if self.runner.finished:  # a plan that only answers needs no motion
+            self.end_of_plan()
 
     def on_cancel(self, request, response):
         running = self.runner is not None
@@ -192,27 +191,20 @@ class Controller(Node):
         if self.status.get("state") == "waiting":
             self.status = {**self.status, "state": "running", "reason": ""}
             self.report()
-        out = self.runner.act(state)
-        if isinstance(out, SkillResult):
-            if not out.success:
-                return self.finish("failed", f"{self.plan.steps[self.step_index]}: {out.reason}")
-            return self.next_step()
-        self.publish_action(out)
+        action = self.runner.act(state)
+        if action is None:
+            return self.end_of_plan()
+        self.publish_action(action)
 
-    def next_step(self) -> None:
-        self.step_index += 1
-        step = self.plan.steps[self.step_index]
-        if step.skill in TERMINAL_SKILLS:
-            return self.finish("done", "", answer=self.plan.answer)
-        unseen = [name for name in step.args if name not in self.objects]
-        if unseen:
-            return self.finish("failed", f"{step}: object not found: no pose received for {', '.join(unseen)}")
-        state = self.world_state()
-        if state is None:  # a skill starts from the robot's state: none is no start
-            return self.finish("failed", f"{step}: stale sensors when the step was to start")
-        self.runner = SkillRunner(self.ctx, step, state)
-        self.status = {"state": "running", "step": self.step_index + 1, "skill": str(step), "steps": len(self.plan.steps)}
+    def report_step(self, index: int, step: Step, steps: int) -> None:
+        self.status = {"state": "running", "step": index + 1, "skill": str(step), "steps": steps}
         self.report()
+
+    def end_of_plan(self) -> None:
+        runner, last = self.runner, self.runner.outcomes[-1]
+        if runner.completed:
+            return self.finish("done", "", answer=runner.plan.answer)
+        self.finish("failed", f"{last.step}: {last.reason}")
 
     def publish_action(self, action: np.ndarray) -> None:
         """A skill's normalised action as a velocity command and arm targets, within the node's limits."""

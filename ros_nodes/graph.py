@@ -40,7 +40,7 @@ def graph(mode: str, parameters: dict | None = None, remappings: dict | None = N
     parameters = parameters or {}
     topics = {**(HARDWARE_TOPICS if mode == "hardware" else {}), **(remappings or {})}
     nodes = [
-        NodeSpec("planner", "ros_nodes.planner", {"planner": "model", "checkpoint": ""}),
+        NodeSpec("planner", "ros_nodes.planner", {"planner": "model", "checkpoint": "default"}),
         NodeSpec("controller", "ros_nodes.controller", {"rate": 50.0}),
     ]
     if mode == "sim":

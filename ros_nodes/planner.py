@@ -2,9 +2,10 @@
 
 Planning runs on a worker thread, so the node keeps taking images and instructions while the model thinks;
 a newer instruction that arrives meanwhile is planned next (older waiting ones are dropped). ``planner``
-chooses the backend: ``model`` (the embodied model, from ``checkpoint`` or, without one, the shipped
-checkpoint; ``model_config:=tiny`` gives an untrained tiny one; in-process, or with ``inference:=ray`` through the Ray inference router that
-``embodied serve`` runs) or ``oracle`` (reads templated instructions against the latched scene description).
+chooses the backend: ``model`` (the embodied model from ``checkpoint``: the shipped one by default,
+``checkpoint:=tiny`` an untrained tiny one; in-process, or with ``inference:=ray`` through the Ray inference
+router that ``embodied serve`` runs) or ``oracle`` (reads templated instructions against the latched scene
+description). Either way a plan may name only the objects the robot knows of.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from embodied.plan import PLAN_TOKENS, parse_plan
+from embodied.decoding import PLAN_TOKENS
+from envs.plan import parse_plan
 from envs.planners import plan_from_goal
 from envs.tasks import parse_instruction
 from ros_nodes.conversions import cloud_array, image_array, scene_spec
 from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
-
 
 PLAN_JOIN_TIMEOUT = 30.0  # s a shutdown waits for the plan being written
 
@@ -38,8 +39,7 @@ class Planner(Node):
             self,
             {
                 "planner": "model",
-                "checkpoint": "",
-                "model_config": "default",
+                "checkpoint": "default",  # a folder, "default" (the shipped one), "tiny" or "untrained"
                 "max_new_tokens": PLAN_TOKENS,
                 "frame": "odom",
                 "inference": "local",  # "ray": plan through the running inference router (embodied serve)
@@ -84,15 +84,10 @@ class Planner(Node):
     def _load_model(self):
         import torch
 
-        from embodied.model import EmbodiedModel, ModelConfig, shipped_checkpoint
+        from embodied.model_planner import ModelPlanner
 
         torch.set_num_threads(self.param["threads"])
-        checkpoint = self.param["checkpoint"] or shipped_checkpoint(self.param["model_config"])
-        if checkpoint:
-            return EmbodiedModel.from_pretrained(checkpoint).eval()
-        config = ModelConfig.tiny() if self.param["model_config"] == "tiny" else ModelConfig()
-        self.get_logger().warning("no checkpoint given or shipped: planning with an untrained model")
-        return EmbodiedModel(config).eval()
+        return ModelPlanner(self.param["checkpoint"], max_new_tokens=self.param["max_new_tokens"])
 
     # -- inputs --------------------------------------------------------------------------------------
 
@@ -170,16 +165,16 @@ class Planner(Node):
         return text, error, time.perf_counter() - started
 
     def _model_plan(self, instruction: str, names) -> str:
-        from embodied.prompts import plan_sample
+        from embodied.prompts import PlanRequest
 
         if self.image is None or self.cloud is None:
             raise ValueError("no camera image and point cloud received yet")
+        request = PlanRequest(instruction, self.image, self.cloud, names)
         if self.router is not None:
             import ray
 
-            return ray.get(self.router.plan.remote(instruction, self.image, self.cloud, names))
-        sample = plan_sample(instruction, self.image, self.cloud)
-        return self.model.plan([sample], [names], max_new_tokens=self.param["max_new_tokens"])[0]
+            return ray.get(self.router.plan.remote(request))
+        return self.model.plan_many([request])[0]
 
     def _publish(self, instruction: str, text: str, error: str, seconds: float) -> None:
         record = {

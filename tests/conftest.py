@@ -11,8 +11,8 @@ import gymnasium as gym  # noqa: E402
 import pytest  # noqa: E402
 
 import envs  # noqa: E402  (registers the gymnasium ids)
-from embodied.plan import parse_plan  # noqa: E402
 from envs.executor import execute_plan  # noqa: E402
+from envs.plan import parse_plan  # noqa: E402
 from envs.planners import OraclePlanner  # noqa: E402
 
 SMALL = {"width": 64, "height": 64, "num_points": 256}  # small images and clouds keep the suite fast

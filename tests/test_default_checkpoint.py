@@ -3,12 +3,16 @@ model, and it plans what the skills can carry out."""
 
 import gymnasium as gym
 import pytest
+import torch
+from safetensors.torch import load_file
 
+import embodied.model
 import envs
-from embodied.model import DEFAULT_CHECKPOINT, EmbodiedModel, ModelConfig
+from embodied.errors import CheckpointError
+from embodied.model import DEFAULT_CHECKPOINT, WEIGHTS_FILE, EmbodiedModel, ModelConfig, load_model
 from embodied.model_planner import ModelPlanner
-from embodied.plan import parse_plan
-from embodied.rollout import RolloutConfig, rollout
+from embodied.rollout import EpisodeRunner, RolloutConfig, rollout
+from envs.plan import parse_plan
 
 
 def test_the_default_checkpoint_ships_and_is_small():
@@ -32,6 +36,41 @@ def test_it_loads_as_the_default_model_and_plans_from_the_head_camera():
 
 def test_from_pretrained_default_is_the_shipped_folder():
     assert EmbodiedModel.from_pretrained("default").config == ModelConfig()
+
+
+def _is_shipped(model: EmbodiedModel) -> bool:
+    state = model.trainable_state()
+    shipped = load_file(str(DEFAULT_CHECKPOINT / WEIGHTS_FILE))
+    return state.keys() == shipped.keys() and all(torch.equal(state[k], v) for k, v in shipped.items())
+
+
+@pytest.mark.parametrize("name", [None, "", "default"])
+def test_load_model_without_a_checkpoint_is_the_shipped_one(name):
+    model = load_model(name)
+    assert not model.training and _is_shipped(model)
+
+
+def test_untrained_models_must_be_asked_for_by_name():
+    assert load_model("untrained").config == ModelConfig() and not _is_shipped(load_model("untrained"))
+    assert load_model("tiny").config == ModelConfig.tiny()
+
+
+def test_a_missing_shipped_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(embodied.model, "DEFAULT_CHECKPOINT", tmp_path / "not_installed")
+    with pytest.raises(CheckpointError, match="shipped checkpoint is not installed.*make recipe"):
+        load_model()
+
+
+def test_a_rollout_config_with_no_checkpoint_runs_the_shipped_model(tmp_path):
+    """The library's trap: RolloutConfig(policy="model") once ran an untrained model (10% object navigation
+    instead of 100%); it is the shipped one, as on the command line."""
+    runner = EpisodeRunner(RolloutConfig(task="object_nav", policy="model", episodes=2, seed=500_000, out=tmp_path, gifs=0))
+    try:
+        assert _is_shipped(runner.planner.model)
+        records = [runner.run(i) for i in range(2)]
+    finally:
+        runner.close()
+    assert all(r["plan_valid"] and r["success"] for r in records), records
 
 
 @pytest.mark.slow

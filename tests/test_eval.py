@@ -8,7 +8,7 @@ from embodied.cli import main
 from embodied.eval.plan import evaluate_plans, mean_over_tasks
 from embodied.eval.vqa import evaluate_vqa
 from embodied.model_planner import ModelPlanner
-from embodied.plan import parse_plan
+from envs.plan import parse_plan
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,8 @@ import pytest
 
 from agents import runtime
 from agents.inference import InferenceConfig, QueueFull, connect_inference, start_inference
-from embodied.plan import parse_plan
+from embodied.prompts import PlanRequest
+from envs.plan import parse_plan
 
 ray = pytest.importorskip("ray")
 
@@ -20,9 +21,9 @@ def cluster():
     runtime.shutdown()
 
 
-def observation(seed: int):
+def request(instruction: str, seed: int) -> PlanRequest:
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), rng.random((200, 6), dtype=np.float32)
+    return PlanRequest(instruction, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), rng.random((200, 6), dtype=np.float32))
 
 
 def test_runtime_starts_once_on_loopback(cluster):
@@ -31,9 +32,9 @@ def test_runtime_starts_once_on_loopback(cluster):
 
 
 def test_replicas_batch_concurrent_requests_behind_one_router(cluster):
-    creator = start_inference(InferenceConfig(model_config="tiny", max_new_tokens=16, max_wait=0.5), replicas=2)
+    creator = start_inference(InferenceConfig(checkpoint="tiny", max_new_tokens=16, max_wait=0.5), replicas=2)
     router = connect_inference()  # found by name, as another process would
-    refs = [router.plan.remote(f"go to the red cube number {i}", *observation(i)) for i in range(8)]
+    refs = [router.plan.remote(request(f"go to the red cube number {i}", i)) for i in range(8)]
     plans = ray.get(refs, timeout=120)
     assert len(plans) == 8 and all(parse_plan(p) for p in plans)
     stats = ray.get(router.stats.remote())
@@ -45,8 +46,8 @@ def test_replicas_batch_concurrent_requests_behind_one_router(cluster):
 
 
 def test_a_full_queue_refuses_requests_clearly(cluster):
-    router = start_inference(InferenceConfig(model_config="tiny", max_new_tokens=16, max_batch=1, max_queue=1))
-    refs = [router.plan.remote("find the blue sphere", *observation(i)) for i in range(12)]
+    router = start_inference(InferenceConfig(checkpoint="tiny", max_new_tokens=16, max_batch=1, max_queue=1))
+    refs = [router.plan.remote(request("find the blue sphere", i)) for i in range(12)]
     outcomes = []
     for ref in refs:
         try:
@@ -60,7 +61,7 @@ def test_a_full_queue_refuses_requests_clearly(cluster):
 
 @pytest.mark.parametrize(
     "settings, message",
-    [({"model_config": "huge"}, "model_config"), ({"max_batch": 0}, "positive"), ({"max_wait": -1}, "max_wait")],
+    [({"checkpoint": ""}, "checkpoint"), ({"max_batch": 0}, "positive"), ({"max_wait": -1}, "max_wait")],
 )
 def test_bad_inference_configs_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -73,9 +74,9 @@ def test_bad_runtime_config_is_refused():
 
 
 def test_a_replica_that_dies_is_restarted_and_the_request_sent_again(cluster):
-    creator = start_inference(InferenceConfig(model_config="tiny", max_new_tokens=8), replicas=1)
-    assert parse_plan(ray.get(creator.plan.remote("find the red cube", *observation(0)), timeout=120))
+    creator = start_inference(InferenceConfig(checkpoint="tiny", max_new_tokens=8), replicas=1)
+    assert parse_plan(ray.get(creator.plan.remote(request("find the red cube", 0)), timeout=120))
     (replica,) = ray.get(creator.replica_handles.remote())
     ray.kill(replica, no_restart=False)
-    assert parse_plan(ray.get(creator.plan.remote("find the red cube", *observation(1)), timeout=120))
+    assert parse_plan(ray.get(creator.plan.remote(request("find the red cube", 1)), timeout=120))
     ray.kill(creator)

@@ -13,8 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from embodied.errors import CheckpointError
 from embodied.model import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, EmbodiedModel, LoraSettings, ModelConfig
-from embodied.plan import SKILLS, parse_plan
 from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample, plan_sample, text_sample, vqa_sample
+from envs.plan import parse_plan
+from envs.skills import SKILLS
 
 TINY = ModelConfig.tiny()
 IMAGE_TOKENS = TINY.image_projector.num_queries  # the resampler's queries
@@ -629,7 +630,7 @@ OBJECTS = [["red cube", "green bowl"], ["blue sphere", "red cube", "yellow bin"]
 
 
 def _object_arguments(plan):
-    return [a for step in plan.steps for a, kind in zip(step.args, SKILLS[step.skill]) if kind == "object"]
+    return [a for step in plan.steps for a, kind in zip(step.args, SKILLS[step.skill].args) if kind == "object"]
 
 
 def test_plans_from_random_weights_parse_and_name_only_listed_objects(lively):

@@ -2,7 +2,8 @@
 
 import pytest
 
-from embodied.plan import SKILLS, TERMINAL_SKILLS, Plan, PlanError, Step, normalize_arg, parse_plan, parse_step
+from envs.plan import Plan, PlanError, Step, normalize_arg, parse_plan, parse_step
+from envs.skills import SKILLS
 
 PICK_PLACE = """thought: the red cube is on the left table, the green bowl on the right one.
 1. navigate(red cube)
@@ -77,22 +78,9 @@ def test_answer_property():
 # -- arity ------------------------------------------------------------------------------------------
 
 
-def test_the_skill_table():
-    assert SKILLS == {
-        "navigate": ("object",),
-        "look_at": ("object",),
-        "scan": (),
-        "pick": ("object",),
-        "place": ("object", "object"),
-        "answer": ("text",),
-        "done": (),
-    }
-    assert TERMINAL_SKILLS == {"answer", "done"}
-
-
 @pytest.mark.parametrize("skill", sorted(SKILLS))
 def test_each_skill_takes_its_arity(skill):
-    arity = len(SKILLS[skill])
+    arity = len(SKILLS[skill].args)
     assert parse_step(_call(skill, arity)).args == ("red cube",) * arity
     for wrong in {arity + 1, max(arity - 1, 0)} - {arity}:
         with pytest.raises(PlanError, match=rf"{skill}\(\) takes {arity} argument\(s\), got {wrong}"):

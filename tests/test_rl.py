@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from embodied.model import EmbodiedModel, ModelConfig
-from embodied.plan import parse_plan
 from embodied.prompts import plan_sample
 from embodied.train.grpo import group_advantages, mean_token_logprobs, policy_loss
+from envs.plan import parse_plan
 
 PLAN = "thought: go.\n1. navigate(red cube)\n2. done()"
 

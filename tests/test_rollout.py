@@ -12,9 +12,9 @@ import pytest
 
 from embodied.cli import main
 from embodied.io import write_json
-from embodied.plan import parse_plan
 from embodied.rollout import RolloutConfig, run_episode
 from envs import ENV_IDS
+from envs.plan import parse_plan
 from envs.planners import OraclePlanner
 
 
@@ -148,7 +148,7 @@ def test_write_json_writes_numpy_and_normal_permissions(tmp_path):
 
 def test_model_policy_plans_from_the_camera_and_runs_the_episode(tmp_path):
     """The model policy sees only rgb, points and the instruction; its plan is recorded and judged."""
-    code = main(["rollout", "--task", "object_nav", "--policy", "model", "--model-config", "tiny",
+    code = main(["rollout", "--task", "object_nav", "--policy", "model", "--checkpoint", "tiny",
                  "--episodes", "1", "--gifs", "0", "--out", str(tmp_path), "--quiet"])  # fmt: skip
     assert code == 0
     record = json.loads((tmp_path / "episodes" / "episode_0000.json").read_text())

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from embodied.plan import Step, parse_plan
 from envs.backend import EXTEND_RANGE
 from envs.executor import execute_plan
-from envs.skills import REACH, SkillContext, SkillResult, SkillRunner
+from envs.plan import Step, parse_plan
+from envs.plan_runner import SkillRunner
+from envs.skills import REACH, SkillContext, SkillResult
 
 ORACLE_SEEDS = {"object_nav": [0, 1, 2], "pick_place": [0, 1, 2], "rearrange": [2, 3], "eqa": [0, 1, 2, 3, 4]}
 

@@ -16,12 +16,14 @@ from safetensors.torch import load_file
 
 from embodied.cli import main
 from embodied.data.dataset import SplitData
-from embodied.eval.vqa import exact_match, question_form, random_answers, refined_exact_match
 from embodied.errors import CheckpointError
+from embodied.eval.vqa import exact_match, question_form, random_answers, refined_exact_match
 from embodied.model import WEIGHTS_FILE, EmbodiedModel, ModelConfig
 from embodied.train import language, loop
+from embodied.train.checkpoints import OPTIMIZER_FILE, STATE_FILE, check_loaded, read_init_weights
 from embodied.train.config import TrainConfig
-from embodied.train.loop import OPTIMIZER_FILE, STATE_FILE, check_loaded, learning_rate, read_metrics, train
+from embodied.train.loop import learning_rate, train
+from embodied.train.metrics import read_metrics
 from embodied.train.text_tower import TextTower
 from embodied.train.ulip import CLASSES
 from envs.tasks import normalize_answer
@@ -229,11 +231,11 @@ def test_init_from_an_empty_folder_is_a_checkpoint_error(data, tmp_path):
 
 def test_read_init_prefers_the_final_model(chain, tmp_path):
     run = chain["pretrain"][1]
-    assert _same(loop._read_init(run), _weights(run))
-    assert _same(loop._read_init(run / "model"), _weights(run))
+    assert _same(read_init_weights(run), _weights(run))
+    assert _same(read_init_weights(run / "model"), _weights(run))
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / WEIGHTS_FILE).write_bytes((run / "checkpoint" / WEIGHTS_FILE).read_bytes())
-    assert _same(loop._read_init(tmp_path), _weights(run, "checkpoint"))
+    assert _same(read_init_weights(tmp_path), _weights(run, "checkpoint"))
 
 
 def test_check_loaded():

@@ -80,12 +80,12 @@ def evaluate_vqa(
     """Every policy answers the VQA samples of every split (the first ``limit`` of each); per split and
     question type, exact match and refined exact match. Writes report.{json,md,png} and answers.jsonl."""
     from embodied.eval.report import write_report
-    from embodied.model import EmbodiedModel
+    from embodied.model import load_model
 
     unknown = set(policies) - set(POLICIES)
     if unknown:
         raise ValueError(f"unknown VQA policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
-    model = EmbodiedModel.from_pretrained(checkpoint).eval() if {"model", "blind"} & set(policies) else None
+    model = load_model(checkpoint) if {"model", "blind"} & set(policies) else None
     train = SplitData(data, "train")
     candidates = {normalize_answer(row["answer"]) for row in train.select(("vqa",))}
     rows, answers_out = [], []

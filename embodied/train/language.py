@@ -14,7 +14,7 @@ from torch import nn
 
 from embodied.data.dataset import SplitData
 from embodied.model import EmbodiedModel
-from embodied.train.loop import check_loaded
+from embodied.train.checkpoints import check_loaded
 
 
 class _Loss(nn.Module):

@@ -3,12 +3,12 @@ JSONL, curves to PNG, a progress bar with ETA, and checkpoints written atomicall
 same command resumes from.
 
 Batches are drawn from a generator seeded by (seed, step, rank), so a resumed run sees exactly the
-batches an uninterrupted one would have. Optimizer state is stored as safetensors + JSON, never pickled.
+batches an uninterrupted one would have. Checkpoints are in ``checkpoints.py``, metrics and curves in
+``metrics.py``, so the stages and RL use them without importing the loop.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -16,20 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from embodied.errors import CheckpointError
-from embodied.io import atomic_dir, pyplot, write_atomic, write_figure, write_json
-from embodied.model import WEIGHTS_FILE
+from embodied.io import write_json
+from embodied.train.checkpoints import CHECKPOINT, FINAL, load_checkpoint, read_init_weights, save_checkpoint
 from embodied.train.config import TrainConfig
-
-CHECKPOINT = "checkpoint"  # resumable state: weights, optimizer, step
-FINAL = "model"  # the stage's result, a loadable model folder
-METRICS = "metrics.jsonl"
-CURVES = "curves.png"
-OPTIMIZER_FILE = "optimizer.safetensors"
-STATE_FILE = "trainer_state.json"
+from embodied.train.metrics import CURVES, METRICS, append_metrics, plot_curves, truncate_metrics
 
 
 def build_stage(config: TrainConfig):
@@ -55,7 +48,7 @@ def train(
     out = Path(config.out)
     stage = build_stage(config)
     if config.init:
-        stage.load_weights(_read_init(Path(config.init)), partial=True)
+        stage.load_weights(read_init_weights(Path(config.init)), partial=True)
     module = wrap(stage.module) if wrap else stage.module
     parameters = [p for p in stage.module.parameters() if p.requires_grad]
     if not parameters:
@@ -131,84 +124,3 @@ def _resume(out: Path, config: TrainConfig, stage, optimizer: torch.optim.Optimi
     stage.load_weights(weights)
     optimizer.load_state_dict(optimizer_state)
     return int(state["step"])
-
-
-def save_checkpoint(folder: Path, write_model: Callable[[Path], None], optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Model files, optimizer state (safetensors + JSON) and ``state`` (JSON), replaced in one rename."""
-    optimizer_state = optimizer.state_dict()
-    tensors = {f"{index}.{key}": value for index, entry in optimizer_state["state"].items() for key, value in entry.items()}
-    with atomic_dir(folder) as tmp:
-        write_model(tmp)
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / OPTIMIZER_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps({**state, "param_groups": optimizer_state["param_groups"]}, indent=2))
-
-
-def load_checkpoint(folder: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """What ``save_checkpoint`` wrote: model weights, the optimizer's state dict, and the JSON state."""
-    try:
-        state = json.loads((folder / STATE_FILE).read_text())
-        weights, tensors = load_file(str(folder / WEIGHTS_FILE)), load_file(str(folder / OPTIMIZER_FILE))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot resume from {folder}: {exc}; delete it to start over") from exc
-    entries: dict[int, dict] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        entries.setdefault(int(index), {})[key] = value
-    return weights, {"state": entries, "param_groups": state.pop("param_groups")}, state
-
-
-def check_loaded(loaded: list[str], expected: set[str], partial: bool) -> list[str]:
-    """Resuming needs every weight back; starting from an earlier stage (``partial``) needs at least one."""
-    missing = expected - set(loaded)
-    if not loaded or (missing and not partial):
-        raise CheckpointError(f"the checkpoint lacks {len(missing)} of {len(expected)} weights of this model, e.g. {sorted(missing)[:3]}")
-    return loaded
-
-
-def _read_init(path: Path) -> dict[str, torch.Tensor]:
-    """Weights to start from: a run folder (its final model, else its checkpoint) or a model folder."""
-    for candidate in (path / FINAL / WEIGHTS_FILE, path / CHECKPOINT / WEIGHTS_FILE, path / WEIGHTS_FILE):
-        if candidate.is_file():
-            return load_file(str(candidate))
-    raise CheckpointError(f"init {path} holds no {WEIGHTS_FILE} (looked in {path}, {path / FINAL}, {path / CHECKPOINT})")
-
-
-# -- metrics and curves ------------------------------------------------------------------------------
-
-
-def read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records past the step a run resumes from, so the curve has no steps twice."""
-    records = [r for r in read_metrics(path) if r["step"] <= step]
-    write_atomic(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
-
-
-def plot_curves(metrics: Path, out: Path, title: str) -> None:
-    """Training loss and every eval metric against step, one panel each."""
-    plt = pyplot()
-
-    records = read_metrics(metrics)
-    keys = ["loss"] + sorted({k for r in records for k in r if k.startswith("eval/")})
-    keys = [k for k in keys if any(k in r for r in records)]
-    if not keys:
-        return
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        ax.plot(*zip(*points), marker="." if len(points) < 30 else None)
-        ax.set_title(key.removeprefix("eval/"))
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    write_figure(out, fig, dpi=90)

@@ -23,7 +23,7 @@ from embodied.encoders.image import ImageEncoder
 from embodied.encoders.pointcloud import PointEncoder, prepare_cloud
 from embodied.io import atomic_dir, write_json
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
-from embodied.train.loop import check_loaded
+from embodied.train.checkpoints import check_loaded
 from embodied.train.text_tower import TextTower
 from envs.scene import COLOURS, SHAPES
 

@@ -9,7 +9,7 @@ from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import MarkerArray
 
-from embodied.plan import TERMINAL_SKILLS, parse_plan
+from envs.plan import parse_plan
 from ros_nodes.controller import Controller
 from ros_nodes.planner import Planner
 from ros_nodes.qos import LATCHED, STREAM
@@ -90,10 +90,10 @@ def test_oracle_graph_completes_pick_place(ros):
 
 @pytest.mark.timeout(150)
 def test_tiny_model_planner_publishes_a_parseable_plan(ros, torch_threads):
-    """planner:=model with model_config:=tiny (random weights): its plan does not solve the task, but it is
+    """planner:=model with checkpoint:=tiny (random weights): its plan does not solve the task, but it is
     published latched on ``plan``, marked valid, and parses against the scene's objects."""
     bridge = ros.start(SimBridge, parameter_overrides=params(task="object_nav", seed=0))
-    planner = ros.start(Planner, parameter_overrides=params(planner="model", model_config="tiny", max_new_tokens=48))
+    planner = ros.start(Planner, parameter_overrides=params(planner="model", checkpoint="tiny", max_new_tokens=48))
     probe = ros.probe(
         topics={
             "task": (String, "task", LATCHED, "json"),
@@ -116,7 +116,7 @@ def test_tiny_model_planner_publishes_a_parseable_plan(ros, torch_threads):
     assert plan["planner"] == "model" and plan["instruction"] == task["instruction"]  # whitespace normalised
     names = bridge.env.unwrapped.scene.object_names
     parsed = parse_plan(plan["plan"], names)
-    assert parsed.steps and parsed.steps[-1].skill in TERMINAL_SKILLS
+    assert parsed.steps and parsed.steps[-1].terminal
     assert all(arg in names for step in parsed.steps if step.skill not in ("answer",) for arg in step.args)
     markers = probe.rec["markers"].wait(timeout=5)
     assert markers is not None and markers.markers[0].text == plan["plan"]
@@ -132,7 +132,7 @@ def test_planner_plans_through_the_ray_inference_router(ros, torch_threads):
 
     runtime.start(runtime.RuntimeConfig(num_cpus=2))
     try:
-        router = start_inference(InferenceConfig(model_config="tiny", max_new_tokens=32), replicas=1)
+        router = start_inference(InferenceConfig(checkpoint="tiny", max_new_tokens=32), replicas=1)
         bridge = ros.start(SimBridge, parameter_overrides=params(task="object_nav", seed=0))
         planner = ros.start(
             Planner, parameter_overrides=params(planner="model", inference="ray", ray_address=runtime.address())

@@ -39,7 +39,7 @@ def test_sim_graph_has_the_three_nodes_on_their_own_topics():
     assert [s.executable for s in specs] == ["sim_bridge", "planner", "controller"]
     assert all(s.remappings == {} for s in specs)
     assert specs[0].parameters == {"task": "pick_place", "seed": 0}
-    assert specs[1].parameters == {"planner": "model", "checkpoint": ""}
+    assert specs[1].parameters == {"planner": "model", "checkpoint": "default"}
     assert specs[2].parameters == {"rate": 50.0}
 
 
@@ -56,15 +56,15 @@ def test_parameter_overrides_reach_every_node_over_its_defaults():
     overrides = {"planner": "oracle", "seed": 3, "task": "object_nav", "rate": 20.0}
     specs = {s.name: s for s in graph("sim", overrides)}
     assert specs["sim_bridge"].parameters == {"task": "object_nav", "seed": 3, "planner": "oracle", "rate": 20.0}
-    assert specs["planner"].parameters == {"planner": "oracle", "checkpoint": "", "seed": 3, "task": "object_nav", "rate": 20.0}
+    assert specs["planner"].parameters == {"planner": "oracle", "checkpoint": "default", "seed": 3, "task": "object_nav", "rate": 20.0}
     assert specs["controller"].parameters == {"rate": 20.0, **overrides}
     hardware = {s.name: s for s in graph("hardware", {"checkpoint": "runs/ckpt"})}
     assert hardware["planner"].parameters == {"planner": "model", "checkpoint": "runs/ckpt"}
 
 
 def test_parameter_overrides_reach_every_node_that_declares_them():
-    specs = {s.name: s for s in graph("sim", {"model_config": "tiny", "sensor_timeout": 1.0, "camera_rate": 5.0})}
-    assert specs["planner"].parameters.get("model_config") == "tiny"
+    specs = {s.name: s for s in graph("sim", {"checkpoint": "tiny", "sensor_timeout": 1.0, "camera_rate": 5.0})}
+    assert specs["planner"].parameters.get("checkpoint") == "tiny"
     assert specs["controller"].parameters.get("sensor_timeout") == 1.0
     assert specs["sim_bridge"].parameters.get("camera_rate") == 5.0
 
@@ -100,7 +100,7 @@ def test_node_command_builds_ros_args():
 
 def test_node_commands_are_read_by_rcl_as_meant(ros):
     """rcl's own argument parser gives the nodes the name, parameter types and remappings node_command wrote."""
-    planner_spec, controller_spec = graph("hardware", {"planner": "oracle", "rate": 20.0})
+    planner_spec, controller_spec = graph("hardware", {"planner": "oracle", "rate": 20.0, "checkpoint": ""})
     planner = ros.start(Planner, cli_args=node_command(planner_spec)[3:])
     controller = ros.start(Controller, cli_args=node_command(controller_spec)[3:])
     assert planner.get_name() == "planner" and controller.get_name() == "controller"

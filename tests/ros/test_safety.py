@@ -25,9 +25,9 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from visualization_msgs.msg import Marker, MarkerArray
 
-from embodied.plan import Plan, Step
 from envs.backend import EXTEND_RANGE, LIFT_RANGE
 from envs.navmap import NavMap
+from envs.plan import Plan, Step
 from envs.scene import generate_scene
 from envs.skills import REACH
 from ros_nodes.controller import Controller
@@ -435,7 +435,7 @@ def test_oracle_planner_keeps_planning_after_an_invalid_plan(ros):
 
 @pytest.mark.timeout(90)
 def test_model_planner_survives_a_depth_image_on_the_colour_topic(ros, torch_threads):
-    planner, probe = planner_rig(ros, ALL_INPUTS, planner="model", model_config="tiny", max_new_tokens=24)
+    planner, probe = planner_rig(ros, ALL_INPUTS, planner="model", checkpoint="tiny", max_new_tokens=24)
     stamp = probe.get_clock().now().to_msg()
     scene = generate_scene(0)
     rng = np.random.default_rng(0)

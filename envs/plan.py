@@ -11,6 +11,7 @@ A plan is one ``thought:`` line followed by numbered skill calls, ending with ``
     5. done()
 
 The grammar is deliberately terse (few tokens to decode) and regular (easy to constrain while decoding).
+Which skills exist, and what arguments they take, comes from the one registry, ``envs.skills.SKILLS``.
 """
 
 from __future__ import annotations
@@ -19,21 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# Tokens a planner may decode: the longest plan in the dataset, a three-object rearrangement with its
-# thought, is 188 SmolLM2 tokens, and a plan cut off by the limit ends early (closed with done()).
-PLAN_TOKENS = 256
-
-# Skill name -> the kinds of its arguments. "object" arguments name scene objects ("red cube").
-SKILLS: dict[str, tuple[str, ...]] = {
-    "navigate": ("object",),
-    "look_at": ("object",),
-    "scan": (),
-    "pick": ("object",),
-    "place": ("object", "object"),
-    "answer": ("text",),
-    "done": (),
-}
-TERMINAL_SKILLS = frozenset({"answer", "done"})
+from envs.skills import SKILLS
 
 _WORD = r"[a-z0-9]+(?: [a-z0-9]+)*"
 _ARG_RE = re.compile(rf"^{_WORD}$")
@@ -56,6 +43,11 @@ class Step:
 
     def __str__(self) -> str:
         return f"{self.skill}({', '.join(self.args)})"
+
+    @property
+    def terminal(self) -> bool:
+        """Does this step end the plan (``answer(x)``, ``done()``)?"""
+        return SKILLS[self.skill].terminal
 
 
 @dataclass(frozen=True)
@@ -87,7 +79,7 @@ def parse_step(text: str, line: int = 0, objects: Iterable[str] | None = None) -
     name, raw_args = match.groups()
     if name not in SKILLS:
         raise PlanError(f"unknown skill {name!r} (known: {', '.join(SKILLS)})", line)
-    kinds = SKILLS[name]
+    kinds = SKILLS[name].args
     args = tuple(normalize_arg(a) for a in raw_args.split(",")) if raw_args.strip() else ()
     if len(args) != len(kinds):
         raise PlanError(f"{name}() takes {len(kinds)} argument(s), got {len(args)}", line)
@@ -122,11 +114,11 @@ def parse_plan(text: str, objects: Iterable[str] | None = None) -> Plan:
         number, name, raw_args = match.groups()
         if int(number) != len(steps) + 1:
             raise PlanError(f"step numbered {number}, expected {len(steps) + 1}", line_no)
-        if steps and steps[-1].skill in TERMINAL_SKILLS:
+        if steps and steps[-1].terminal:
             raise PlanError(f"step {number} comes after the terminal step {steps[-1]}", line_no)
         steps.append(parse_step(f"{name}({raw_args})", line_no, objects))
     if not steps:
         raise PlanError("a plan needs at least one step", first_no)
-    if steps[-1].skill not in TERMINAL_SKILLS:
+    if not steps[-1].terminal:
         raise PlanError(f"the last step must be answer(...) or done(), got {steps[-1]}", lines[-1][0])
     return Plan(thought, tuple(steps))
