@@ -1,8 +1,8 @@
 """The PaLM-E-style embodied model: image and point-cloud encoders, input projectors, and a frozen
 pretrained language model adapted with LoRA, reading multimodal sentences and writing plans.
 
-    model = load_model()                  # the checkpoint shipped with the package; "tiny": untrained, for tests
-    plans = model.plan([plan_sample("put the red cube in the green bowl", rgb, points)])
+    model = load_model()          # the checkpoint shipped with the package; "tiny": untrained, for tests
+    plans = model.plan([plan_sample("put the red cube in the green bowl", rgb, points)], [["red cube", "green bowl"]])
 
 Checkpoints are folders of ``config.json`` + ``model.safetensors`` holding only what was trained
 (encoders, projectors, LoRA); the backbone is stored by reference.
@@ -212,9 +212,8 @@ class EmbodiedModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, samples: list[Sample], max_new_tokens: int = 64, constraints: list | None = None) -> list[str]:
-        """Greedy replies for a batch, sharing one KV cache; a finished reply leaves the batch, so the
-        others decode at its cost no longer. ``constraints`` (one ``PlanConstraint`` or None per sample)
-        restrict the tokens each reply may take."""
+        """Greedy replies for a batch (``decoding.decode``: one KV cache, LoRA merged); ``constraints`` (one
+        ``PlanConstraint`` or None per sample) restrict the tokens each reply may take."""
         constraints = constraints or [None] * len(samples)
         embeds, mask, _ = self._pad(self._sequences(samples), left=True)
         with self._merged_lora():
