@@ -10,14 +10,15 @@ import numpy as np
 
 def _choose_gl() -> None:
     """Pick a headless GL before mujoco is imported: EGL when its library is present, else OSMesa."""
-    if "MUJOCO_GL" in os.environ:
-        return
-    if ctypes.util.find_library("EGL"):
+    if "MUJOCO_GL" not in os.environ and ctypes.util.find_library("EGL"):
         os.environ["MUJOCO_GL"] = "egl"
-    elif ctypes.util.find_library("OSMesa"):
+    elif "MUJOCO_GL" not in os.environ and ctypes.util.find_library("OSMesa"):
         os.environ["MUJOCO_GL"] = "osmesa"
     if os.environ.get("MUJOCO_GL") == "osmesa":
         os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+        # llvmpipe's rasteriser threads are process-wide in OSMesa and do not survive fork (a forked env's
+        # first render hangs); rasterising on the calling thread does
+        os.environ.setdefault("LP_NUM_THREADS", "0")
 
 
 _choose_gl()

@@ -1,11 +1,18 @@
 """Offscreen MuJoCo rendering that draws the scene once per frame and reads colour and depth from that one
 pass. (``mujoco.Renderer`` draws it again for depth.) One GL context serves every camera and image size.
 
+GL does not survive ``fork``: a child inherits an initialised EGL display (and Mesa's state) without the
+driver threads behind it, and its first render hangs. So before any fork every renderer in the process
+lets go of its context, and the EGL display is terminated; each opens a new one at its next render, in the
+parent and in the child alike (gymnasium's ``AsyncVectorEnv`` forks environments after the parent checked
+one's spaces).
+
 Import after ``MUJOCO_GL`` is chosen (envs/mujoco_backend.py does that).
 """
 
 from __future__ import annotations
 
+import os
 import weakref
 
 import mujoco
@@ -18,13 +25,9 @@ class OffscreenRenderer:
     def __init__(self, model: mujoco.MjModel):
         self.model = model
         self.max_width, self.max_height = model.vis.global_.offwidth, model.vis.global_.offheight
-        self._gl = mujoco.GLContext(self.max_width, self.max_height)
-        self._gl.make_current()
-        self._context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150)
-        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
-        self._context.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
-        # freed on close(), on garbage collection, or at exit while EGL is still loaded (not in teardown)
-        self._free = weakref.finalize(self, _free, self._gl, self._context)
+        self._free: weakref.finalize | None = None
+        self._open()
+        _RENDERERS.add(self)
         self._scene = mujoco.MjvScene(model, maxgeom=MAX_GEOMS)
         self._option = mujoco.MjvOption()
         self._camera = mujoco.MjvCamera()
@@ -42,6 +45,8 @@ class OffscreenRenderer:
         pixel (-1 where no geom is)."""
         if width > self.max_width or height > self.max_height:
             raise ValueError(f"{width}x{height} exceeds the offscreen buffer {self.max_width}x{self.max_height}")
+        if self._free is None:
+            self._open()
         self._gl.make_current()
         self._camera.fixedcamid = camera_id
         mujoco.mjv_updateScene(self.model, data, self._option, None, self._camera, mujoco.mjtCatBit.mjCAT_ALL, self._scene)
@@ -70,11 +75,52 @@ class OffscreenRenderer:
                 lookup[geom.segid + 1] = geom.objid
         return lookup[np.clip(segid, 0, len(lookup) - 1)][::-1].copy()
 
+    def _open(self) -> None:
+        self._gl = mujoco.GLContext(self.max_width, self.max_height)
+        self._gl.make_current()
+        self._context = mujoco.MjrContext(self.model, mujoco.mjtFontScale.mjFONTSCALE_150)
+        mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._context)
+        self._context.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
+        # freed on close(), on garbage collection, or at exit while EGL is still loaded (not in teardown)
+        self._free = weakref.finalize(self, _free, self._gl, self._context)
+
     def close(self) -> None:
-        self._free()
+        """Free the GL context; a later render opens a new one."""
+        if self._free is not None:
+            self._free()
+            self._free = None
+            self._gl = self._context = None
 
 
 def _free(gl, context) -> None:
     gl.make_current()
     context.free()
     gl.free()
+
+
+_RENDERERS: weakref.WeakSet[OffscreenRenderer] = weakref.WeakSet()
+
+
+def _egl_display():
+    """The EGL display mujoco initialised in this process, if any."""
+    if os.environ.get("MUJOCO_GL") != "egl":
+        return None
+    import mujoco.egl
+
+    return mujoco.egl.EGL_DISPLAY
+
+
+def _release_gl_before_fork() -> None:
+    for renderer in list(_RENDERERS):
+        renderer.close()
+    if (display := _egl_display()) is not None:
+        mujoco.egl.EGL.eglTerminate(display)
+
+
+def _restart_gl_after_fork() -> None:
+    """Parent and child each initialise the display again, with driver state of their own."""
+    if (display := _egl_display()) is not None:
+        mujoco.egl.EGL.eglInitialize(display, None, None)
+
+
+os.register_at_fork(before=_release_gl_before_fork, after_in_parent=_restart_gl_after_fork, after_in_child=_restart_gl_after_fork)

@@ -260,3 +260,41 @@ def test_render(make_env):
     frame = env.render()
     assert frame.shape == (240, 320 + 240, 3) and frame.dtype == np.uint8
     assert frame.std() > 5  # a picture, not a blank
+
+
+FORKED_VECTOR_ENV = """
+import gymnasium as gym, numpy as np, envs
+env = gym.make("embodied/PickPlace-v0", width=64, height=64, num_points=256)
+first, _ = env.reset(seed=0)  # the parent renders before it forks, as a user checking spaces does
+vec = gym.make_vec("embodied/PickPlace-v0", num_envs=2, vectorization_mode="async", vector_kwargs={"context": "fork"},
+                   width=64, height=64, num_points=256)
+obs, _ = vec.reset(seed=[1, 2])
+obs, *_ = vec.step(np.zeros((2, 6), np.float32))
+assert obs["rgb"].shape == (2, 64, 64, 3) and obs["rgb"].any(), "the forked envs rendered black"
+vec.close()
+again, _ = env.reset(seed=0)
+assert np.array_equal(first["rgb"], again["rgb"]), "the parent renders differently after the fork"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("gl", ["egl", "osmesa"])
+def test_envs_forked_after_the_parent_rendered_do_not_hang(gl):
+    """gymnasium's AsyncVectorEnv forks; GL state inherited from a parent that rendered used to hang the child."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "LP_NUM_THREADS")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", FORKED_VECTOR_ENV], env={**environment, "MUJOCO_GL": gl},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the forked envs too
+        process.communicate()
+        pytest.fail(f"the vector env hung with MUJOCO_GL={gl}")
+    assert process.returncode == 0 and output.strip().endswith("ok"), output
