@@ -1,14 +1,17 @@
 """The one place that starts or joins Ray.
 
 Locally Ray binds to 127.0.0.1 with usage statistics off and no dashboard; ``address`` joins an existing
-cluster instead. Everything else in the project calls ``start()`` rather than ``ray.init``.
+cluster instead. Everything else in the project calls ``start()`` rather than ``ray.init``. A local Ray's files live in a folder private to the user, cleaned up even when the driver is killed
+(``agents/ray_session.py``).
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+
+from agents import ray_session
 
 NAMESPACE = "embodied"
 
@@ -38,15 +41,23 @@ def start(config: RuntimeConfig | None = None):
     common = {"namespace": NAMESPACE, "log_to_driver": config.log_to_driver, "configure_logging": False}
     if config.address:
         ray.init(address=config.address, **common)
-    else:
+        return ray
+    ray_session.end_session()  # a local Ray of this process that was shut down without shutdown()
+    ray_dir = os.path.dirname(os.path.abspath(ray.__file__))
+    ray_session.clean_stale_folders(ray_dir=ray_dir)
+    folder = ray_session.start_session(ray_dir)
+    try:
         ray.init(
             num_cpus=config.num_cpus,
             num_gpus=config.num_gpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
-            _temp_dir=tempfile.mkdtemp(prefix="embodied_ray_"),
+            _temp_dir=str(folder / "ray"),
             **common,
         )
+    except BaseException:
+        ray_session.end_session()
+        raise
     return ray
 
 
@@ -57,8 +68,15 @@ def address() -> str:
     return ray.get_runtime_context().gcs_address
 
 
+def session_dir() -> Path | None:
+    """The private folder of the local Ray this process started (None when it joined a cluster or has none)."""
+    return ray_session.session_folder()
+
+
 def shutdown() -> None:
+    """Shut Ray down; a local Ray's processes are gone and its folder removed when this returns."""
     import ray
 
     if ray.is_initialized():
         ray.shutdown()
+    ray_session.end_session()

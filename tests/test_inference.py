@@ -3,6 +3,8 @@
 Ray starts through agents/runtime.py on loopback (make test runs this inside a private network namespace).
 """
 
+import time
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,26 @@ def test_a_replica_that_dies_is_restarted_and_the_request_sent_again(cluster):
     ray.kill(replica, no_restart=False)
     assert parse_plan(ray.get(creator.plan.remote(request("find the red cube", 1)), timeout=120))
     ray.kill(creator)
+
+
+def test_killing_a_replica_under_concurrent_requests_answers_each_request_once(cluster):
+    """Chaos: 8 requests in flight on 2 replicas, one replica killed while it decodes its batch (Ray restarts
+    it). Every request gets one answer, a plan that parses, and is decoded to the end exactly once: the
+    surviving replica's batches and the restarted one's add up to 8 (the killed one answered nothing)."""
+    router = start_inference(InferenceConfig(checkpoint="tiny", max_new_tokens=128, max_wait=0.5), replicas=2)
+    victim, survivor = ray.get(router.replica_handles.remote())
+    ray.get([victim.stats.remote(), survivor.stats.remote()], timeout=120)  # both loaded: 4 requests each
+    refs = [router.plan.remote(request(f"go to the red cube number {i}", i)) for i in range(8)]
+    deadline = time.monotonic() + 60
+    while ray.get(victim.stats.remote(), timeout=60)["batches"] == 0:  # until the victim decodes its batch
+        assert time.monotonic() < deadline, "the victim never started decoding"
+        time.sleep(0.02)
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+    ray.kill(victim, no_restart=False)
+    assert not ready  # the kill came while every request was in flight
+    plans = ray.get(refs, timeout=180)
+    assert len(plans) == 8 and all(parse_plan(plan) for plan in plans)
+    stats = ray.get(router.stats.remote(), timeout=60)
+    assert sum(sum(replica["batch_sizes"]) for replica in stats) == 8, stats  # no request decoded twice
+    assert ray.get(victim.stats.remote(), timeout=60)["batches"] == stats[0]["batches"]  # restarted, serving
+    ray.kill(router)
