@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt | system
 
 # The shipped model looks at each scene, writes its plan, the skills carry it out: table, JSON, GIFs.
 demo: setup
-	$(BIN)/embodied rollout --task pick_place --policy model --episodes 4 --gifs 2 --out runs/demo
+	$(BIN)/embodied rollout --task pick_place --policy model --episodes 4 --gifs 2 --out runs/demo --overwrite
 
 test: setup
 	tests/isolated.sh $(BIN)/python -m pytest -q

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import yaml
 from tqdm import tqdm
 
 from agents import runtime
@@ -24,7 +23,7 @@ from agents.inference import InferenceConfig, start_inference
 from embodied.decoding import PLAN_TOKENS
 from embodied.eval.plan import EVAL_SEED
 from embodied.model import config_from_dict
-from embodied.train.config import PARTS
+from embodied.train.config import PARTS, read_yaml
 
 TRAIN_SEED = 7_000_000  # training episodes draw their seeds from here (evaluation: EVAL_SEED)
 
@@ -64,13 +63,18 @@ class RLConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group < 2:
             raise ValueError("group must be >= 2: GRPO compares plans within a group")
-        if self.temperature <= 0 or self.lr <= 0 or self.grad_clip <= 0 or self.validity_bonus < 0:
-            raise ValueError("temperature, lr and grad_clip must be positive, validity_bonus >= 0")
+        for name in ("temperature", "lr", "grad_clip"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("validity_bonus", "seed", "eval_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.out:
+            raise ValueError("out must name a folder")
 
     @classmethod
     def load(cls, path: str | Path, overrides: dict | None = None) -> RLConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data.update(overrides or {})
+        data = {**read_yaml(path, "rl config"), **(overrides or {})}
         return config_from_dict(cls, data, "rl config")
 
 
@@ -82,7 +86,7 @@ class Learner:
         import torch
 
         from embodied.model import load_model
-        from embodied.train.checkpoints import CHECKPOINT, load_checkpoint
+        from embodied.train.checkpoints import CHECKPOINT, has_checkpoint, load_checkpoint
         from embodied.train.language import freeze_all_but
 
         self.config = RLConfig(**config)
@@ -94,7 +98,7 @@ class Learner:
         self.optimizer = torch.optim.AdamW(self.parameters, lr=self.config.lr, weight_decay=0.0)
         self.step = 0
         folder = Path(self.config.out) / CHECKPOINT
-        if folder.exists():
+        if has_checkpoint(folder):
             weights, optimizer_state, state = load_checkpoint(folder)
             self.model.load_matching(weights)
             self.optimizer.load_state_dict(optimizer_state)
@@ -192,12 +196,15 @@ class RLWorker:
 def train_rl(config: RLConfig, address: str | None = None, progress: bool = True) -> list[dict]:
     """Run (or resume) RL fine-tuning; returns the evaluation records (the success curve)."""
     from embodied.io import write_json
+    from embodied.train.checkpoints import CHECKPOINT, has_checkpoint, load_checkpoint
     from embodied.train.metrics import CURVES, METRICS, append_metrics, plot_curves, read_metrics, truncate_metrics
 
     # actors do not start in this folder: the paths they read and write must be absolute
     init = config.init if config.init == "default" else str(Path(config.init).resolve())
     config = dataclasses.replace(config, out=str(Path(config.out).resolve()), init=init)
     out = Path(config.out)
+    if has_checkpoint(out / CHECKPOINT):
+        load_checkpoint(out / CHECKPOINT)  # a damaged one fails here, in one line, not inside the learner actor
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(config))
     runtime.start(runtime.RuntimeConfig(address=address))

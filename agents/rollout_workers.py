@@ -1,25 +1,30 @@
 """Parallel rollouts on Ray: each worker actor (named ``rollout-RUN-I``) owns an environment and a planner
 and runs episodes by index; results stream back and are written as they arrive.
 
-A worker that dies is restarted by Ray and its episode run again; an episode that runs past
-``episode_timeout`` gets its worker killed (and restarted) and is retried too. A record is kept once per
-episode index, so nothing is lost or counted twice; after ``MAX_ATTEMPTS`` an episode is recorded as
-failed with the reason.
+An episode the infrastructure could not run is not a failed episode. A worker that dies is restarted by
+Ray, and gets no episode until it answers a probe (sent again after a growing backoff), so retries are not
+spent on a worker still restarting; its episode runs again, up to ``MAX_ATTEMPTS`` times (an episode that
+runs past ``episode_timeout`` gets its worker killed and counts the same). A worker that does not come up
+within ``restart_timeout`` is given up. Episodes that never ran are reported in the summary's ``not_run``,
+apart from every rate, and each failed attempt in ``infrastructure_errors``. A record is kept once per
+episode index, so nothing is lost or counted twice.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import RayActorError
 
 from agents import runtime
 from embodied.rollout import EpisodeRunner, RecordWriter, RolloutConfig
 
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 3  # runs of one episode that may end with its worker dead (or killed as hung)
+RESTART_TIMEOUT = 300.0  # seconds a worker may take to start or restart before it is given up
+BACKOFF = (0.25, 2.0)  # the first and the longest wait between probes of a worker that is restarting
 
 
 @ray.remote(max_restarts=-1)
@@ -34,50 +39,106 @@ class RolloutWorker:
         return True
 
 
-def parallel_rollout(config: RolloutConfig, workers: int, progress: bool = True, episode_timeout: float = 600.0) -> dict:
-    """Like ``embodied.rollout.rollout``, over ``workers`` Ray actors (one CPU each)."""
+@dataclass
+class _Down:
+    """A worker being started or restarted: probed with ``ready`` after a growing backoff until it answers."""
+
+    since: float
+    probe_at: float | None  # None while a probe is out
+    backoff: float = BACKOFF[0]
+
+
+def parallel_rollout(
+    config: RolloutConfig,
+    workers: int,
+    progress: bool = True,
+    episode_timeout: float = 600.0,
+    restart_timeout: float = RESTART_TIMEOUT,
+) -> dict:
+    """Like ``embodied.rollout.rollout``, over ``workers`` Ray actors (one CPU each). The summary's
+    ``not_run`` lists the episodes that never ran (each attempt the infrastructure brought down is counted
+    in ``infrastructure_errors``); they count in no rate."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    writer = RecordWriter(config, progress)  # claims the output folder before Ray starts
+    todo = writer.todo()[::-1]  # popped from the end: the first episode first, a retried one next
+    if not todo:
+        return writer.finish()
     runtime.start()
     run_id = uuid.uuid4().hex[:8]
     pool = [
         RolloutWorker.options(num_cpus=1, name=f"rollout-{run_id}-{i}").remote(asdict(config)) for i in range(workers)
     ]
-    ray.get([worker.ready.remote() for worker in pool])  # episode timeouts count from here, not from start-up
-    writer = RecordWriter(config, progress)
-    todo = list(range(config.episodes))[::-1]  # popped from the end: episode 0 first
-    attempts = {index: 0 for index in todo}
-    running: dict = {}  # object ref -> (episode index, worker, start time)
+    attempts = dict.fromkeys(todo, 0)
+    running: dict = {}  # episode ref -> (episode index, worker number, start time)
     killed: set = set()  # refs whose hung worker was killed, waiting for the failure to arrive
+    idle: set = set()  # workers that answered and wait for an episode
+    start = time.monotonic()
+    down = {i: _Down(start, start) for i in range(workers)}  # workers (re)starting, by number
+    probes: dict = {}  # ready() ref -> worker number; episodes go to a worker only once it has answered
 
-    def submit(worker) -> None:
-        if todo:
-            index = todo.pop()
-            attempts[index] += 1
-            running[worker.run.remote(index)] = (index, worker, time.monotonic())
+    def finished(ref, index: int, i: int) -> None:
+        try:
+            writer.add(ray.get(ref))
+            idle.add(i)
+        except RayActorError as exc:  # died or killed as hung: Ray restarts it; probe it before using it again
+            reason = f"ran past {episode_timeout:g} s" if ref in killed else f"worker died: {exc.__class__.__name__}"
+            writer.failed_attempt(reason)
+            if attempts[index] < MAX_ATTEMPTS:
+                todo.append(index)
+            else:
+                writer.give_up(index, reason)
+            down[i] = _Down(time.monotonic(), time.monotonic())
 
-    def retry_or_fail(index: int, reason: str) -> None:
-        if attempts[index] < MAX_ATTEMPTS:
-            todo.append(index)
-        else:
-            writer.add({"episode": index, "seed": config.seed + index, "success": False, "steps": [], "error": reason})
+    def answered(ref, i: int) -> None:
+        try:
+            ray.get(ref)
+        except RayActorError as exc:
+            if exc.actor_init_failed:  # its constructor raised: a wrong config or checkpoint, not a crash
+                raise
+            down[i].probe_at = time.monotonic() + down[i].backoff
+            down[i].backoff = min(2 * down[i].backoff, BACKOFF[1])
+            return
+        del down[i]
+        idle.add(i)
 
-    for worker in pool:
-        submit(worker)
     try:
-        while running:
-            done, _ = ray.wait(list(running), num_returns=1, timeout=min(1.0, episode_timeout))
+        while todo or running:
+            now = time.monotonic()
+            for i, worker in list(down.items()):
+                if now - worker.since > restart_timeout:  # give it up; its probe, if out, is dropped
+                    del down[i]
+                    probes = {ref: j for ref, j in probes.items() if j != i}
+                    ray.kill(pool[i], no_restart=True)
+                elif worker.probe_at is not None and worker.probe_at <= now:
+                    probes[pool[i].ready.remote()] = i
+                    worker.probe_at = None
+            while todo and idle:
+                index, i = todo.pop(), idle.pop()
+                attempts[index] += 1
+                running[pool[i].run.remote(index)] = (index, i, time.monotonic())
+            if not (running or down):  # every worker given up
+                for index in reversed(todo):
+                    writer.give_up(index, f"no worker came up within {restart_timeout:g} s")
+                break
+            due = [started + episode_timeout for ref, (_, _, started) in running.items() if ref not in killed]
+            due += [worker.probe_at for worker in down.values() if worker.probe_at is not None]
+            timeout = max(0.0, min([1.0, *(at - now for at in due)]))
+            refs = [*running, *probes]
+            if not refs:  # every worker left waits out its backoff
+                time.sleep(timeout)
+                continue
+            done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
             for ref in done:
-                index, worker, _ = running.pop(ref)
-                try:
-                    writer.add(ray.get(ref))
-                except (RayActorError, ActorUnavailableError) as exc:  # died or killed as hung: Ray restarts it
-                    retry_or_fail(index, f"worker died: {exc.__class__.__name__}")
-                submit(worker)
-            for ref, (index, worker, started) in list(running.items()):
+                if ref in probes:
+                    answered(ref, probes.pop(ref))
+                else:
+                    index, i, _ = running.pop(ref)
+                    finished(ref, index, i)
+            for ref, (index, i, started) in list(running.items()):
                 if ref not in killed and time.monotonic() - started > episode_timeout:
                     killed.add(ref)
-                    ray.kill(worker, no_restart=False)  # the wait above then sees the episode fail
+                    ray.kill(pool[i], no_restart=False)  # the wait above then sees the episode fail
     finally:
         for worker in pool:
             ray.kill(worker, no_restart=True)

@@ -18,6 +18,8 @@ CHECKPOINT_HELP = "a checkpoint folder, default (the shipped checkpoint), or tin
 def _rollout(args: argparse.Namespace) -> int:
     from embodied.rollout import RolloutConfig, rollout
 
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
     out = args.out or Path("runs") / f"rollout_{args.task}_{args.policy}_seed{args.seed}"
     config = RolloutConfig(
         task=args.task,
@@ -28,6 +30,8 @@ def _rollout(args: argparse.Namespace) -> int:
         gifs=args.gifs,
         replans=args.replans,
         checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
+        resume=args.resume,
     )
     if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
         from agents.rollout_workers import parallel_rollout
@@ -35,22 +39,33 @@ def _rollout(args: argparse.Namespace) -> int:
         summary = parallel_rollout(config, args.workers, progress=not args.quiet)
     else:
         summary = rollout(config, progress=not args.quiet)
+
+    def cell(value, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     table = Table(title=f"{config.task} / {config.policy}: {summary['episodes']} episodes from seed {config.seed}")
     for column in ("success", "SPL", "plan valid", "env steps", "s / episode"):
         table.add_column(column, justify="right")
-    spl = "-" if summary["spl"] is None else f"{summary['spl']:.3f}"
+    success = cell(summary["success_rate"], ".1%")
     table.add_row(
-        f"{summary['success_rate']:.1%} ± {summary['success_ci95']:.1%}",
-        spl,
-        f"{summary['plan_valid_rate']:.0%}",
-        f"{summary['mean_env_steps']:.0f}",
-        f"{summary['mean_seconds']:.2f}",
+        success if summary["success_ci95"] is None else f"{success} ± {summary['success_ci95']:.1%}",
+        cell(summary["spl"], ".3f"),
+        cell(summary["plan_valid_rate"], ".0%"),
+        cell(summary["mean_env_steps"], ".0f"),
+        cell(summary["mean_seconds"], ".2f"),
     )
     console = Console()
     console.print(table)
     if summary["failure_reasons"]:
         console.print("failed skills: " + ", ".join(f"{k} x{v}" for k, v in summary["failure_reasons"].items()))
+    if summary["infrastructure_errors"]:
+        errors = ", ".join(f"{k} x{v}" for k, v in summary["infrastructure_errors"].items())
+        console.print(f"attempts the infrastructure brought down (not counted as failures): {errors}")
     console.print(f"records in {out}/episodes, GIFs in {out}/gifs, summary in {out}/summary.json")
+    if summary["not_run"]:  # not failures of the policy, but the run is incomplete: say so in the exit status
+        missing = ", ".join(str(e["episode"]) for e in summary["not_run"])
+        console.print(f"[red]{len(summary['not_run'])} episode(s) never ran: {missing}; rerun with --resume[/red]")
+        return 1
     return 0
 
 
@@ -72,6 +87,10 @@ def _serve(args: argparse.Namespace) -> int:
     from agents.inference import InferenceConfig, start_inference
 
     config = InferenceConfig(checkpoint=args.checkpoint, max_batch=args.max_batch)
+    if args.replicas < 1:  # checked before Ray starts
+        raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+    if args.gpus_per_replica < 0:
+        raise ValueError(f"--gpus-per-replica must be >= 0, got {args.gpus_per_replica:g}")
     runtime.start(runtime.RuntimeConfig(address=args.address, num_cpus=args.num_cpus))
     for sig in (signal.SIGINT, signal.SIGTERM):  # after Ray's own handlers: both stop it cleanly
         signal.signal(sig, signal.default_int_handler)
@@ -111,7 +130,16 @@ def _train(args: argparse.Namespace) -> int:
 
     from embodied.train.config import TrainConfig
 
-    overrides = {key: yaml.safe_load(value) for key, value in (_pair(item, "=") for item in args.set)}
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    overrides = {}
+    for item in args.set:
+        key, value = _pair(item, "=")
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or "unparsable"
+            raise ValueError(f"--set {item}: the value is not valid YAML ({problem})") from exc
     if args.stage == "rl":  # rollouts, learner and inference are Ray actors: agents/ composes them
         from agents.rl import RLConfig, train_rl
 
@@ -179,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--episodes", type=int, default=10)
     ro.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     ro.add_argument("--out", type=Path, help="output folder (default runs/rollout_TASK_POLICY_seedS)")
+    ro.add_argument("--overwrite", action="store_true", help="replace the earlier run's records and GIFs in --out")
+    ro.add_argument("--resume", action="store_true", help="continue the (killed) run in --out; finished episodes stay")
     ro.add_argument("--gifs", type=int, default=2, help="record GIFs of the first N episodes")
     ro.add_argument("--workers", type=int, default=1, help="parallel rollout workers (Ray actors, one CPU each)")
     ro.add_argument("--replans", type=int, default=0, help="closed loop: plan again after a failed skill, up to N times")

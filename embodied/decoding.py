@@ -8,6 +8,7 @@ each grammar-legal continuation (a skill name, an object name, ``)``, a newline.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 
 import torch
@@ -182,10 +183,26 @@ def repair_plan(text: str, objects=None) -> str:
     return "\n".join(kept)
 
 
+class DecodingInterrupted(RuntimeError):
+    """``decode()`` was asked to stop (its ``stop`` returned true) before the replies were finished."""
+
+
 @torch.no_grad()
-def decode(llm, tokenizer, embeds: torch.Tensor, mask: torch.Tensor, constraints: list, max_new_tokens: int) -> list[str]:
+def decode(
+    llm,
+    tokenizer,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    constraints: list,
+    max_new_tokens: int,
+    stop: Callable[[], bool] | None = None,
+) -> list[str]:
     """Greedy (or constrained) replies to a left-padded batch of prompt embeddings, sharing one KV cache; a
-    finished reply leaves the batch, so the others decode at its cost no longer."""
+    finished reply leaves the batch, so the others decode at its cost no longer. ``stop`` (a callable such
+    as ``threading.Event().is_set``) is asked before the prompt and before every token: once it returns
+    true, decoding ends with ``DecodingInterrupted`` within one forward pass (a node shutting down)."""
+    if stop is not None and stop():
+        raise DecodingInterrupted("decoding stopped before it began")
     device = embeds.device
     batch = len(embeds)
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
@@ -203,6 +220,8 @@ def decode(llm, tokenizer, embeds: torch.Tensor, mask: torch.Tensor, constraints
     texts = [""] * batch
     active = list(range(batch))  # rows of the original batch still decoding, in cache order
     for step in range(max_new_tokens):
+        if stop is not None and stop():
+            raise DecodingInterrupted(f"decoding stopped after {step} of at most {max_new_tokens} tokens")
         logits = out.logits[:, -1].float()
         tokens, keep = [], []
         for slot, row in enumerate(active):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -33,12 +34,26 @@ def _umask() -> int:
     return umask
 
 
+def previous_dir(path: str | Path) -> Path:
+    """Where ``atomic_dir`` keeps ``path``'s old folder while the new one takes its place."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.old")
+
+
 @contextmanager
 def atomic_dir(path: str | Path):
     """Yield an empty temporary folder beside ``path``; on success it takes ``path``'s place (an old folder
-    there stays whole until the new one is complete, then is removed)."""
+    there stays whole until the new one is complete, then is removed).
+
+    Folders cannot be swapped in one rename: the old one is first renamed to ``previous_dir(path)``, so a
+    crash between the two renames leaves no ``path`` but a whole previous folder, which readers that must
+    survive crashes (resuming a checkpoint) fall back to. The temporary folders of saves that were killed
+    are removed here (one writer per ``path``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        if stale != previous_dir(path) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
@@ -46,14 +61,24 @@ def atomic_dir(path: str | Path):
         os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700, writers 0600: give them what mkdir/open would
         for file in tmp.iterdir():
             os.chmod(file, 0o666 & ~umask)
-        old = path.with_name(f".{path.name}.old")
+            _fsync(file)  # on disk before the renames: a power cut must not leave truncated files behind them
+        old = previous_dir(path)
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
         os.replace(tmp, path)
+        _fsync(path.parent)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
+import types
+import typing
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -27,6 +29,7 @@ from embodied.decoding import PLAN_TOKENS, PlanConstraint, decode, repair_plan
 from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
 from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud
 from embodied.errors import CheckpointError
+from embodied.inputs import as_image, check_tokens
 from embodied.io import atomic_dir
 from embodied.projectors import ProjectorConfig, build_projector
 from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample
@@ -86,22 +89,58 @@ class ModelConfig:
 
 
 def config_from_dict(cls, data, where: str):
-    """A (nested) config dataclass from plain data such as parsed JSON or YAML."""
+    """A (nested) config dataclass from plain data such as parsed JSON or YAML. Every value is checked
+    against its field's annotated type, naming its key (``where.key``), so a wrong one (``steps: abc``)
+    fails here in one line, before anything is built or loaded from it; unknown keys fail too (a typo
+    must not pass silently)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where} must be a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ValueError(f"unknown keys in {where}: {sorted(unknown)} (known: {sorted(fields)})")
-    values = {}
-    for name, value in data.items():
-        kind = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
-        if kind is not None and dataclasses.is_dataclass(kind):
-            value = config_from_dict(kind, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
+        raise ValueError(f"unknown keys in {where}: {sorted(unknown, key=str)} (known: {sorted(fields)})")
+    required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise ValueError(f"{where} lacks the required keys {missing}")
+    hints = typing.get_type_hints(cls)  # the annotations are strings (``from __future__ import annotations``)
+    values = {name: _typed(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as exc:  # a range check in __post_init__
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+_KINDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _typed(value, hint, key: str):
+    """``value`` as the annotated type ``hint`` (an int where a float is expected, a list where a tuple
+    is), or a ValueError naming ``key``."""
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value, key)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for kind in args:
+            try:
+                return _typed(value, kind, key)
+            except ValueError:
+                pass
+        raise ValueError(f"{key} must be {' or '.join(_KINDS.get(k, k.__name__) for k in args)}, got {value!r}")
+    if origin is tuple:  # tuple[X, ...]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list, got {value!r}")
+        return tuple(_typed(item, args[0], f"{key}[{i}]") for i, item in enumerate(value))
+    if hint is dict:  # its entries are the config's own to check
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= sys.float_info.max:
+            return float(value)
+    elif isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"{key} must be {_KINDS.get(hint, hint.__name__)}, got {value!r}")
 
 
 class EmbodiedModel(nn.Module):
@@ -126,15 +165,22 @@ class EmbodiedModel(nn.Module):
     # -- multimodal sentences ------------------------------------------------------------------------
 
     def encode_images(self, images: list) -> torch.Tensor:
-        pixels = torch.stack([torch.as_tensor(np.asarray(i), dtype=torch.uint8) for i in images]).to(self.device)
-        return self.image_projector(self.image_encoder(pixels))
+        """Projected tokens (B, T, D) of images of any sizes; ``embodied.inputs.as_image`` says what counts as an
+        image, and anything else raises a ValueError naming ``images[i]``."""
+        pixels = [as_image(image, f"images[{i}]").to(self.device) for i, image in enumerate(images)]
+        return check_tokens(self.image_projector(self.image_encoder(pixels)), "images")
 
     def encode_clouds(self, clouds: list) -> torch.Tensor:
+        """Projected tokens (B, T, D) of point clouds, each checked (``embodied.inputs.as_cloud``) and resampled
+        to ``num_points``; a bad one raises a ValueError naming ``clouds[i]``."""
         config = self.config
         points = torch.stack(
-            [prepare_cloud(c, config.num_points, config.points.group_size, config.points.in_channels) for c in clouds]
+            [
+                prepare_cloud(c, config.num_points, config.points.group_size, config.points.in_channels, f"clouds[{i}]")
+                for i, c in enumerate(clouds)
+            ]
         )
-        return self.point_projector(self.point_encoder(points.to(self.device)))
+        return check_tokens(self.point_projector(self.point_encoder(points.to(self.device))), "clouds")
 
     def _sequences(self, samples: list[Sample]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per sample: input embeddings (T, D) and labels (T,), -100 wherever the loss must not look."""
@@ -211,13 +257,17 @@ class EmbodiedModel(nn.Module):
                 self.llm.unmerge_adapter()
 
     @torch.no_grad()
-    def generate(self, samples: list[Sample], max_new_tokens: int = 64, constraints: list | None = None) -> list[str]:
+    def generate(
+        self, samples: list[Sample], max_new_tokens: int = 64, constraints: list | None = None, stop=None
+    ) -> list[str]:
         """Greedy replies for a batch (``decoding.decode``: one KV cache, LoRA merged); ``constraints`` (one
         ``PlanConstraint`` or None per sample) restrict the tokens each reply may take."""
+        if not samples:
+            return []
         constraints = constraints or [None] * len(samples)
         embeds, mask, _ = self._pad(self._sequences(samples), left=True)
         with self._merged_lora():
-            return decode(self.llm, self.tokenizer, embeds, mask, constraints, max_new_tokens)
+            return decode(self.llm, self.tokenizer, embeds, mask, constraints, max_new_tokens, stop=stop)
 
     def plan(
         self,
@@ -226,6 +276,7 @@ class EmbodiedModel(nn.Module):
         max_new_tokens: int = PLAN_TOKENS,
         temperature: float | list[float] = 0.0,
         seeds: list | None = None,
+        stop=None,
     ) -> list[str]:
         """Plans that always parse: grammar-constrained decoding, then repair if the token limit cut one off.
         ``objects`` (a list of names per sample, or None) limits the objects a plan may name; a
@@ -234,10 +285,13 @@ class EmbodiedModel(nn.Module):
         n = len(samples)
         objects, seeds = objects or [None] * n, seeds or [None] * n
         temperatures = temperature if isinstance(temperature, list) else [temperature] * n
+        for name, values in (("objects", objects), ("seeds", seeds), ("temperature", temperatures)):
+            if len(values) != n:
+                raise ValueError(f"{name}: {len(values)} for {n} samples; give one per sample")
         constraints = [
             PlanConstraint(self.tokenizer, names, temperature=t, seed=seed) for names, t, seed in zip(objects, temperatures, seeds)
         ]
-        texts = self.generate(samples, max_new_tokens, constraints)
+        texts = self.generate(samples, max_new_tokens, constraints, stop=stop)  # stop: see decoding.decode
         return [text if rule.complete(text) else repair_plan(text, rule.objects) for text, rule in zip(texts, constraints)]
 
     # -- checkpoints ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ point cloud: the baseline that shows what seeing adds."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from embodied.decoding import PLAN_TOKENS
 from embodied.model import EmbodiedModel, load_model
@@ -25,8 +25,9 @@ class ModelPlanner:
         self.name = "blind" if blind else "model"
         self.sensors: tuple[str, ...] = () if blind else ("rgb", "points")
 
-    def plan_many(self, requests: Sequence[PlanRequest]) -> list[str]:
-        """Plans for a batch of requests, decoded together."""
+    def plan_many(self, requests: Sequence[PlanRequest], stop: Callable[[], bool] | None = None) -> list[str]:
+        """Plans for a batch of requests, decoded together. ``stop`` (e.g. ``threading.Event().is_set``) ends
+        decoding with ``embodied.decoding.DecodingInterrupted`` once it returns true."""
         if not requests:
             return []
         samples = [r.sample(blind=self.blind) for r in requests]
@@ -36,6 +37,7 @@ class ModelPlanner:
             self.max_new_tokens,
             [r.temperature for r in requests],
             [r.seed for r in requests],
+            stop=stop,
         )
 
     def plan(self, observation: dict, env) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
+from numbers import Integral
 from pathlib import Path
 
 import gymnasium as gym
@@ -22,6 +25,9 @@ POLICIES = (*PLANNERS, "model", "blind")  # blind: the model without image or po
 GIF_EVERY = 3  # keep every third control step (0.3 s of simulated time per frame)
 GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
+RUN_FILE = "config.json"  # the run a folder holds, written as it starts: resuming checks it
+OUTPUTS = ("episodes", "gifs", "summary.json", RUN_FILE)  # what a rollout writes, and all that overwriting removes
+SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint")  # what decides an episode: a resumed run keeps these
 
 
 @dataclass(frozen=True)
@@ -33,15 +39,33 @@ class RolloutConfig:
     out: Path = Path("runs/rollout")
     gifs: int = 2
     replans: int = 0  # closed loop: plans again after a failed skill, up to this many times
-    checkpoint: str | None = None  # model policies: a folder, "tiny" or "untrained"; None: the shipped checkpoint
+    checkpoint: str | None = None  # model policies: a folder, "tiny" or "untrained"; None or "default": the shipped one
+    overwrite: bool = False  # replace the records, GIFs and summary of an earlier run in ``out``
+    resume: bool = False  # continue the (killed) run in ``out``: its finished episodes are read back, not rerun
 
     def __post_init__(self):
+        """Types and ranges here, so that a wrong value fails in one line before anything loads or runs."""
+        for name, kinds, what in (
+            ("task", str, "text"), ("policy", str, "text"), ("out", (str, Path), "a path"),
+            ("checkpoint", (str, type(None)), "text or None"),
+        ):  # fmt: skip
+            if not isinstance(getattr(self, name), kinds):
+                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+        for name in ("overwrite", "resume"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        for name, least in (("episodes", 1), ("seed", 0), ("gifs", 0), ("replans", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         if self.task not in ENV_IDS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(ENV_IDS)}")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
-        if self.episodes < 1 or self.gifs < 0 or self.replans < 0:
-            raise ValueError("episodes must be >= 1, gifs and replans >= 0")
+        if self.overwrite and self.resume:
+            raise ValueError("overwrite and resume exclude each other: replace the earlier run or continue it")
+        # one spelling per run, so records and resumes compare equal: the model's weights, or none
+        object.__setattr__(self, "checkpoint", (self.checkpoint or "default") if self.policy in ("model", "blind") else None)
 
 
 def make_planner(config: RolloutConfig) -> Planner:
@@ -134,11 +158,14 @@ def run_episode(
 
 
 def summarize(records: list[dict], config: RolloutConfig) -> dict:
+    """The policy's figures over the episodes that ran (None for a rate when none did)."""
+
     def mean(key):
         values = [r[key] for r in records if key in r]
         return float(np.mean(values)) if values else None
 
     success = np.array([r["success"] for r in records], float)
+    ci95 = float(1.96 * success.std() / np.sqrt(len(success))) if records else None
     failures: dict[str, int] = {}
     for r in records:
         for step in r["steps"]:
@@ -150,8 +177,8 @@ def summarize(records: list[dict], config: RolloutConfig) -> dict:
         "policy": config.policy,
         "episodes": len(records),
         "seed": config.seed,
-        "success_rate": float(success.mean()),
-        "success_ci95": float(1.96 * success.std() / np.sqrt(len(success))),
+        "success_rate": mean("success"),
+        "success_ci95": ci95,
         "spl": mean("spl"),
         "plan_valid_rate": mean("plan_valid"),
         "mean_env_steps": mean("env_steps"),
@@ -184,35 +211,116 @@ class EpisodeRunner:
 
 
 class RecordWriter:
-    """Writes each episode's record as it arrives, with a progress bar, and the summary at the end."""
+    """Writes each episode's record as it arrives, with a progress bar, and the summary at the end. It first
+    claims the output folder: an earlier run's files there are refused unless the config says to replace
+    them (``overwrite``) or to continue that run (``resume``), so that two runs never mix."""
 
     def __init__(self, config: RolloutConfig, progress: bool):
         self.config, self.out = config, Path(config.out)
-        self.records: dict[int, dict] = {}
-        self.bar = tqdm(total=config.episodes, desc=f"{config.task}/{config.policy}", unit="ep", disable=not progress)
+        self.records = self._claim()
+        self.infrastructure_errors: dict[str, int] = {}  # failed attempts to run an episode, retried or not
+        self.not_run: dict[int, str] = {}  # episodes that never ran, and why
+        self.ran = 0
+        self.progress, self._bar = progress, None
         self.started = time.perf_counter()
+
+    @property
+    def bar(self) -> tqdm:
+        """The progress bar, opened at its first use: once the policy has loaded, so that a load error reads
+        as one line."""
+        if self._bar is None:
+            config = self.config
+            self._bar = tqdm(
+                total=config.episodes, initial=len(self.records), desc=f"{config.task}/{config.policy}", unit="ep",
+                disable=not self.progress,
+            )  # fmt: skip
+        return self._bar
+
+    def _claim(self) -> dict[int, dict]:
+        """The episodes already finished (when resuming), after checking and preparing ``out``."""
+        config, out = self.config, self.out
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out} is a file, not a folder for the run's records")
+        held = out.is_dir() and any(out.iterdir())
+        if held and not (config.overwrite or config.resume):
+            raise ValueError(
+                f"{out} already holds files (an earlier run?); --overwrite replaces that run, --resume continues it"
+            )
+        if held and config.overwrite:
+            for name in OUTPUTS:
+                path = out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        records = self._resumed() if held and config.resume else {}
+        try:
+            (out / "summary.json").unlink(missing_ok=True)  # a continued run's summary is stale until it ends
+            write_json(out / RUN_FILE, {**asdict(config), "out": str(out)})
+        except OSError as exc:
+            raise ValueError(f"cannot write to {out}: {exc.strerror}") from exc
+        return records
+
+    def _resumed(self) -> dict[int, dict]:
+        """The records of the run in ``out``, which must be this config's run."""
+        config, out = self.config, self.out
+        if not (out / RUN_FILE).is_file():
+            raise ValueError(f"{out} holds no {RUN_FILE}, so no run to resume; --overwrite replaces what is there")
+        earlier = json.loads((out / RUN_FILE).read_text())
+        for key in SAME_RUN:
+            was, now = earlier.get(key), getattr(config, key)
+            if was != now:
+                raise ValueError(f"{out} holds a run with {key} {was!r}, not {now!r}; resume it with the same {key}")
+        records = {}
+        for path in sorted((out / "episodes").glob("episode_*.json")):
+            record = json.loads(path.read_text())
+            index = record["episode"]
+            if index >= config.episodes or record["seed"] != config.seed + index or record["task"] != config.task:
+                raise ValueError(f"{path} is not one of this run's {config.episodes} episodes from seed {config.seed}")
+            records[index] = record
+        return records
+
+    def todo(self) -> list[int]:
+        """The episodes left to run, in order."""
+        return [index for index in range(self.config.episodes) if index not in self.records]
 
     def add(self, record: dict) -> None:
         write_json(self.out / "episodes" / f"episode_{record['episode']:04d}.json", record)
         self.records[record["episode"]] = record
+        self.ran += 1
         self.bar.update(1)
         self.bar.set_postfix(success=f"{np.mean([r['success'] for r in self.records.values()]):.0%}")
+
+    def failed_attempt(self, reason: str) -> None:
+        """An attempt to run an episode that the infrastructure (not the policy) brought down."""
+        self.infrastructure_errors[reason] = self.infrastructure_errors.get(reason, 0) + 1
+
+    def give_up(self, index: int, reason: str) -> None:
+        """Episode ``index`` could not run: it is reported apart and counts in no rate; no record is written,
+        so a resumed run tries it again."""
+        self.not_run[index] = reason
+        self.bar.update(1)
 
     def finish(self) -> dict:
         self.bar.close()
         summary = summarize([self.records[i] for i in sorted(self.records)], self.config)
-        summary["episodes_per_second"] = len(self.records) / (time.perf_counter() - self.started)
+        summary["infrastructure_errors"] = self.infrastructure_errors
+        seed = self.config.seed
+        summary["not_run"] = [{"episode": i, "seed": seed + i, "error": e} for i, e in sorted(self.not_run.items())]
+        summary["episodes_per_second"] = self.ran / (time.perf_counter() - self.started)
         write_json(self.out / "summary.json", {"config": {**asdict(self.config), "out": str(self.config.out)}, **summary})
         return summary
 
 
 def rollout(config: RolloutConfig, progress: bool = True) -> dict:
     """Run ``config.episodes`` seeded episodes; write one JSON per episode as it ends, GIFs of the
-    first ``config.gifs``, and ``summary.json``. Returns the summary."""
-    runner, writer = EpisodeRunner(config), RecordWriter(config, progress)
-    try:
-        for index in range(config.episodes):
-            writer.add(runner.run(index))
-    finally:
-        runner.close()
+    first ``config.gifs``, and ``summary.json``. Returns the summary. With ``config.resume`` the episodes
+    already recorded in ``config.out`` are read back, not run again."""
+    writer = RecordWriter(config, progress)  # claims the output folder before anything loads
+    todo = writer.todo()
+    if todo:
+        runner = EpisodeRunner(config)
+        writer.bar.refresh()  # shown from here on: the policy has loaded
+        try:
+            for index in todo:
+                writer.add(runner.run(index))
+        finally:
+            runner.close()
     return writer.finish()

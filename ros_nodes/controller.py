@@ -3,7 +3,13 @@
 Each new odometry message triggers a control step (at most one per period), so a command follows the
 state it uses within a millisecond or two; a timer at ``rate`` (50 Hz) is the watchdog. It stops the
 robot (zero velocity) on stale or broken sensors, on the ~/cancel service, on a plan that fails
-validation, or when a skill fails, and reports progress as JSON on controller/status.
+validation, when a skill fails, or when the planner that sent the running plan goes away (stopped, or
+killed: its liveliness lease on ``plan`` lapses), and reports progress as JSON on controller/status.
+
+``plan`` has two subscriptions: one with the planner's QoS (latched, with a liveliness lease: it receives
+a plan published before this node matched, and learns when that planner dies), and a volatile one that
+takes plans from any publisher, ``ros2 topic pub`` with its defaults too. A plan that arrives on both is
+taken once.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from collections import deque
 import numpy as np
 from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
+from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -39,7 +47,7 @@ from envs.scene import SceneSpec
 from envs.skills import SkillContext
 from ros_nodes.conversions import arm_trajectory_msg, joint_positions, odometry_pose, scene_spec, twist_msg
 from ros_nodes.params import declare
-from ros_nodes.qos import LATCHED, STREAM
+from ros_nodes.qos import ANY, LATCHED, PLAN, STREAM
 from ros_nodes.spin import go_realtime
 
 
@@ -71,6 +79,9 @@ class Controller(Node):
         self.runner: PlanRunner | None = None
         self.last_step = -np.inf
         self.waiting_plan: String | None = None
+        self.plans_taken: deque[tuple] = deque(maxlen=32)  # (publisher, sequence number) of the latest plans
+        self.watched: deque[bytes] = deque(maxlen=32)  # publishers seen on the liveliness-watching subscription
+        self.plan_source = b""  # the publisher of the plan being run (or waiting for the scene)
         self.started = self.get_clock().now().nanoseconds * 1e-9
         self.status = {"state": "idle"}
         self.step_times: deque[float] = deque(maxlen=100_000)  # when each control step ran (benchmarks)
@@ -78,7 +89,9 @@ class Controller(Node):
         self.pub_cmd = self.create_publisher(Twist, "cmd_vel", STREAM)
         self.pub_arm = self.create_publisher(JointTrajectory, "arm_command", STREAM)
         self.pub_status = self.create_publisher(String, "controller/status", LATCHED)
-        self.create_subscription(String, "plan", self.on_plan, LATCHED)
+        watch = SubscriptionEventCallbacks(liveliness=self.on_plan_liveliness, incompatible_qos=self.on_other_plan_qos)
+        self.create_subscription(String, "plan", self.on_watched_plan, PLAN, event_callbacks=watch)
+        self.create_subscription(String, "plan", self.on_any_plan, ANY)
         self.create_subscription(String, "scene", self.on_scene, LATCHED)
         self.create_subscription(Odometry, "odom", self.on_odom, STREAM)
         self.create_subscription(JointState, "joint_states", self.on_joints, STREAM)
@@ -103,6 +116,8 @@ class Controller(Node):
         except ValueError as exc:
             self.get_logger().error(f"rejected scene description: {exc}")
             return
+        names = set(self.scene.object_names)  # a new scene (the bridge reset): forget the old one's objects
+        self.objects = {name: xyz for name, xyz in self.objects.items() if name in names}
         if self.waiting_plan is not None:
             self.on_plan(self.waiting_plan)
 
@@ -134,6 +149,38 @@ class Controller(Node):
     def on_grasped(self, msg: String) -> None:
         self.holding = msg.data or None
 
+    def on_watched_plan(self, msg: String, info: MessageInfo) -> None:
+        self.take_plan(msg, info, watched=True)
+
+    def on_any_plan(self, msg: String, info: MessageInfo) -> None:
+        self.take_plan(msg, info, watched=False)
+
+    def take_plan(self, msg: String, info: MessageInfo, watched: bool) -> None:
+        gid = info.get("publisher_gid") or {}
+        source = bytes(gid.get("data", b""))
+        key = (source, info.get("publication_sequence_number") or info.get("source_timestamp"))
+        if watched and source not in self.watched:
+            self.watched.append(source)
+        if key in self.plans_taken:  # the same message, through the other subscription
+            return
+        self.plans_taken.append(key)
+        self.plan_source = source
+        self.on_plan(msg)
+
+    def on_other_plan_qos(self, event) -> None:
+        """A publisher without the planner's liveliness lease (``ros2 topic pub``, a test): the volatile
+        subscription takes its plans; this one only says why it does not."""
+        self.get_logger().debug(f"plan publisher without a liveliness lease: {event.last_policy_kind}")
+
+    def on_plan_liveliness(self, event: QoSLivelinessChangedInfo) -> None:
+        """A planner's process went away (a clean exit now, a killed one within its lease): stop the robot if
+        the plan being run came from a planner."""
+        if event.alive_count_change >= 0:
+            return
+        if (self.runner is not None or self.waiting_plan is not None) and self.plan_source in self.watched:
+            self.waiting_plan = None
+            self.finish("failed", "the planner that sent this plan went away mid-task: robot stopped")
+
     def on_plan(self, msg: String) -> None:
         self.halt()
         if self.scene is None:  # run it once the scene arrives
@@ -145,6 +192,8 @@ class Controller(Node):
             record = json.loads(msg.data)
             if not isinstance(record, dict) or not isinstance(record.get("plan"), str):
                 raise ValueError('a plan message is a JSON object with a "plan" string')
+            if record.get("valid") is False and record.get("error"):  # say why, not "empty plan"
+                raise ValueError(f"the planner found none: {record['error']}")
             if record.get("stamp", self.started) < self.started:
                 self.status = {"state": "idle", "reason": "ignored a plan from before this controller started"}
                 return self.report()
@@ -157,9 +206,12 @@ class Controller(Node):
             self.end_of_plan()
 
     def on_cancel(self, request, response):
-        running = self.runner is not None
+        if self.runner is None and self.waiting_plan is None:  # the status stays as it is
+            response.success, response.message = False, "nothing was running"
+            return response
+        self.waiting_plan = None
         self.finish("cancelled", "cancel requested")
-        response.success, response.message = running, "stopped" if running else "nothing was running"
+        response.success, response.message = True, "stopped"
         return response
 
     # -- control -------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ class NodeSpec:
     module: str  # python -m <module> runs it; the ament executable has the module's last part as name
     parameters: dict = field(default_factory=dict)
     remappings: dict = field(default_factory=dict)
+    respawn: bool = False  # started again after it exits (launch_ros Node(respawn=...), `embodied ros up` alike)
+    respawn_delay: float = 1.0  # s from its exit to the new start
 
     @property
     def executable(self) -> str:
@@ -40,12 +42,13 @@ def graph(mode: str, parameters: dict | None = None, remappings: dict | None = N
     parameters = parameters or {}
     topics = {**(HARDWARE_TOPICS if mode == "hardware" else {}), **(remappings or {})}
     nodes = [
-        NodeSpec("planner", "ros_nodes.planner", {"planner": "model", "checkpoint": "default"}),
+        # The controller stops the robot when its planner goes (crashed, killed); a new one takes the next one.
+        NodeSpec("planner", "ros_nodes.planner", {"planner": "model", "checkpoint": "default"}, respawn=True),
         NodeSpec("controller", "ros_nodes.controller", {"rate": 50.0}),
     ]
     if mode == "sim":
         nodes.insert(0, NodeSpec("sim_bridge", "ros_nodes.sim_bridge", {"task": "pick_place", "seed": 0}))
     return [
-        NodeSpec(n.name, n.module, {**n.parameters, **parameters}, topics)
+        NodeSpec(n.name, n.module, {**n.parameters, **parameters}, topics, n.respawn, n.respawn_delay)
         for n in nodes
     ]

@@ -6,6 +6,12 @@ chooses the backend: ``model`` (the embodied model from ``checkpoint``: the ship
 ``checkpoint:=tiny`` an untrained tiny one; in-process, or with ``inference:=ray`` through the Ray inference
 router that ``embodied serve`` runs) or ``oracle`` (reads templated instructions against the latched scene
 description). Either way a plan may name only the objects the robot knows of.
+
+An instruction that arrives before the inputs its planner needs (the camera image and point cloud for the
+model, the scene description for the oracle) waits for them, at most ``input_timeout`` seconds; then its plan
+record says why there is none. ``planner/status`` (latched JSON) says what the planner does: ``idle``,
+``waiting`` (for which inputs) or ``planning``. Stopping the node interrupts the plan being written (the
+decoder checks a stop flag at every token), so the process exits within a second or two of Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,15 +27,16 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from embodied.decoding import PLAN_TOKENS
+from embodied.decoding import PLAN_TOKENS, DecodingInterrupted
 from envs.plan import parse_plan
 from envs.planners import plan_from_goal
 from envs.tasks import parse_instruction
 from ros_nodes.conversions import cloud_array, image_array, scene_spec
 from ros_nodes.params import declare
-from ros_nodes.qos import LATCHED, STREAM
+from ros_nodes.qos import LATCHED, PLAN, PLAN_LEASE, STREAM
 
-PLAN_JOIN_TIMEOUT = 30.0  # s a shutdown waits for the plan being written
+PLAN_JOIN_TIMEOUT = 2.0  # s a shutdown waits for the planning thread, once it has asked it to stop
+POLL = 0.1  # s between checks for the inputs an instruction waits for
 
 
 class Planner(Node):
@@ -46,6 +53,7 @@ class Planner(Node):
                 "ray_address": "",  # the cluster that router runs in, as `embodied serve` prints it
                 "threads": 1,  # torch threads: leave the other cores to control
                 "niceness": 10,  # the planning thread yields the CPU to control loops on this machine
+                "input_timeout": 15.0,  # s an instruction waits for the camera (model) or the scene (oracle)
             },
         )
         if self.param["planner"] not in ("model", "oracle"):
@@ -61,14 +69,18 @@ class Planner(Node):
         self.objects: dict[str, tuple[float, float, float]] = {}
         self.pending: str | None = None
         self.stopping = False
+        self.interrupt = threading.Event()  # set on shutdown: the decoder stops at its next token
         self.wake = threading.Condition()
-        self.pub_plan = self.create_publisher(String, "plan", LATCHED)
+        self.pub_plan = self.create_publisher(String, "plan", PLAN)
+        self.create_timer(PLAN_LEASE / 4, self.pub_plan.assert_liveliness)  # the controller watches it
+        self.pub_status = self.create_publisher(String, "planner/status", LATCHED)
         self.pub_markers = self.create_publisher(MarkerArray, "plan_markers", LATCHED)
         self.create_subscription(String, "instruction", self.on_instruction, 10)
         self.create_subscription(Image, "camera/image", self.on_image, STREAM)
         self.create_subscription(PointCloud2, "camera/points", self.on_cloud, STREAM)
         self.create_subscription(String, "scene", self.on_scene, LATCHED)
         self.create_subscription(MarkerArray, "objects", self.on_objects, STREAM)
+        self._status("idle")
         self.worker = threading.Thread(target=self._work, daemon=True)
         self.worker.start()
 
@@ -110,6 +122,9 @@ class Planner(Node):
             self.scene = scene_spec(msg)
         except ValueError as exc:
             self.get_logger().error(f"rejected scene description: {exc}")
+            return
+        names = set(self.scene.object_names)  # a new scene (the bridge reset): forget the old one's objects
+        self.objects = {name: xyz for name, xyz in self.objects.items() if name in names}
 
     def on_objects(self, msg: MarkerArray) -> None:
         for m in msg.markers:
@@ -136,14 +151,59 @@ class Planner(Node):
                 if self.stopping:
                     return
                 instruction, self.pending = self.pending, None
-            self._publish(instruction, *self._plan(instruction))
+            started = time.perf_counter()
+            instruction, missing = self._wait_for_inputs(instruction)
+            if self.stopping:
+                return
+            if missing:
+                error = f"TimeoutError: no {' and no '.join(missing)} within {self.param['input_timeout']:g} s"
+                self._publish(instruction, "", error, time.perf_counter() - started)
+                continue
+            self._status("planning", instruction)
+            result = self._plan(instruction)
+            if self.stopping:  # interrupted, or finished as the node goes: its publisher may be gone
+                return
+            self._publish(instruction, *result)
+
+    def _missing(self) -> list[str]:
+        """The inputs this planner lacks (topic names)."""
+        if self.param["planner"] == "oracle":
+            return [] if self.scene is not None else ["scene"]
+        inputs = {"camera/image": self.image, "camera/points": self.cloud}
+        return [topic for topic, value in inputs.items() if value is None]
+
+    def _wait_for_inputs(self, instruction: str) -> tuple[str, list[str]]:
+        """Hold ``instruction`` until the inputs its planner needs arrive, or ``input_timeout`` passes; a newer
+        instruction replaces it meanwhile (with a fresh timeout). Returns the instruction and what still lacks."""
+        missing = self._missing()
+        if not missing:
+            return instruction, missing
+        deadline = time.monotonic() + self.param["input_timeout"]
+        self._status("waiting", instruction, f"waiting for {', '.join(missing)}")
+        with self.wake:
+            while missing and not self.stopping and time.monotonic() < deadline:
+                self.wake.wait(min(POLL, max(0.0, deadline - time.monotonic())))
+                if self.pending is not None:
+                    instruction, self.pending = self.pending, None
+                    deadline = time.monotonic() + self.param["input_timeout"]
+                    self._status("waiting", instruction, f"waiting for {', '.join(missing)}")
+                missing = self._missing()
+        return instruction, missing
+
+    def _status(self, state: str, instruction: str = "", reason: str = "") -> None:
+        status = {"state": state, "instruction": instruction, "reason": reason}
+        self.pub_status.publish(String(data=json.dumps(status)))
 
     def destroy_node(self):
-        """Let a plan in progress finish before the node goes: killing the thread inside torch aborts."""
+        """Stop the plan in progress (the decoder checks ``interrupt`` at every token) and wait for the planning
+        thread, at most PLAN_JOIN_TIMEOUT: the process must not end under a thread that is inside torch."""
         with self.wake:
             self.stopping = True
             self.wake.notify()
+        self.interrupt.set()
         self.worker.join(timeout=PLAN_JOIN_TIMEOUT)
+        if self.worker.is_alive():
+            self.get_logger().warning(f"the planning thread did not stop within {PLAN_JOIN_TIMEOUT:g} s")
         super().destroy_node()
 
     def _plan(self, instruction: str) -> tuple[str, str, float]:
@@ -173,8 +233,13 @@ class Planner(Node):
         if self.router is not None:
             import ray
 
-            return ray.get(self.router.plan.remote(request))
-        return self.model.plan_many([request])[0]
+            reply = self.router.plan.remote(request)
+            while not ray.wait([reply], timeout=POLL)[0]:
+                if self.interrupt.is_set():
+                    ray.cancel(reply)
+                    raise DecodingInterrupted("the node is stopping")
+            return ray.get(reply)
+        return self.model.plan_many([request], stop=self.interrupt.is_set)[0]
 
     def _publish(self, instruction: str, text: str, error: str, seconds: float) -> None:
         record = {
@@ -188,6 +253,7 @@ class Planner(Node):
         }
         self.pub_plan.publish(String(data=json.dumps(record)))
         self.pub_markers.publish(self._markers(text))
+        self._status("idle", instruction, error)
         if error:  # two call sites: rclpy refuses one call site that changes severity
             self.get_logger().warning(f"no valid plan for {instruction!r} after {seconds:.2f} s: {error}")
         else:

@@ -8,6 +8,10 @@ description and the task (latched JSON), and task/status. Takes cmd_vel (Twist) 
 (JointTrajectory of lift, extend, gripper). Physics steps on a timer at ``physics_rate``; a base command
 older than ``command_timeout`` is dropped (the base stops). Spin it on one thread (a single-threaded
 executor): the renderer's GL context belongs to the thread that made it.
+
+The ``~/reset`` service (std_srvs/Trigger) starts the next episode: the same task with seed + 1, the robot
+at its new start, the arm retracted, the base stopped; the new scene and task are latched again (``task``
+carries its ``seed``), and the reply names the seed and the instruction.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import String
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -69,7 +74,8 @@ class SimBridge(Node):
             control_dt=self.period,
             max_steps=2**31 - 1,
         )
-        self.env.reset(seed=param["seed"])
+        self.seed = param["seed"]
+        self.env.reset(seed=self.seed)
         self.velocity = (0.0, 0.0, 0.0)
         self.velocity_time = None
         self.arm = {"lift": LIFT_RANGE[0], "extend": EXTEND_RANGE[0], "gripper": 0.0}
@@ -83,17 +89,35 @@ class SimBridge(Node):
         self.pub_objects = self.create_publisher(MarkerArray, "objects", STREAM)
         self.pub_status = self.create_publisher(String, "task/status", STREAM)
         self.pub_grasped = self.create_publisher(String, "grasped", STREAM)
-        latched_scene = self.create_publisher(String, "scene", LATCHED)
-        latched_task = self.create_publisher(String, "task", LATCHED)
+        self.pub_scene = self.create_publisher(String, "scene", LATCHED)
+        self.pub_task = self.create_publisher(String, "task", LATCHED)
         self.create_subscription(Twist, "cmd_vel", self.on_cmd_vel, STREAM)
         self.create_subscription(JointTrajectory, "arm_command", self.on_arm_command, STREAM)
+        self.create_service(Trigger, "~/reset", self.on_reset)
 
-        base = self.env.unwrapped
-        latched_scene.publish(String(data=json.dumps(base.scene.to_dict())))
-        latched_task.publish(String(data=json.dumps({"instruction": base.task.instruction, "goal": base.task.goal()})))
+        self.publish_episode()
         self.create_timer(self.period, self.step)
         self.create_timer(1.0 / param["camera_rate"], self.publish_camera)
         self.publish_state()
+
+    def publish_episode(self) -> None:
+        """The scene description and the task, latched: a node that starts later still gets them."""
+        base = self.env.unwrapped
+        task = {"instruction": base.task.instruction, "goal": base.task.goal(), "seed": self.seed}
+        self.pub_scene.publish(String(data=json.dumps(base.scene.to_dict())))
+        self.pub_task.publish(String(data=json.dumps(task)))
+
+    def on_reset(self, request, response):
+        self.seed += 1
+        self.env.reset(seed=self.seed)
+        self.velocity, self.velocity_time = (0.0, 0.0, 0.0), None
+        self.arm = {"lift": LIFT_RANGE[0], "extend": EXTEND_RANGE[0], "gripper": 0.0}
+        self.publish_episode()
+        self.publish_state()
+        instruction = self.env.unwrapped.task.instruction
+        self.get_logger().info(f"reset: seed {self.seed}, {instruction!r}")
+        response.success, response.message = True, json.dumps({"seed": self.seed, "instruction": instruction})
+        return response
 
     # -- commands in ---------------------------------------------------------------------------------
 

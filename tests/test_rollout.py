@@ -10,9 +10,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from agents import runtime
+from embodied import rollout as rollout_module
 from embodied.cli import main
 from embodied.io import write_json
-from embodied.rollout import RolloutConfig, run_episode
+from embodied.rollout import RolloutConfig, run_episode, summarize
 from envs import ENV_IDS
 from envs.plan import parse_plan
 from envs.planners import OraclePlanner
@@ -105,8 +107,48 @@ def test_unknown_task_is_an_argparse_error(tmp_path, capsys):
 
 def test_bad_episode_count_is_a_clean_error(tmp_path, capsys):
     assert _rollout(tmp_path, "--episodes", "0") == 2
-    assert "episodes must be >= 1" in capsys.readouterr().err
+    assert "episodes must be an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.fixture
+def nothing_may_load(monkeypatch):
+    """Fails the test if an episode runner (environment, planner, model) or Ray is started."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("started before the arguments were checked")
+
+    monkeypatch.setattr(rollout_module, "EpisodeRunner", boom)
+    monkeypatch.setattr(runtime, "start", boom)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["rollout", "--seed", "-1"], "seed must be an integer >= 0, got -1"),
+        (["rollout", "--workers", "-2"], "--workers must be >= 1, got -2"),
+        (["rollout", "--workers", "0"], "--workers must be >= 1, got 0"),
+        (["rollout", "--overwrite", "--resume"], "overwrite and resume exclude each other"),
+        (["serve", "--replicas", "0"], "--replicas must be >= 1, got 0"),
+        (["serve", "--gpus-per-replica", "-1"], "--gpus-per-replica must be >= 0, got -1"),
+    ],
+)
+def test_cli_rejects_bad_values_in_one_line_before_anything_loads(tmp_path, capsys, nothing_may_load, argv, message):
+    out = ["--out", str(tmp_path / "run"), "--quiet"] if argv[0] == "rollout" else []
+    assert main([*argv, *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"embodied {argv[0]}: error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys, nothing_may_load):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert _rollout(notes, "--episodes", "1") == 2
+    assert capsys.readouterr().err == f"embodied rollout: error: {notes} is a file, not a folder for the run's records\n"
+    assert notes.read_text() == "mine"
+    assert _rollout(notes / "run", "--episodes", "1") == 2  # a file where a parent folder would go
+    assert capsys.readouterr().err == f"embodied rollout: error: cannot write to {notes / 'run'}: Not a directory\n"
 
 
 @pytest.mark.parametrize(
@@ -116,11 +158,90 @@ def test_bad_episode_count_is_a_clean_error(tmp_path, capsys):
         ({"policy": "psychic"}, "unknown policy"),
         ({"episodes": 0}, "episodes"),
         ({"gifs": -1}, "gifs"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"episodes": 2.5}, "episodes must be an integer"),
+        ({"replans": True}, "replans must be an integer"),
+        ({"overwrite": "yes"}, "overwrite must be True or False"),
+        ({"task": None}, "task must be text"),
+        ({"overwrite": True, "resume": True}, "exclude each other"),
     ],
 )
 def test_rollout_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         RolloutConfig(**kwargs)
+
+
+def _oracle(out: Path, episodes: int, *flags: str, task: str = "object_nav", seed: str = "0") -> int:
+    return main(["rollout", "--task", task, "--policy", "oracle", "--episodes", str(episodes), "--seed", seed,
+                 "--gifs", "1", "--out", str(out), "--quiet", *flags])  # fmt: skip
+
+
+def test_rerun_into_an_earlier_runs_folder_is_refused_unless_asked(tmp_path, capsys):
+    assert _oracle(tmp_path, 3) == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert _oracle(tmp_path, 2) == 2
+    assert capsys.readouterr().err.startswith(f"embodied rollout: error: {tmp_path} already holds files")
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # untouched
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _oracle(tmp_path, 2, "--overwrite", "--seed", "7") == 0  # the last --seed wins
+    assert sorted(p.name for p in (tmp_path / "episodes").iterdir()) == ["episode_0000.json", "episode_0001.json"]
+    assert json.loads((tmp_path / "episodes" / "episode_0000.json").read_text())["seed"] == 7
+    assert [p.name for p in (tmp_path / "gifs").iterdir()] == ["episode_0000.gif"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["episodes"] == 2 and summary["seed"] == 7
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # overwriting removes only what a rollout writes
+
+
+def test_resume_continues_a_killed_run_without_repeating_finished_episodes(tmp_path, capsys):
+    assert _oracle(tmp_path, 3) == 0
+    killed = tmp_path / "episodes" / "episode_0002.json"
+    killed.unlink()  # as if killed during episode 2, after an earlier run's summary was written
+    kept = tmp_path / "episodes" / "episode_0001.json"
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "marker": "read back, not rerun"}))
+
+    assert _oracle(tmp_path, 4, "--resume") == 0  # and extended by one episode
+    records = {p.name: json.loads(p.read_text()) for p in (tmp_path / "episodes").iterdir()}
+    assert sorted(records) == [f"episode_{i:04d}.json" for i in range(4)]
+    assert records["episode_0001.json"]["marker"] == "read back, not rerun"
+    assert records["episode_0002.json"]["seed"] == 2 and records["episode_0003.json"]["seed"] == 3
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["episodes"] == 4 and summary["success_rate"] == 1.0 and summary["not_run"] == []
+
+    assert _oracle(tmp_path, 4, "--resume") == 0  # nothing left: nothing runs, the summary is the same
+    assert json.loads((tmp_path / "summary.json").read_text())["episodes"] == 4
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seed", "1"], "holds a run with seed 0, not 1"),
+        (["--task", "eqa"], "holds a run with task 'object_nav', not 'eqa'"),
+        (["--policy", "random"], "holds a run with policy 'oracle', not 'random'"),
+        (["--replans", "1"], "holds a run with replans 0, not 1"),
+        (["--episodes", "1"], "is not one of this run's 1 episodes from seed 0"),
+    ],
+)
+def test_resume_refuses_another_runs_folder(tmp_path, capsys, flags, message):
+    assert _oracle(tmp_path, 2) == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert main(["rollout", "--task", "object_nav", "--policy", "oracle", "--episodes", "2", "--gifs", "1",
+                 "--out", str(tmp_path), "--quiet", "--resume", *flags]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("embodied rollout: error: ") and message in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_resume_refuses_a_folder_without_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _oracle(tmp_path, 1, "--resume") == 2
+    assert f"{tmp_path} holds no config.json, so no run to resume" in capsys.readouterr().err
+    assert _oracle(tmp_path / "new", 1, "--resume") == 0  # an empty or new folder: a resumed run starts afresh
+
+
+def test_summary_of_a_run_where_nothing_ran_has_no_rates():
+    summary = summarize([], RolloutConfig())
+    assert summary["episodes"] == 0 and summary["success_rate"] is None and summary["success_ci95"] is None
 
 
 def test_write_json_is_atomic(tmp_path):

@@ -1,13 +1,17 @@
 """Parallel rollouts on Ray actors: the same records as a serial run, and faults that lose nothing."""
 
+import contextlib
+import functools
 import json
 import threading
 import time
 
+import psutil
 import pytest
 
-from agents import runtime
+from agents import rollout_workers, runtime
 from agents.rollout_workers import MAX_ATTEMPTS, parallel_rollout
+from embodied.cli import main
 from embodied.rollout import RolloutConfig, rollout
 
 pytest.importorskip("ray")
@@ -57,14 +61,109 @@ def test_a_worker_killed_mid_run_loses_and_doubles_nothing(cluster, tmp_path):
     records = _records(tmp_path)
     assert result["episodes"] == 6 and sorted(records) == list(range(6))
     assert all(r["episode"] == i for i, r in records.items())
+    assert result["success_rate"] == 1.0 and result["not_run"] == []
 
 
-def test_hung_episodes_are_retried_then_recorded_once_as_failed(cluster, tmp_path):
-    """Every episode outlives a 1 ms limit: its worker is killed and restarted and the episode retried, then
-    recorded as failed after the last attempt, or run by the restarted worker: once either way."""
-    config = RolloutConfig("rearrange", "oracle", episodes=3, seed=0, gifs=0, out=tmp_path)
-    summary = parallel_rollout(config, workers=2, progress=False, episode_timeout=0.001)
+def _worker_processes(exclude: set) -> list[psutil.Process]:
+    """This test's rollout worker processes (Ray titles them ``ray::RolloutWorker...``), none of another's."""
+    found = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.pid not in exclude and " ".join(child.cmdline()).startswith("ray::RolloutWorker"):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _kill_both_workers_twice(until: threading.Event, started) -> list[int]:
+    """Once ``started()``, kill both rollout worker processes, then both restarted ones as they appear."""
+    killed: set = set()
+    deadline = time.monotonic() + 120
+    for _ in range(2):
+        found = []
+        while len(found) < 2 and not until.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+            found = _worker_processes(killed) if started() else []
+        for process in found:
+            killed.add(process.pid)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+    return sorted(killed)
+
+
+def _keep_killing_workers(until: threading.Event) -> None:
+    while not until.is_set():
+        for process in _worker_processes(set()):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        time.sleep(0.02)
+
+
+def test_workers_killed_twice_mid_run_cost_no_episode(cluster, tmp_path):
+    """The issue's run: kill both worker processes while episodes run, then the restarted ones as they come
+    up. Episodes the infrastructure brought down run again once a worker answers: the oracle scores 100%
+    over every episode, and the failed attempts are reported apart."""
+    config = RolloutConfig("pick_place", "oracle", episodes=4, seed=0, gifs=4, out=tmp_path)  # GIFs: slower episodes
+    finished = threading.Event()
+    killed = []
+    episodes_under_way = (tmp_path / "episodes").is_dir
+    killer = threading.Thread(target=lambda: killed.extend(_kill_both_workers_twice(finished, episodes_under_way)))
+    killer.start()
+    try:
+        summary = parallel_rollout(config, workers=2, progress=False)
+    finally:
+        finished.set()
+        killer.join()
+    assert len(killed) == 4
+    assert summary["episodes"] == 4 and summary["success_rate"] == 1.0 and summary["not_run"] == []
+    errors = summary["infrastructure_errors"]
+    assert sum(errors.values()) >= 1 and all(reason.startswith("worker died") for reason in errors), errors
     records = _records(tmp_path)
-    assert summary["episodes"] == 3 and sorted(records) == [0, 1, 2]
-    assert any(r.get("error", "").startswith("worker died") for r in records.values())
-    assert MAX_ATTEMPTS > 1
+    assert sorted(records) == list(range(4)) and all(r["success"] for r in records.values())
+    assert json.loads((tmp_path / "summary.json").read_text())["infrastructure_errors"] == errors
+
+
+def test_episodes_that_never_run_are_reported_apart_and_fail_the_command(cluster, tmp_path, monkeypatch, capsys):
+    """Workers that die whenever they start: each is given up after ``restart_timeout``, the episodes are
+    listed as never run (in no rate, with no record, so that --resume runs them) and the command exits 1."""
+    monkeypatch.setattr(rollout_workers, "parallel_rollout", functools.partial(parallel_rollout, restart_timeout=3.0))
+    finished = threading.Event()
+    killer = threading.Thread(target=_keep_killing_workers, args=(finished,))
+    killer.start()
+    try:
+        code = main(["rollout", "--task", "object_nav", "--policy", "oracle", "--episodes", "2", "--gifs", "0",
+                     "--workers", "2", "--out", str(tmp_path), "--quiet"])  # fmt: skip
+    finally:
+        finished.set()
+        killer.join()
+    assert code == 1
+    assert "2 episode(s) never ran: 0, 1; rerun with --resume" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["episodes"] == 0 and summary["success_rate"] is None
+    assert summary["not_run"] == [{"episode": i, "seed": i, "error": "no worker came up within 3 s"} for i in range(2)]
+    assert _records(tmp_path) == {}
+
+
+def test_hung_episodes_are_retried_then_reported_as_never_run(cluster, tmp_path):
+    """Every episode outlives a 1 ms limit: its worker is killed and restarted and the episode retried, up to
+    ``MAX_ATTEMPTS`` times; then it is reported as never run, not as a failed episode."""
+    config = RolloutConfig("rearrange", "oracle", episodes=2, seed=0, gifs=0, out=tmp_path)
+    summary = parallel_rollout(config, workers=2, progress=False, episode_timeout=0.001)
+    assert summary["episodes"] == 0 and summary["success_rate"] is None and _records(tmp_path) == {}
+    assert summary["not_run"] == [{"episode": i, "seed": i, "error": "ran past 0.001 s"} for i in range(2)]
+    assert summary["infrastructure_errors"] == {"ran past 0.001 s": 2 * MAX_ATTEMPTS}
+
+
+def test_parallel_resume_runs_only_the_missing_episodes(cluster, tmp_path):
+    first = RolloutConfig("object_nav", "oracle", episodes=2, seed=3, gifs=0, out=tmp_path)
+    rollout(first, progress=False)
+    kept = tmp_path / "episodes" / "episode_0001.json"
+    kept.write_text(json.dumps({**json.loads(kept.read_text()), "marker": "kept"}))
+    with pytest.raises(ValueError, match="already holds files"):  # refused before Ray is asked for workers
+        parallel_rollout(RolloutConfig(**{**first.__dict__, "episodes": 3}), workers=2, progress=False)
+    resumed = RolloutConfig(**{**first.__dict__, "episodes": 3, "resume": True})
+    summary = parallel_rollout(resumed, workers=2, progress=False)
+    records = _records(tmp_path)
+    assert sorted(records) == [0, 1, 2] and records[1]["marker"] == "kept" and records[2]["seed"] == 5
+    assert summary["episodes"] == 3 and summary["success_rate"] == 1.0

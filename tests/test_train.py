@@ -4,6 +4,10 @@ the frozen text tower."""
 
 import json
 import math
+import multiprocessing
+import random
+import shutil
+import time
 from dataclasses import replace
 from itertools import count
 from pathlib import Path
@@ -14,6 +18,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from embodied import io
 from embodied.cli import main
 from embodied.data.dataset import SplitData
 from embodied.errors import CheckpointError
@@ -219,6 +224,148 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error(data, tmp_path):
     (tmp_path / "run" / "checkpoint" / STATE_FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot resume"):
         train(config, progress=False)
+
+
+class _Killed(BaseException):
+    """A crash that no ``except Exception`` stops."""
+
+
+@pytest.fixture(scope="module")
+def straight(data, tmp_path_factory):
+    """An uninterrupted pretrain run (checkpoints at steps 2 and 4): what every interrupted one must end as."""
+    config = _config(data, tmp_path_factory.mktemp("straight") / "run", "pretrain")
+    train(config, progress=False)
+    return config
+
+
+def _assert_ends_as(run: Path, straight: TrainConfig) -> None:
+    """Bit-identical weights and optimizer state, and every step's loss logged once, as uninterrupted."""
+    reference = Path(straight.out)
+    assert _same(_weights(run), _weights(reference))
+    for name in (WEIGHTS_FILE, OPTIMIZER_FILE):
+        assert _same(load_file(str(run / "checkpoint" / name)), load_file(str(reference / "checkpoint" / name))), name
+    logged, expected = (
+        [(r["step"], r["loss"]) for r in read_metrics(folder / "metrics.jsonl") if "loss" in r] for folder in (run, reference)
+    )
+    assert logged == expected and [step for step, _ in logged] == list(range(1, straight.steps + 1))
+    assert not (run / ".checkpoint.old").exists()
+
+
+def _kill_on(monkeypatch, module, name: str, when) -> None:
+    """Make ``module.name`` (an os or shutil function) raise ``_Killed`` instead of running when ``when(path)``."""
+    real = getattr(module, name)
+
+    def killed(path, *args, **kwargs):
+        if when(Path(path), *args):
+            raise _Killed
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, killed)
+
+
+def test_a_save_killed_between_its_renames_resumes_from_the_previous_checkpoint(straight, tmp_path, monkeypatch):
+    config = replace(straight, out=str(tmp_path / "run"))
+    run = tmp_path / "run"
+    # the save at step 4 has moved the step-2 checkpoint aside; the kill comes before the new one takes its place
+
+    def moving_in(src: Path, dst: str) -> bool:
+        return Path(dst) == run / "checkpoint" and (run / ".checkpoint.old").exists()
+
+    _kill_on(monkeypatch, io.os, "replace", moving_in)
+    with pytest.raises(_Killed):
+        train(config, progress=False)
+    monkeypatch.undo()
+    assert not (run / "checkpoint").exists()
+    assert json.loads((run / ".checkpoint.old" / STATE_FILE).read_text())["step"] == 2
+    with pytest.warns(RuntimeWarning, match=r"checkpoint is missing .*resuming from .*\.checkpoint\.old, step 2"):
+        train(config, progress=False)
+    _assert_ends_as(run, straight)
+
+
+def test_a_damaged_checkpoint_resumes_from_the_previous_one_if_whole(straight, tmp_path, monkeypatch, capsys):
+    config = replace(straight, out=str(tmp_path / "run"))
+    run = tmp_path / "run"
+    # killed after the save at step 4 put its checkpoint in place, before it removed the step-2 one
+    _kill_on(monkeypatch, io.shutil, "rmtree", lambda path, *_: path == run / ".checkpoint.old" and path.exists())
+    with pytest.raises(_Killed):
+        train(config, progress=False)
+    monkeypatch.undo()
+    weights = run / "checkpoint" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # torn by a crash
+    warning = rf"checkpoint/{WEIGHTS_FILE} is unreadable: .*; resuming from .*\.old, step 2"
+    with pytest.warns(RuntimeWarning, match=warning):
+        train(config, progress=False)
+    _assert_ends_as(run, straight)
+
+    # Both checkpoints damaged: one line on the command line, naming the newest, and nothing trained.
+    for folder, name in (("checkpoint", OPTIMIZER_FILE), (".checkpoint.old", STATE_FILE)):
+        (run / folder).mkdir(exist_ok=True)
+        (run / folder / name).write_bytes(b"\x00" * 7)
+    shutil.rmtree(run / "model")
+    path = _yaml(tmp_path / "pretrain.yaml", config.to_dict())
+    capsys.readouterr()
+    assert main(["train", "pretrain", "--config", str(path), "--workers", "0", "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("embodied train: error: cannot resume: ")
+    assert f"{run / 'checkpoint' / OPTIMIZER_FILE} is unreadable: Error while deserializing header" in error
+    assert f"delete {run / 'checkpoint'} and {run / '.checkpoint.old'} to start over" in error
+    assert not (run / "model").exists()
+
+
+@pytest.mark.parametrize("kills", [3, pytest.param(20, marks=pytest.mark.slow)])
+def test_a_run_killed_at_random_moments_resumes_each_time_to_the_same_weights(straight, tmp_path, kills):
+    """SIGKILL at random times (mid-step, mid-save, between a save's renames, mid-export) of training children
+    forked from a process that has imported the stack once; rerunning resumes, and every run ends
+    bit-identical to an uninterrupted one. (20 kills take half a minute or more on two cores: -m slow.)"""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["embodied.train.loop", "embodied.train.language"])
+
+    # (tqdm would give each child a multiprocessing lock, which a kill leaks: a warning when the tests end)
+    code = "import threading, tqdm; tqdm.tqdm.set_lock(threading.RLock()); train(config, progress=False)"
+
+    def run(out: Path, seconds: float | None = None) -> bool:
+        """Train in a child, killed after ``seconds``: whether it finished first."""
+        child = context.Process(target=exec, args=(code, {"train": train, "config": replace(straight, out=str(out))}))
+        child.start()
+        child.join(seconds)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            return False
+        assert child.exitcode == 0, f"training {out} ended with exit status {child.exitcode}"
+        return True
+
+    warm_up = context.Process(target=time.sleep, args=(0,))  # the fork server imports the stack once
+    warm_up.start()
+    warm_up.join()
+    began = time.perf_counter()
+    assert run(tmp_path / "timed")
+    seconds, draw = time.perf_counter() - began, random.Random(kills)
+    killed, finished, out = 0, [tmp_path / "timed"], None
+    while killed < kills or out:
+        out = out or tmp_path / f"run{len(finished)}"
+        if run(out, draw.uniform(0, seconds) if killed < kills else None):
+            finished.append(out)
+            out = None
+        else:
+            killed += 1
+    for folder in finished:
+        _assert_ends_as(folder, straight)
+
+
+def test_a_checkpoint_whose_run_config_is_wrong_is_a_checkpoint_error(straight, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(Path(straight.out) / "checkpoint", run / "checkpoint")
+    state = json.loads((run / "checkpoint" / STATE_FILE).read_text())
+    (run / "checkpoint" / STATE_FILE).write_text(json.dumps({**state, "config": {**state["config"], "steps": "many"}}))
+    with pytest.raises(CheckpointError, match=r"cannot resume from .*checkpoint: train config.steps must be an integer, got 'many'"):
+        train(replace(straight, out=str(run)), progress=False)
+
+
+def test_a_truncated_init_is_a_checkpoint_error(tmp_path):
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"\x10" + bytes(7) + b'{"a": ')
+    with pytest.raises(CheckpointError, match=rf"init .*{WEIGHTS_FILE} is not a readable safetensors file"):
+        read_init_weights(tmp_path)
 
 
 def test_init_from_an_empty_folder_is_a_checkpoint_error(data, tmp_path):

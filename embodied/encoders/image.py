@@ -22,6 +22,9 @@ class ImageEncoderConfig:
 
     def __post_init__(self):
         if self.name == "vit":
+            small = [f"{k} {v}" for k, v in vars(self).items() if k != "name" and v < 1]
+            if small:
+                raise ValueError(f"image encoder sizes must be positive, got {', '.join(small)}")
             if self.image_size % self.patch_size:
                 raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
             if self.hidden_size % self.heads:
@@ -50,9 +53,19 @@ class ImageEncoder(nn.Module):
     def out_dim(self) -> int:
         return self.vision.config.hidden_size
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 RGB -> (B, T, D) tokens."""
+    def forward(self, images: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """(B, H, W, 3) uint8 RGB, or a list of (H, W, 3) uint8 images of any sizes -> (B, T, D) tokens. Each
+        image is resized to the encoder's input size on its own, so a batch may mix sizes and an image
+        encodes the same in any batch."""
+        if isinstance(images, torch.Tensor):
+            batches = [images]
+        else:
+            batches = [torch.stack(images)] if len({i.shape for i in images}) == 1 else [i[None] for i in images]
+        return self.vision(pixel_values=torch.cat([self._pixels(b) for b in batches])).last_hidden_state
+
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, size, size) floats in [-1, 1]."""
         pixels = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         if pixels.shape[-2:] != (self.size, self.size):
             pixels = F.interpolate(pixels, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.vision(pixel_values=pixels).last_hidden_state
+        return pixels

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from embodied.inputs import as_cloud
+
 
 @dataclass(frozen=True)
 class PointEncoderConfig:
@@ -27,8 +29,9 @@ class PointEncoderConfig:
     in_channels: int = 6  # xyz + rgb
 
     def __post_init__(self):
-        if self.num_groups < 1 or self.group_size < 1:
-            raise ValueError("num_groups and group_size must be positive")
+        small = [f"{k} {v}" for k, v in vars(self).items() if v < 1]
+        if small:
+            raise ValueError(f"point encoder sizes must be positive, got {', '.join(small)}")
         if self.hidden_size % self.heads:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by heads {self.heads}")
         if self.in_channels < 3:
@@ -115,15 +118,15 @@ def group_points(points: torch.Tensor, num_groups: int, group_size: int) -> tupl
     return centres, groups
 
 
-def prepare_cloud(points: torch.Tensor, num_points: int, min_points: int, channels: int = 6) -> torch.Tensor:
-    """Drop non-finite points and resample to a fixed count, so a batch stacks; fail clearly when too few
-    valid points remain to form groups."""
-    points = torch.as_tensor(points, dtype=torch.float32)
-    if points.ndim != 2 or points.shape[1] != channels:
-        raise ValueError(f"a point cloud is an (N, {channels}) array, got shape {tuple(points.shape)}")
+def prepare_cloud(
+    points: torch.Tensor, num_points: int, min_points: int, channels: int = 6, where: str = "point cloud"
+) -> torch.Tensor:
+    """Check the cloud (``embodied.inputs.as_cloud``), drop non-finite points and resample to a fixed count,
+    so a batch stacks; fail clearly, naming the cloud ``where``, when too few valid points remain to form groups."""
+    points = as_cloud(points, channels, where)
     valid = points[torch.isfinite(points).all(dim=1)]
     if len(valid) < min_points:
-        raise ValueError(f"point cloud has {len(valid)} finite points of {len(points)}; need at least {min_points}")
+        raise ValueError(f"{where} has {len(valid)} finite points of {len(points)}; need at least {min_points}")
     if len(valid) == num_points:
         return valid
     index = torch.arange(num_points) % len(valid) if len(valid) < num_points else torch.linspace(0, len(valid) - 1, num_points).long()

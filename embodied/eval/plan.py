@@ -23,6 +23,7 @@ def evaluate_plans(
             config = RolloutConfig(
                 task=task, policy=policy, episodes=episodes, seed=seed, out=out / "rollouts" / f"{task}_{policy}",
                 gifs=1 if policy == "model" else 0, checkpoint=checkpoint if policy in ("model", "blind") else None,
+                overwrite=True,  # each evaluation replaces the rollouts of the last one in these fixed folders
             )
             summary = rollout(config, progress=progress)
             rows.append(

@@ -46,11 +46,17 @@ class TrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
+        if not self.data or not self.out:
+            raise ValueError("data and out must name folders")
         for name in ("steps", "batch_size", "log_every", "eval_every", "eval_samples", "save_every", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.warmup < 0 or self.weight_decay < 0 or self.grad_clip <= 0:
-            raise ValueError("lr and grad_clip must be positive, warmup and weight_decay >= 0")
+        for name in ("lr", "grad_clip"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("warmup", "weight_decay", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         unknown = set(self.trainable) - set(PARTS)
         if unknown:
             raise ValueError(f"unknown trainable parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
@@ -79,17 +85,32 @@ class TrainConfig:
     def load(cls, path: str | Path, overrides: dict | None = None) -> TrainConfig:
         """A YAML file, with ``overrides`` ("model.lora.rank": 8, ...) applied on top."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no training config at {path}")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path, "training config")
         if isinstance(data.get("model"), str):  # a model config file of its own, shared by the stages
             model_file = path.parent / data["model"]
             if not model_file.is_file():
                 raise FileNotFoundError(f"{path}: no model config at {model_file}")
-            data["model"] = yaml.safe_load(model_file.read_text()) or {}
+            data["model"] = read_yaml(model_file, "model config")
         for key, value in (overrides or {}).items():
             _set(data, key.split("."), value)
         return cls.from_dict(data)
+
+
+def read_yaml(path: str | Path, what: str) -> dict:
+    """A YAML file of config keys; a missing, unreadable or broken one is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path} is not valid YAML{at}: {problem}") from exc
+    if not isinstance(data, dict | None):
+        raise ValueError(f"{path} must hold a mapping of config keys, got {type(data).__name__}")
+    return data or {}
 
 
 def _set(data: dict, keys: list[str], value) -> None:

@@ -20,7 +20,14 @@ from tqdm import tqdm
 
 from embodied.errors import CheckpointError
 from embodied.io import write_json
-from embodied.train.checkpoints import CHECKPOINT, FINAL, load_checkpoint, read_init_weights, save_checkpoint
+from embodied.train.checkpoints import (
+    CHECKPOINT,
+    FINAL,
+    has_checkpoint,
+    load_checkpoint,
+    read_init_weights,
+    save_checkpoint,
+)
 from embodied.train.config import TrainConfig
 from embodied.train.metrics import CURVES, METRICS, append_metrics, plot_curves, truncate_metrics
 
@@ -54,7 +61,7 @@ def train(
     if not parameters:
         raise ValueError(f"stage {config.stage} has nothing to train (trainable: {config.parts})")
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    start = _resume(out, config, stage, optimizer) if (out / CHECKPOINT).exists() else 0
+    start = _resume(out, config, stage, optimizer) if has_checkpoint(out / CHECKPOINT) else 0
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config.to_dict())
@@ -117,7 +124,10 @@ def _save(out: Path, config: TrainConfig, stage, optimizer: torch.optim.Optimize
 def _resume(out: Path, config: TrainConfig, stage, optimizer: torch.optim.Optimizer) -> int:
     folder = out / CHECKPOINT
     weights, optimizer_state, state = load_checkpoint(folder)
-    saved = TrainConfig.from_dict(state["config"])
+    try:
+        saved = TrainConfig.from_dict(state.get("config"))
+    except ValueError as exc:
+        raise CheckpointError(f"cannot resume from {folder}: {exc}") from exc
     changed = [k for k in ("stage", "model", "batch_size", "seed", "trainable", "mix") if getattr(saved, k) != getattr(config, k)]
     if changed:
         raise CheckpointError(f"{folder} was written by a run with other {changed}; use another out folder or delete it")

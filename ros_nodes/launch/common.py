@@ -1,11 +1,22 @@
 """Turns the shared node graph into launch_ros actions (imported by the launch files beside it)."""
 
+import sys
+from pathlib import Path
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from ros_nodes.graph import LAUNCH_ARGUMENTS, PACKAGE, graph
+try:
+    from ros_nodes.graph import LAUNCH_ARGUMENTS, PACKAGE, graph
+except ImportError:  # `ros2 launch` runs on the ROS 2 install's Python, which need not see this environment's packages
+    _here = Path(__file__).resolve().parent
+    if (_here / "graph.py").exists():  # installed: share/embodied_agent/launch/graph.py (pyproject data-files)
+        from graph import LAUNCH_ARGUMENTS, PACKAGE, graph
+    else:  # the source tree: ros_nodes/launch/common.py
+        sys.path.insert(0, str(_here.parents[1]))
+        from ros_nodes.graph import LAUNCH_ARGUMENTS, PACKAGE, graph
 
 
 def launch_description(mode: str) -> LaunchDescription:
@@ -21,6 +32,8 @@ def launch_description(mode: str) -> LaunchDescription:
                 name=spec.name,
                 parameters=[parameters],
                 remappings=list(spec.remappings.items()),
+                respawn=spec.respawn,
+                respawn_delay=spec.respawn_delay,
                 output="screen",
             )
         )

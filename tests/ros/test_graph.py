@@ -41,6 +41,7 @@ def test_sim_graph_has_the_three_nodes_on_their_own_topics():
     assert specs[0].parameters == {"task": "pick_place", "seed": 0}
     assert specs[1].parameters == {"planner": "model", "checkpoint": "default"}
     assert specs[2].parameters == {"rate": 50.0}
+    assert [s.respawn for s in specs] == [False, True, False]  # a planner that dies is started again
 
 
 def test_hardware_graph_has_no_bridge_and_uses_the_robots_topics():
@@ -200,6 +201,7 @@ def test_launch_file_starts_the_same_graph(load_launch_file, filename, mode):
         assert kw["package"] == PACKAGE == "embodied_agent"
         assert kw["executable"] == spec.executable
         assert kw["remappings"] == list(spec.remappings.items())
+        assert kw["respawn"] is (spec.name == "planner") and kw["respawn_delay"] == spec.respawn_delay
         (parameters,) = kw["parameters"]
         assert parameters.keys() == spec.parameters.keys()
         for key, value in parameters.items():
@@ -209,6 +211,27 @@ def test_launch_file_starts_the_same_graph(load_launch_file, filename, mode):
                 assert value == spec.parameters[key]
     if mode == "hardware":
         assert all(n.kwargs["remappings"] == list(HARDWARE_TOPICS.items()) for n in nodes)
+
+
+def test_installed_launch_files_find_the_graph_without_this_environment(load_launch_file, tmp_path, monkeypatch):
+    """`ros2 launch` runs on the ROS 2 install's Python, which may not see the ros_nodes package: the launch
+    files then read the graph.py that pyproject installs beside them."""
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    installed = tmp_path / "share" / PACKAGE / "launch"
+    installed.mkdir(parents=True)
+    for source in data_files[f"share/{PACKAGE}/launch"]:
+        (installed / Path(source).name).write_bytes((ROOT / source).read_bytes())
+    for name in ("ros_nodes", "ros_nodes.graph"):
+        monkeypatch.setitem(sys.modules, name, None)  # import ros_nodes... raises ImportError
+    monkeypatch.setattr(sys.modules[__name__], "LAUNCH_DIR", installed)
+    try:
+        description = load_launch_file("sim_agent.launch.py")
+        assert sys.modules["graph"].__file__ == str(installed / "graph.py")
+    finally:
+        sys.modules.pop("graph", None)
+    nodes = [e for e in description.entities if isinstance(e, LaunchNode)]
+    assert [(n.kwargs["executable"], n.kwargs["respawn"]) for n in nodes] == [
+        ("sim_bridge", False), ("planner", True), ("controller", False)]  # fmt: skip
 
 
 def test_launch_executables_are_installed_with_the_package():
@@ -222,7 +245,7 @@ def test_launch_executables_are_installed_with_the_package():
         script = ROOT / "ros_nodes" / "ament" / "bin" / spec.executable
         assert spec.executable in installed and script.is_file()
         assert script.stat().st_mode & 0o111, f"{script} is not executable"
-        assert f"from {spec.module} import main" in script.read_text()
+        assert f"-m {spec.module} " in script.read_text()
 
 
 # -- embodied ros up: the processes -------------------------------------------------------------------------------
