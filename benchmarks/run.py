@@ -79,6 +79,23 @@ def repeated(wanted: list[str], runs: int) -> list[list[Ratio]]:
     return out
 
 
+def interleaved(a: Callable, b: Callable, calls: int = 1500, warmup: int = 50) -> tuple[float, float, float]:
+    """time(b) / time(a) per call, from medians of calls made alternately a, b, a, b...: both sides see the
+    same moment of the machine, where half-second blocks of each (``side_by_side``) saw CPU contention come
+    and go between them. Also the median rates of a and b."""
+    times_a, times_b = [], []
+    for i in range(warmup + calls):
+        started = time.perf_counter()
+        a()
+        middle = time.perf_counter()
+        b()
+        if i >= warmup:
+            times_a.append(middle - started)
+            times_b.append(time.perf_counter() - middle)
+    median_a, median_b = statistics.median(times_a), statistics.median(times_b)
+    return median_b / median_a, 1 / median_a, 1 / median_b
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("names", nargs="*", help="run the benchmarks whose module name contains one of these")
