@@ -3,6 +3,8 @@ their own SingleThreadedExecutor (as ``ros_nodes.spin`` does in a process), a pr
 and polling helpers. Imported only once conftest.py has set the ROS environment."""
 
 import json
+import signal
+import subprocess
 import threading
 import time
 
@@ -13,9 +15,21 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
-
 # What /rosout publishes with (transient local, reliable): a subscriber that also sees earlier lines.
 ROSOUT_QOS = QoSProfile(depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def interrupt(process, timeout: float = 30.0) -> tuple[int, float]:
+    """SIGINT (what Ctrl-C sends) to a node's process; its exit code and the seconds it took to exit. One
+    that is still running after ``timeout`` is killed (the code is then -9)."""
+    stopping = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        code = process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:  # a hung node must not outlive its test
+        process.kill()
+        code = process.wait()
+    return code, time.monotonic() - stopping
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:

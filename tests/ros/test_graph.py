@@ -2,7 +2,6 @@
 against stub launch / launch_ros modules, which PyPI does not ship) and ``embodied ros up`` (processes)."""
 
 import importlib.util
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from ros_nodes.planner import Planner
 from ros_nodes.qos import LATCHED
 from ros_nodes.up import node_command
 
-from .harness import wait_for
+from .harness import interrupt, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -302,18 +301,11 @@ def test_ros_up_starts_the_graph_and_sigint_stops_every_node(ros, tmp_path):
         assert status is not None and status["state"] == "running", probe.rec["status"].last
         assert up.poll() is None and all(c.is_running() for c in children)
     finally:
-        stopping = time.monotonic()
-        up.send_signal(signal.SIGINT)  # what Ctrl-C (or kill -INT) does to `embodied ros up`
-        try:
-            code = up.wait(timeout=30)
-        finally:
-            if up.poll() is None:
-                up.kill()
-            for child in children:
-                if child.is_running():
-                    child.kill()
-            log.close()
-    took = time.monotonic() - stopping
+        code, took = interrupt(up)  # what Ctrl-C (or kill -INT) does to `embodied ros up`
+        for child in children:
+            if child.is_running():
+                child.kill()
+        log.close()
     print(f"`embodied ros up` stopped {len(children)} nodes in {took:.2f} s after SIGINT")
     output = (tmp_path / "up.log").read_text()
     assert code == 0, f"`embodied ros up` exited with {code}:\n{output}"

@@ -29,7 +29,7 @@ from ros_nodes.qos import LATCHED, PLAN, PLAN_LEASE, STREAM
 from ros_nodes.sim_bridge import SimBridge
 from ros_nodes.up import RESPAWN_TRIES, run_graph
 
-from .harness import ROSOUT_QOS, wait_for
+from .harness import ROSOUT_QOS, interrupt, wait_for
 from .test_safety import (
     MARGIN,
     controller_rig,
@@ -194,15 +194,8 @@ def test_planner_process_with_a_model_stops_within_2_s_of_sigint(ros, tmp_path):
     try:
         assert probe.rec["status"].wait(timeout=90) is not None, "planner not up"
     finally:
-        stopping = time.monotonic()
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            log.close()
-    took = time.monotonic() - stopping
+        code, took = interrupt(process)
+        log.close()
     print(f"the planner process (tiny model) stopped {took:.2f} s after SIGINT")
     assert code == 0, (tmp_path / "planner.log").read_text()
     assert took < 2.0
@@ -245,15 +238,8 @@ def test_planner_process_stops_within_2_s_of_sigint_while_planning(ros, tmp_path
         else:
             pytest.fail("every plan was done within a second: nothing to interrupt")
     finally:
-        stopping = time.monotonic()
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            log.close()
-    took = time.monotonic() - stopping
+        code, took = interrupt(process)
+        log.close()
     output = (tmp_path / "planner.log").read_text()
     print(f"the planner process stopped {took:.2f} s after SIGINT, mid-plan (attempt {attempt + 1})")
     assert code == 0, f"exit code {code}:\n{output}"

@@ -6,7 +6,6 @@ robot still at the scene's start pose, so a navigate() never finishes and keeps 
 
 import json
 import math
-import signal
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from ros_nodes.planner import Planner
 from ros_nodes.qos import LATCHED, STREAM
 from ros_nodes.sim_bridge import SimBridge
 
-from .harness import ROSOUT_QOS, wait_for
+from .harness import ROSOUT_QOS, interrupt, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -221,19 +220,12 @@ def test_controller_process_sends_a_stop_when_it_exits(ros, tmp_path):
         assert wait_for(lambda: probe.pub["plan"].get_subscription_count() > 0, 10)
         start_navigating(probe, scene)
     finally:
-        stopping = time.monotonic()
-        process.send_signal(signal.SIGINT)
-        try:
-            code = process.wait(timeout=10)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            log.close()
+        code, took = interrupt(process, timeout=10)
+        log.close()
     assert code == 0, (tmp_path / "controller.log").read_text()
     time.sleep(0.3)
     last = probe.rec["cmd_vel"].last
-    took = time.monotonic() - stopping
-    assert not moving(last), f"the controller's last command, {took:.1f} s after SIGINT: {last}"
+    assert not moving(last), f"the controller's last command, {took + 0.3:.1f} s after SIGINT: {last}"
 
 
 # -- plan validation ---------------------------------------------------------------------------------------

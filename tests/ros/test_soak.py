@@ -17,7 +17,7 @@ from std_srvs.srv import Trigger
 
 from ros_nodes.qos import LATCHED, PLAN_LEASE, STREAM
 
-from .harness import wait_for
+from .harness import interrupt, wait_for
 from .test_graph import embodied_command
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -45,15 +45,8 @@ def ros_up(tmp_path: Path, *settings: str):
     try:
         yield up
     finally:
-        stopping = time.monotonic()
-        up.send_signal(signal.SIGINT)
-        try:
-            code = up.wait(timeout=30)
-        finally:
-            if up.poll() is None:
-                up.kill()
-            log.close()
-        took = time.monotonic() - stopping
+        code, took = interrupt(up)
+        log.close()
         print(f"`embodied ros up` stopped in {took:.2f} s after SIGINT")
     output = (tmp_path / "up.log").read_text()
     assert code == 0, f"`embodied ros up` exited with {code}:\n{output[-5000:]}"
