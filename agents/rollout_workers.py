@@ -76,6 +76,7 @@ def parallel_rollout(
     start = time.monotonic()
     down = {i: _Down(start, start) for i in range(workers)}  # workers (re)starting, by number
     probes: dict = {}  # ready() ref -> worker number; episodes go to a worker only once it has answered
+    began = False
 
     def finished(ref, index: int, i: int) -> None:
         try:
@@ -91,6 +92,7 @@ def parallel_rollout(
             down[i] = _Down(time.monotonic(), time.monotonic())
 
     def answered(ref, i: int) -> None:
+        nonlocal began
         try:
             ray.get(ref)
         except RayActorError as exc:
@@ -101,6 +103,9 @@ def parallel_rollout(
             return
         del down[i]
         idle.add(i)
+        if not down and not began:  # every worker has come up once: start-up is not timed
+            began = True
+            writer.begin()
 
     try:
         while todo or running:

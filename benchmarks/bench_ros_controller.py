@@ -11,6 +11,7 @@ Run it through ``tests/isolated.sh`` (loopback only): ``tests/isolated.sh .venv/
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -104,13 +105,16 @@ def run() -> list[Ratio]:
 
     stop = threading.Event()
 
-    def robot_clock() -> None:
-        """Sensors on absolute deadlines from a thread of their own: the robot's clock must not add jitter
-        of its own to what is measured of the controller."""
+    def realtime() -> None:
         try:  # a robot's driver runs with real-time priority too
             go_realtime(PRIORITY)
         except (AttributeError, OSError):
             pass
+
+    def robot_clock() -> None:
+        """Sensors on absolute deadlines from a thread of their own: the robot's clock must not add jitter
+        of its own to what is measured of the controller."""
+        realtime()
         start = time.perf_counter()
         tick = 0
         while not stop.is_set():
@@ -123,7 +127,13 @@ def run() -> list[Ratio]:
     pub_scene.publish(String(data=json.dumps(scene.to_dict())))
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    def receive() -> None:
+        """The commands' arrival times are taken here: at real-time priority as well, or this process's own
+        scheduling delays (behind the busy planner) would be counted against the controller."""
+        realtime()
+        executor.spin()
+
+    spinner = threading.Thread(target=receive, daemon=True)
     spinner.start()
     try:
         time.sleep(8.0)  # both nodes up, the planner's model loaded and generating
@@ -132,7 +142,9 @@ def run() -> list[Ratio]:
         time.sleep(2.0)
         with lock:
             received.clear()
+        gc.disable()  # no collection pauses in the robot's threads while it measures
         time.sleep(SECONDS)
+        gc.enable()
         with lock:
             samples = list(received)
             sends = [t for t in sent if t >= samples[0][1]] if samples else []

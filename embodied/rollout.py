@@ -224,6 +224,12 @@ class RecordWriter:
         self.progress, self._bar = progress, None
         self.started = time.perf_counter()
 
+    def begin(self) -> None:
+        """Episodes start now (the policy has loaded, the workers are up): the progress bar shows from here,
+        and the episode rate counts from here."""
+        self.started = time.perf_counter()
+        self.bar.refresh()
+
     @property
     def bar(self) -> tqdm:
         """The progress bar, opened at its first use: once the policy has loaded, so that a load error reads
@@ -317,7 +323,7 @@ def rollout(config: RolloutConfig, progress: bool = True) -> dict:
     todo = writer.todo()
     if todo:
         runner = EpisodeRunner(config)
-        writer.bar.refresh()  # shown from here on: the policy has loaded
+        writer.begin()
         try:
             for index in todo:
                 writer.add(runner.run(index))
