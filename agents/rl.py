@@ -20,9 +20,9 @@ from tqdm import tqdm
 
 from agents import runtime
 from agents.inference import InferenceConfig, start_inference
+from embodied.config import config_from_dict
 from embodied.decoding import PLAN_TOKENS
 from embodied.eval.plan import EVAL_SEED
-from embodied.model import config_from_dict
 from embodied.train.config import PARTS, read_yaml
 
 TRAIN_SEED = 7_000_000  # training episodes draw their seeds from here (evaluation: EVAL_SEED)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from embodied.model import ModelConfig, config_from_dict
+from embodied.config import config_from_dict
+from embodied.model import ModelConfig
 
 STAGES = ("ulip", "pretrain", "sft")
 PARTS = ("image_encoder", "point_encoder", "image_projector", "point_projector", "lora")
