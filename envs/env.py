@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import string
 from dataclasses import dataclass
+from typing import Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -29,6 +30,7 @@ from envs.backend import (
     Backend,
     CameraFrame,
     RobotCommand,
+    RobotState,
     WorldState,
     from_unit,
 )
@@ -79,6 +81,26 @@ class EnvConfig:
             raise ValueError(f"unknown backend {self.backend!r}; choose mujoco or habitat")
 
 
+class World(Protocol):
+    """What the robot knows of its episode when it is not the simulator's ground truth: perception
+    (``embodied/perception``) plugs in here, so the skills, the planners and the plan runner read the
+    perceived scene through the same calls as the privileged one."""
+
+    def reset(self, env: EmbodiedEnv) -> None:
+        """A new episode has begun: forget the last one, take in the robot's sensors."""
+
+    def observe(self, env: EmbodiedEnv) -> None:
+        """After every step: take in the robot's sensors."""
+
+    def world_state(self, robot: RobotState, time: float) -> WorldState: ...
+
+    def scene(self) -> SceneSpec: ...
+
+    def navmap(self) -> NavMap: ...
+
+    def known_objects(self) -> list[str]: ...
+
+
 def make_backend(name: str) -> Backend:
     if name == "habitat":
         from envs.habitat_backend import HabitatBackend
@@ -120,6 +142,7 @@ class EmbodiedEnv(gym.Env):
         self.scene: SceneSpec | None = None
         self.task: Task | None = None
         self.navmap: NavMap | None = None
+        self.world: World | None = None  # None: the skills see the simulator's state
 
     # -- episode -------------------------------------------------------------------------------------
 
@@ -136,6 +159,8 @@ class EmbodiedEnv(gym.Env):
         self._lift, self._extend, self._closed = LIFT_RANGE[0], EXTEND_RANGE[0], False
         self._cloud_rng = np.random.default_rng(episode_seed)
         self._state = self.backend.state()
+        if self.world is not None:
+            self.world.reset(self)
         return self._observation(), self.info()
 
     def _sample_episode(self, seed: int) -> tuple[SceneSpec, Task]:
@@ -230,6 +255,8 @@ class EmbodiedEnv(gym.Env):
         self.backend.advance(self.config.control_dt)
         self._state = self.backend.state()
         self.path_length += float(np.hypot(self._state.robot.x - before.x, self._state.robot.y - before.y))
+        if self.world is not None:
+            self.world.observe(self)
 
     def _grasp_nearest(self) -> None:
         grasp = self._state.robot.grasp_point
@@ -252,13 +279,25 @@ class EmbodiedEnv(gym.Env):
         return self._observation()
 
     def world_state(self) -> WorldState:
-        """The privileged state the skills and the oracle read."""
-        return self._state
+        """The state the skills read: the simulator's, or with a ``world`` the perceived one."""
+        if self.world is None:
+            return self._state
+        return self.world.world_state(self._state.robot, self._state.time)
+
+    def robot_state(self) -> RobotState:
+        """The robot's own sensing: odometry, joint positions, and whether the gripper holds something."""
+        return self._state.robot
 
     def known_objects(self) -> list[str]:
         """The objects the robot knows of, by name: every planner constrains its plan to these, and the
         episode parses plans against them."""
-        return self.scene.object_names
+        return self.scene.object_names if self.world is None else self.world.known_objects()
+
+    def skill_view(self) -> tuple[SceneSpec, NavMap]:
+        """The scene and navigation map the skills plan with."""
+        if self.world is None:
+            return self.scene, self.navmap
+        return self.world.scene(), self.world.navmap()
 
     def _observation(self) -> dict:
         r = self._state.robot

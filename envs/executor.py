@@ -20,9 +20,11 @@ def execute_plan(
     for a replan. ``on_step(obs, info, plan_step)`` sees every environment step.
     """
     env = env.unwrapped
-    runner = PlanRunner(plan, SkillContext(env.scene, env.navmap, env.config.control_dt, env.world_state()))
+    ctx = SkillContext(*env.skill_view(), env.config.control_dt, env.world_state())
+    runner = PlanRunner(plan, ctx)
     while (action := runner.act(env.world_state())) is not None:
         obs, _, terminated, truncated, info = env.step(action)
+        ctx.scene, ctx.navmap = env.skill_view()  # a perceived world changes as the robot looks
         _notify(on_step, obs, info, runner.step)
         if terminated or truncated:
             runner.abort("timeout: the episode's step limit was reached")

@@ -224,6 +224,10 @@ class MujocoBackend(Backend):
 
     def advance(self, seconds: float) -> None:
         mujoco.mj_step(self.model, self.data, nstep=max(1, round(seconds / TIMESTEP)))
+        # mj_step leaves poses as they were before its last integration: without this, a frame rendered
+        # now shows the robot one physics step behind its odometry (2 cm at 2 m while turning)
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_camlight(self.model, self.data)
 
     def state(self) -> WorldState:
         q, a = self.data.qpos, self._qadr

@@ -13,18 +13,28 @@ _MOVES = [(dx, dy, float(np.hypot(dx, dy))) for dx in (-1, 0, 1) for dy in (-1, 
 
 
 class NavMap:
+    """Free cells of a square grid, indexed [x cell, y cell], from ``origin`` (m, both axes) in steps of
+    ``resolution``: from a scene's room and tables (privileged), or from an occupancy grid (perceived)."""
+
     def __init__(self, scene: SceneSpec, resolution: float = 0.05, inflation: float = ROBOT_RADIUS + 0.04):
-        self.resolution = resolution
-        self.origin = -scene.room_half
         n = int(np.ceil(2 * scene.room_half / resolution))
-        centres = self.origin + (np.arange(n) + 0.5) * resolution
+        centres = -scene.room_half + (np.arange(n) + 0.5) * resolution
         gx, gy = np.meshgrid(centres, centres, indexing="ij")
         limit = scene.room_half - inflation
         free = (np.abs(gx) <= limit) & (np.abs(gy) <= limit)
         for t in scene.tables:
             free &= ~((np.abs(gx - t.x) <= t.half_x + inflation) & (np.abs(gy - t.y) <= t.half_y + inflation))
-        self.free = free
-        self.centres = centres
+        self._set(free, -scene.room_half, resolution)
+
+    @classmethod
+    def from_grid(cls, free: np.ndarray, origin: float, resolution: float) -> NavMap:
+        navmap = cls.__new__(cls)
+        navmap._set(np.asarray(free, bool), origin, resolution)
+        return navmap
+
+    def _set(self, free: np.ndarray, origin: float, resolution: float) -> None:
+        self.free, self.origin, self.resolution = free, origin, resolution
+        self.centres = origin + (np.arange(len(free)) + 0.5) * resolution
 
     def cell(self, xy) -> tuple[int, int]:
         i, j = np.floor((np.asarray(xy, float) - self.origin) / self.resolution).astype(int)

@@ -11,7 +11,7 @@ from envs.backend import CameraFrame
 
 
 @lru_cache(maxsize=8)
-def _pixel_rays(height: int, width: int, fovy_deg: float, stride: int) -> np.ndarray:
+def pixel_rays(height: int, width: int, fovy_deg: float, stride: int) -> np.ndarray:
     """Camera-frame direction of every ``stride``-th pixel, scaled so that times depth gives the point."""
     focal = 0.5 * height / np.tan(np.radians(fovy_deg) / 2)
     u = (np.arange(0, width, stride) + 0.5 - width / 2) / focal
@@ -28,7 +28,7 @@ def backproject(
     height, width = frame.depth.shape
     depth = frame.depth[::stride, ::stride].reshape(-1)
     keep = np.flatnonzero(np.isfinite(depth) & (depth > 0) & (depth < max_depth))
-    cam_points = _pixel_rays(height, width, frame.fovy_deg, stride)[keep] * depth[keep, None]
+    cam_points = pixel_rays(height, width, frame.fovy_deg, stride)[keep] * depth[keep, None]
     xyz = cam_points @ frame.rotation.T.astype(np.float32) + frame.position.astype(np.float32)
     rgb = frame.rgb[::stride, ::stride].reshape(-1, 3)[keep].astype(np.float32) / 255.0
     seg = None if frame.segmentation is None else frame.segmentation[::stride, ::stride].reshape(-1)[keep]

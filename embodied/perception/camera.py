@@ -1,0 +1,54 @@
+"""Where the head camera is, from the robot's odometry and its fixed head mount, and the world-frame points
+of a depth image seen from there. The simulator's own camera pose is never read: on a robot, odometry and
+the mount are all there is."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from envs.backend import HEAD_FOVY, HEAD_HEIGHT, HEAD_OFFSET, HEAD_PITCH_DEG
+from envs.pointcloud import pixel_rays
+
+
+@dataclass(frozen=True)
+class HeadMount:
+    """The head camera in the base frame: ahead of the base centre, at a height, pitched down."""
+
+    offset: float = HEAD_OFFSET
+    height: float = HEAD_HEIGHT
+    pitch_deg: float = HEAD_PITCH_DEG
+    fovy_deg: float = HEAD_FOVY
+
+    def pose(self, x: float, y: float, yaw: float) -> tuple[np.ndarray, np.ndarray]:
+        """Camera centre and camera-to-world rotation (OpenGL axes: looking along -z, +y up)."""
+        c, s = np.cos(yaw), np.sin(yaw)
+        pitch = np.radians(self.pitch_deg)
+        base = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        right, up = np.array([0.0, -1.0, 0.0]), np.array([np.sin(pitch), 0.0, np.cos(pitch)])
+        rotation = base @ np.column_stack([right, up, np.cross(right, up)])
+        return np.array([x + c * self.offset, y + s * self.offset, self.height]), rotation
+
+
+@dataclass
+class Frame:
+    """One RGB-D frame and the odometry it was taken at."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    depth: np.ndarray  # (H, W) float, metres along the optical axis; 0, NaN or inf where unknown
+    pose: tuple[float, float, float]  # x, y, yaw of the base when the frame was taken
+
+
+def frame_points(frame: Frame, mount: HeadMount, max_depth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World-frame xyz (N, 3), colour in [0, 1] (N, 3) and the flat pixel index (N,) of every pixel with a
+    valid depth, at full resolution."""
+    depth = np.asarray(frame.depth, np.float32)
+    height, width = depth.shape[:2]
+    depth = depth.reshape(-1)
+    keep = np.flatnonzero(np.isfinite(depth) & (depth > 0) & (depth < max_depth))
+    position, rotation = mount.pose(*frame.pose)
+    cam = pixel_rays(height, width, mount.fovy_deg, 1)[keep] * depth[keep, None]
+    xyz = cam @ rotation.T.astype(np.float32) + position.astype(np.float32)
+    rgb = np.asarray(frame.rgb).reshape(-1, 3)[keep].astype(np.float32) / 255.0
+    return xyz, rgb, keep

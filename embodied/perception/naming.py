@@ -1,0 +1,105 @@
+"""Zero-shot naming of object segments: the ULIP-2-aligned point-cloud encoder embeds a segment, the frozen
+text tower embeds one prompt per colour and shape ("a red cube"), and the nearest prompt names it. Below a
+confidence threshold the segment stays "unknown".
+
+The weights are the ULIP stage's export (``embodied train ulip``), shipped in ``embodied/checkpoints/ulip``;
+only the point encoder and its projection head are read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from embodied.data.phrasing import CLASS_PROMPT
+from embodied.encoders.pointcloud import PointEncoder, prepare_cloud
+from embodied.errors import CheckpointError
+from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from envs.scene import COLOURS, SHAPES
+
+SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "ulip"
+CLASSES = [(colour, shape) for colour in COLOURS for shape in SHAPES]
+UNKNOWN = "unknown"
+MIN_CONFIDENCE = 0.5
+CLOUD_POINTS = 512  # what the ULIP stage trained on (DataConfig.object_points)
+
+
+@dataclass(frozen=True)
+class Label:
+    colour: str
+    shape: str
+    confidence: float  # the softmax probability of the chosen prompt
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}" if self.colour != UNKNOWN else UNKNOWN
+
+    @property
+    def known(self) -> bool:
+        return self.colour != UNKNOWN
+
+
+class ObjectNamer:
+    """Names point clouds of objects (world-frame xyz + rgb in [0, 1], any size)."""
+
+    def __init__(self, checkpoint: str | Path | None = None, min_confidence: float = MIN_CONFIDENCE):
+        folder = Path(checkpoint) if checkpoint else SHIPPED
+        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"no ULIP checkpoint in {folder}: train one with `embodied train ulip` or pass its model folder")
+        config = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())["model"])
+        weights = load_file(str(folder / WEIGHTS_FILE))
+        self.points = config.points
+        self.encoder = PointEncoder(config.points)
+        self.encoder.load_state_dict({k.removeprefix("point_encoder."): v for k, v in weights.items() if k.startswith("point_encoder.")})
+        head = weights["point_head.weight"]
+        self.head = nn.Linear(head.shape[1], head.shape[0])
+        self.head.load_state_dict({"weight": head, "bias": weights["point_head.bias"]})
+        self.scale = float(weights["logit_scale"].clamp(max=np.log(100)).exp())
+        self.encoder.eval()
+        self.head.eval()
+        self.prompts = _prompt_embeddings()
+        self.min_confidence = min_confidence
+
+    @torch.no_grad()
+    def name(self, clouds: list[np.ndarray]) -> list[Label]:
+        if not clouds:
+            return []
+        batch = torch.stack([self._prepare(c) for c in clouds])
+        embedded = F.normalize(self.head(self.encoder(batch)[:, 0]), dim=-1)
+        probs = torch.softmax(self.scale * embedded @ self.prompts.T, dim=1)
+        best = probs.argmax(dim=1)
+        labels = []
+        for p, k in zip(probs, best):
+            confidence = float(p[k])
+            colour, shape = CLASSES[int(k)] if confidence >= self.min_confidence else (UNKNOWN, UNKNOWN)
+            labels.append(Label(colour, shape, confidence))
+        return labels
+
+    def _prepare(self, cloud: np.ndarray) -> torch.Tensor:
+        """Centred and scaled into the unit sphere, as the ULIP stage trained (``ulip.object_clouds``)."""
+        cloud = np.asarray(cloud, np.float32)
+        if len(cloud) > CLOUD_POINTS:
+            cloud = cloud[np.random.default_rng(0).choice(len(cloud), CLOUD_POINTS, replace=False)]
+        points = prepare_cloud(torch.from_numpy(cloud), CLOUD_POINTS, self.points.group_size, self.points.in_channels, "object segment")
+        xyz = points[:, :3] - points[:, :3].mean(dim=0)
+        return torch.cat([xyz / xyz.norm(dim=1).max().clamp(min=1e-6), points[:, 3:]], dim=1)
+
+
+_PROMPTS: torch.Tensor | None = None
+
+
+def _prompt_embeddings() -> torch.Tensor:
+    """The class prompts through the text tower, once per process."""
+    global _PROMPTS
+    if _PROMPTS is None:
+        from embodied.train.text_tower import TextTower
+
+        _PROMPTS = TextTower().embed([CLASS_PROMPT.format(colour=c, shape=s) for c, s in CLASSES])
+    return _PROMPTS

@@ -1,0 +1,53 @@
+"""An occupancy grid from depth: cells where the floor is seen are free, cells with points standing
+between the floor and the robot's height are occupied (tables, walls, objects). Navigation plans on it
+(``NavMap``), RViz and Nav2 read it as a ``nav_msgs/OccupancyGrid``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from envs.navmap import NavMap
+from envs.scene import ROBOT_RADIUS
+
+FLOOR_HEIGHT = 0.03  # m: points below are floor
+ROBOT_TOP = 1.5  # m: points above cannot block the base
+MIN_HITS = 2  # points in a cell before it is occupied
+
+
+class OccupancyGrid:
+    """A square grid centred on the odometry origin; -1 unknown, 0 free, 100 occupied (ROS's values)."""
+
+    def __init__(self, resolution: float = 0.05, half_extent: float = 6.0):
+        self.resolution = resolution
+        self.origin = -half_extent
+        self.size = int(np.ceil(2 * half_extent / resolution))
+        self.hits = np.zeros((self.size, self.size), np.int32)
+        self.floor = np.zeros((self.size, self.size), np.int32)
+
+    def add(self, xyz: np.ndarray) -> None:
+        if len(xyz) == 0:
+            return
+        cells = np.floor((xyz[:, :2] - self.origin) / self.resolution).astype(np.int64)
+        inside = np.all((cells >= 0) & (cells < self.size), axis=1)
+        z = xyz[:, 2]
+        for mask, counts in ((z < FLOOR_HEIGHT, self.floor), ((z >= FLOOR_HEIGHT) & (z < ROBOT_TOP), self.hits)):
+            chosen = cells[inside & mask]
+            np.add.at(counts, (chosen[:, 0], chosen[:, 1]), 1)
+
+    def values(self) -> np.ndarray:
+        """(size, size) int8, indexed [x cell, y cell]."""
+        grid = np.full((self.size, self.size), -1, np.int8)
+        grid[self.floor > 0] = 0
+        grid[self.hits >= MIN_HITS] = 100
+        return grid
+
+    def navmap(self, inflation: float = ROBOT_RADIUS + 0.04) -> NavMap:
+        """Free for the base: not within ``inflation`` of an occupied cell (unknown cells count as free, so
+        the robot may drive towards what it has not seen yet)."""
+        occupied = self.hits >= MIN_HITS
+        blocked = occupied.copy()
+        radius = int(np.ceil(inflation / self.resolution))
+        n = self.size
+        for dx, dy in np.argwhere(np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) * self.resolution <= inflation) - radius:
+            blocked[max(dx, 0) : n + min(dx, 0), max(dy, 0) : n + min(dy, 0)] |= occupied[max(-dx, 0) : n + min(-dx, 0), max(-dy, 0) : n + min(-dy, 0)]
+        return NavMap.from_grid(~blocked, self.origin, self.resolution)
