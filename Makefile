@@ -46,14 +46,16 @@ bench: setup
 
 # The default checkpoint, from nothing: dataset, ULIP-2 alignment, captioning, instruction tuning (about 90
 # minutes on 2 CPU cores); every step resumes where an interrupted run stopped. Then it replaces the
-# shipped checkpoint.
+# shipped checkpoints: the model, and the ULIP encoders perception names objects with.
 RECIPE := runs/recipe
 recipe: setup
 	$(BIN)/embodied data --out $(RECIPE)/data
 	tests/isolated.sh $(BIN)/embodied train ulip --config configs/train/ulip.yaml
 	tests/isolated.sh $(BIN)/embodied train pretrain --config configs/train/pretrain.yaml
 	tests/isolated.sh $(BIN)/embodied train sft --config configs/train/sft.yaml
-	rm -rf embodied/checkpoints/default && mkdir -p embodied/checkpoints && cp -r $(RECIPE)/sft/model embodied/checkpoints/default
+	rm -rf embodied/checkpoints/default embodied/checkpoints/ulip && mkdir -p embodied/checkpoints
+	cp -r $(RECIPE)/sft/model embodied/checkpoints/default
+	cp -r $(RECIPE)/ulip/model embodied/checkpoints/ulip && cp $(RECIPE)/ulip/zero_shot.json embodied/checkpoints/ulip/
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

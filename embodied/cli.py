@@ -32,6 +32,7 @@ def _rollout(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         overwrite=args.overwrite,
         resume=args.resume,
+        world=args.world,
     )
     if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
         from agents.rollout_workers import parallel_rollout
@@ -212,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--gifs", type=int, default=2, help="record GIFs of the first N episodes")
     ro.add_argument("--workers", type=int, default=1, help="parallel rollout workers (Ray actors, one CPU each)")
     ro.add_argument("--replans", type=int, default=0, help="closed loop: plan again after a failed skill, up to N times")
+    ro.add_argument(
+        "--world", choices=["perceived", "privileged"],
+        help="what the skills and planner see: the robot's own perception (default for model, blind, random) or the simulator's state (default for oracle)",
+    )  # fmt: skip
     ro.add_argument("--quiet", action="store_true", help="no progress bar")
     ro.set_defaults(run=_rollout)
 

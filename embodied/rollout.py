@@ -16,6 +16,8 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from embodied.io import write_atomic, write_json
+from embodied.perception.drawing import draw_objects
+from embodied.perception.episode import PerceivedWorld, look_around
 from envs import ENV_IDS
 from envs.executor import execute_plan
 from envs.plan import PlanError, Step, parse_plan
@@ -27,7 +29,8 @@ GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
 RUN_FILE = "config.json"  # the run a folder holds, written as it starts: resuming checks it
 OUTPUTS = ("episodes", "gifs", "summary.json", RUN_FILE)  # what a rollout writes, and all that overwriting removes
-SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint")  # what decides an episode: a resumed run keeps these
+SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world")
+WORLDS = ("perceived", "privileged")  # what decides an episode: a resumed run keeps these
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,15 @@ class RolloutConfig:
     checkpoint: str | None = None  # model policies: a folder, "tiny" or "untrained"; None or "default": the shipped one
     overwrite: bool = False  # replace the records, GIFs and summary of an earlier run in ``out``
     resume: bool = False  # continue the (killed) run in ``out``: its finished episodes are read back, not rerun
+    # what the skills and the planner see: "perceived" (the robot's own camera and odometry, the default for
+    # the model and random policies) or "privileged" (the simulator's state, the oracle's default); None: the default
+    world: str | None = None
 
     def __post_init__(self):
         """Types and ranges here, so that a wrong value fails in one line before anything loads or runs."""
         for name, kinds, what in (
             ("task", str, "text"), ("policy", str, "text"), ("out", (str, Path), "a path"),
-            ("checkpoint", (str, type(None)), "text or None"),
+            ("checkpoint", (str, type(None)), "text or None"), ("world", (str, type(None)), "text or None"),
         ):  # fmt: skip
             if not isinstance(getattr(self, name), kinds):
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
@@ -64,8 +70,11 @@ class RolloutConfig:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.overwrite and self.resume:
             raise ValueError("overwrite and resume exclude each other: replace the earlier run or continue it")
+        if self.world is not None and self.world not in WORLDS:
+            raise ValueError(f"unknown world {self.world!r}; choose one of {', '.join(WORLDS)}")
         # one spelling per run, so records and resumes compare equal: the model's weights, or none
         object.__setattr__(self, "checkpoint", (self.checkpoint or "default") if self.policy in ("model", "blind") else None)
+        object.__setattr__(self, "world", self.world or ("privileged" if self.policy == "oracle" else "perceived"))
 
 
 def make_planner(config: RolloutConfig) -> Planner:
@@ -91,7 +100,18 @@ class GifRecorder:
             status = f"step {info['steps']}: {step}"
             if ended:
                 status += "  -> SUCCESS" if info["success"] else "  -> FAILED"
-            self.frames.append(self._captioned(self.env.render(), status))
+            self.frames.append(self._captioned(self._frame(), status))
+
+    def _frame(self) -> np.ndarray:
+        """Overview and head camera; in a perceived world, the robot's perceived objects drawn on its view."""
+        frame = self.env.render()
+        base = self.env.unwrapped
+        if base.world is not None:
+            head = frame[:, -frame.shape[0] :]
+            robot = base.robot_state()
+            frame = frame.copy()
+            frame[:, -frame.shape[0] :] = draw_objects(head, list(base.world.scene().objects), (robot.x, robot.y, robot.yaw))
+        return frame
 
     def _captioned(self, frame: np.ndarray, status: str) -> np.ndarray:
         canvas = Image.new("RGB", (frame.shape[1], frame.shape[0] + CAPTION_HEIGHT), (24, 24, 28))
@@ -122,6 +142,10 @@ def run_episode(
     record = {"seed": seed, "task": base.task.name, "instruction": instruction, "goal": base.task.goal()}
     recorder = GifRecorder(env, instruction) if gif else None
     plans, outcomes, feedback = [], [], ""
+    if base.world is not None:  # a perceived world starts empty: look around before planning
+        outcomes += look_around(base, recorder)
+        record["perceived_objects"] = base.known_objects()
+        obs = base.observation()
     for attempt in range(replans + 1):
         last = attempt == replans
         text = planner.plan({**obs, "instruction": instruction + feedback} if feedback else obs, env)
@@ -196,6 +220,8 @@ class EpisodeRunner:
         self.planner = make_planner(config)
         render = "rgb_array" if config.gifs else None
         self.env = gym.make(ENV_IDS[config.task], sensors=self.planner.sensors, render_mode=render)
+        if config.world == "perceived":
+            self.env.unwrapped.world = PerceivedWorld()
 
     def run(self, index: int) -> dict:
         """Episode ``index`` (seed ``config.seed + index``); its GIF goes to disk, its record is returned."""

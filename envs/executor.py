@@ -16,8 +16,8 @@ def execute_plan(
     """Execute ``plan`` until its terminal step, a failed skill, or the episode's step limit.
 
     With ``finish`` the episode always ends here (a failed plan ends it as if ``done()`` were called), so
-    the returned info holds the task's final metrics; without it a failed skill leaves the episode running,
-    for a replan. ``on_step(obs, info, plan_step)`` sees every environment step.
+    the returned info holds the task's final metrics; without it only a terminal step ends it: a failed skill
+    (for a replan) or a plan of motions alone (a ``scan()`` before planning) leaves the episode running. ``on_step(obs, info, plan_step)`` sees every environment step.
     """
     env = env.unwrapped
     ctx = SkillContext(*env.skill_view(), env.config.control_dt, env.world_state())
@@ -29,7 +29,7 @@ def execute_plan(
         if terminated or truncated:
             runner.abort("timeout: the episode's step limit was reached")
             return runner.outcomes, info
-    if not runner.completed and not finish:
+    if not finish and not (runner.completed and runner.step.terminal):  # a failure, or a plan of motions only
         return runner.outcomes, env.info()
     step = runner.step if runner.completed else Step("done")
     obs, _, _, _, info = env.submit(plan.answer if runner.completed else None)

@@ -244,6 +244,9 @@ def _near(a: set, b: set) -> bool:
 def _fuse(points: np.ndarray) -> np.ndarray:
     """One point per ``FUSE_VOXEL`` voxel (the newest), at most ``MAX_TRACK_POINTS``."""
     keys = np.floor(points[:, :3] / FUSE_VOXEL).astype(np.int64)
-    _, last = np.unique(keys[::-1], axis=0, return_index=True)
-    fused = points[::-1][np.sort(last)]
+    keys -= keys.min(axis=0)
+    span = keys.max(axis=0) + 1
+    flat = (keys[:, 0] * span[1] + keys[:, 1]) * span[2] + keys[:, 2]
+    _, last = np.unique(flat[::-1], return_index=True)
+    fused = points[::-1][np.sort(last)][::-1]
     return fused[-MAX_TRACK_POINTS:] if len(fused) > MAX_TRACK_POINTS else fused

@@ -84,9 +84,11 @@ class ObjectNamer:
 
     def _prepare(self, cloud: np.ndarray) -> torch.Tensor:
         """Centred and scaled into the unit sphere, as the ULIP stage trained (``ulip.object_clouds``)."""
-        cloud = np.asarray(cloud, np.float32)
+        cloud = np.ascontiguousarray(cloud, np.float32)
         if len(cloud) > CLOUD_POINTS:
             cloud = cloud[np.random.default_rng(0).choice(len(cloud), CLOUD_POINTS, replace=False)]
+        elif 0 < len(cloud) < self.points.group_size:  # a small segment: its points repeated fill a group
+            cloud = np.resize(cloud, (self.points.group_size, cloud.shape[1]))
         points = prepare_cloud(torch.from_numpy(cloud), CLOUD_POINTS, self.points.group_size, self.points.in_channels, "object segment")
         xyz = points[:, :3] - points[:, :3].mean(dim=0)
         return torch.cat([xyz / xyz.norm(dim=1).max().clamp(min=1e-6), points[:, 3:]], dim=1)

@@ -29,10 +29,10 @@ class OccupancyGrid:
             return
         cells = np.floor((xyz[:, :2] - self.origin) / self.resolution).astype(np.int64)
         inside = np.all((cells >= 0) & (cells < self.size), axis=1)
+        flat = cells[:, 0] * self.size + cells[:, 1]
         z = xyz[:, 2]
         for mask, counts in ((z < FLOOR_HEIGHT, self.floor), ((z >= FLOOR_HEIGHT) & (z < ROBOT_TOP), self.hits)):
-            chosen = cells[inside & mask]
-            np.add.at(counts, (chosen[:, 0], chosen[:, 1]), 1)
+            counts += np.bincount(flat[inside & mask], minlength=self.size * self.size).reshape(self.size, self.size).astype(np.int32)
 
     def values(self) -> np.ndarray:
         """(size, size) int8, indexed [x cell, y cell]."""

@@ -19,6 +19,7 @@ MIN_TABLE_POINTS = 40  # a horizontal plane with fewer inliers is noise, not a t
 MIN_TABLE_WIDTH = 0.04  # m: the inliers' spread across their narrow direction (a wall's level strip has none)
 FOOTPRINT_CELL = 0.03  # m, the grid a table top's footprint is measured on
 MIN_SURFACE_FILL = 0.35  # share of a table top's footprint (in 8 cm cells: far tops are sparse) its inliers cover
+RANSAC_POINTS = 600  # a level plane is fitted to at most about this many of its band's points
 PLANE_TOLERANCE = 0.006  # m, a table top's inlier distance
 ABOVE_SUPPORT = 0.008  # m: a point this far above a table top stands on it
 MAX_OBJECT_HEIGHT = 0.30  # m above a table top
@@ -81,21 +82,34 @@ def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
         if heights and min(abs(h - centre) for h in heights) < 0.03:
             continue
         band = raised[np.abs(z[raised] - centre) < 0.02]
-        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[band].astype(np.float64)))
-        (_, _, c, d), inliers = cloud.segment_plane(PLANE_TOLERANCE, 3, 60)
-        if abs(c) < 0.995 or len(inliers) < MIN_TABLE_POINTS:
+        sample = band[:: max(1, len(band) // RANSAC_POINTS)]  # the plane from a sample, its inliers from all
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[sample].astype(np.float64)))
+        (_, _, c, _), inliers = cloud.segment_plane(PLANE_TOLERANCE, 3, 60)
+        if abs(c) < 0.995 or len(inliers) * len(band) < MIN_TABLE_POINTS * len(sample):
             continue  # a slanted surface: an object's side, not a support
-        members = band[np.asarray(inliers)]
-        height = float(np.median(z[members]))
+        height = float(np.median(z[sample[np.asarray(inliers)]]))
+        members = band[np.abs(z[band] - height) < PLANE_TOLERANCE]
         heights.append(height)
         cells, cell_of = np.unique(np.floor(xyz[members, :2] / FOOTPRINT_CELL).astype(np.int64), axis=0, return_inverse=True)
         flat = np.column_stack([cells * FOOTPRINT_CELL, np.zeros(len(cells))])
         labels = np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(flat)).cluster_dbscan(2.5 * FOOTPRINT_CELL, 2))
         for label in range(labels.max() + 1):
             xy = xyz[members[labels[cell_of.reshape(-1)] == label], :2]
-            if len(xy) >= MIN_TABLE_POINTS and _is_surface(xy):
+            if len(xy) >= MIN_TABLE_POINTS and _is_surface(xy) and not _stands_on(xy, planes):
                 planes.append(SupportPlane(height, xy))
     return planes
+
+
+def _stands_on(xy: np.ndarray, planes: list[SupportPlane]) -> bool:
+    """Is this level surface mostly over one already found (the rims of containers on a table are level
+    too, and side by side wider than any one object)?"""
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    area = max(float(np.prod(high - low)), 1e-6)
+    for plane in planes:
+        overlap = np.clip(np.minimum(high, plane.xy.max(axis=0)) - np.maximum(low, plane.xy.min(axis=0)), 0, None)
+        if np.prod(overlap) > 0.5 * area:
+            return True
+    return False
 
 
 def _is_surface(xy: np.ndarray, cell: float = 0.08) -> bool:
