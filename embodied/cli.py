@@ -171,11 +171,17 @@ def _eval(args: argparse.Namespace) -> int:
         rows = evaluate_vqa(args.checkpoint, str(args.data), args.splits, args.policies, args.out, args.limit, args.seed)
         metrics = ("exact_match", "refined_exact_match", "questions")
         group = "split"
+    elif args.eval_command == "perception":
+        from embodied.eval.perception import PERCEPTION_METRICS, PERCEPTION_SEED, evaluate_perception
+
+        seed = PERCEPTION_SEED if args.seed is None else args.seed
+        rows = [evaluate_perception(args.scenes, args.out, seed, progress=not args.quiet)["summary"]]
+        metrics, group = PERCEPTION_METRICS, "world"
     else:
         from embodied.eval.plan import PLAN_METRICS, evaluate_plans
 
-        rows = evaluate_plans(args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet)
-        metrics = PLAN_METRICS
+        rows = evaluate_plans(args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet, tuple(args.worlds))
+        metrics = PLAN_METRICS + (["of_privileged"] if len(set(args.worlds)) == 2 else [])
         group = "task"
     table = Table(title=f"{args.eval_command} evaluation ({args.out}/report.md)")
     for column in ("policy", group, *metrics):
@@ -264,8 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--episodes", type=int, default=20, help="per task and policy")
     pl.add_argument("--seed", type=int, default=EVAL_SEED, help="episode i uses seed + i (training scenes use 1e6 and up)")
     pl.add_argument("--out", type=Path, default=Path("runs/eval/plan"))
+    pl.add_argument(
+        "--worlds", nargs="+", default=["privileged"], choices=["perceived", "privileged"],
+        help="what the skills and planners see; with both, each policy's perceived success is also given as a share of its privileged",
+    )  # fmt: skip
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     pl.set_defaults(run=_eval)
+    pe = ev.add_parser("perception", help="scan held-out scenes with the robot's own camera: recall, precision, labels, centroid error")
+    pe.add_argument("--scenes", type=int, default=200)
+    pe.add_argument("--seed", type=int, help="scene i uses seed + i (default 3,500,000: held out from the ULIP training scenes)")
+    pe.add_argument("--out", type=Path, default=Path("runs/eval/perception"))
+    pe.add_argument("--quiet", action="store_true", help="no progress bar")
+    pe.set_defaults(run=_eval)
 
     ros = commands.add_parser("ros", help="ROS 2 nodes").add_subparsers(dest="ros_command", required=True)
     up = ros.add_parser("up", help="start the sim or hardware node graph (what the launch files start)")

@@ -16,8 +16,6 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from embodied.io import write_atomic, write_json
-from embodied.perception.drawing import draw_objects
-from embodied.perception.episode import PerceivedWorld, look_around
 from envs import ENV_IDS
 from envs.executor import execute_plan
 from envs.plan import PlanError, Step, parse_plan
@@ -107,6 +105,8 @@ class GifRecorder:
         frame = self.env.render()
         base = self.env.unwrapped
         if base.world is not None:
+            from embodied.perception.drawing import draw_objects
+
             head = frame[:, -frame.shape[0] :]
             robot = base.robot_state()
             frame = frame.copy()
@@ -143,6 +143,8 @@ def run_episode(
     recorder = GifRecorder(env, instruction) if gif else None
     plans, outcomes, feedback = [], [], ""
     if base.world is not None:  # a perceived world starts empty: look around before planning
+        from embodied.perception.episode import look_around
+
         outcomes += look_around(base, recorder)
         record["perceived_objects"] = base.known_objects()
         obs = base.observation()
@@ -221,6 +223,8 @@ class EpisodeRunner:
         render = "rgb_array" if config.gifs else None
         self.env = gym.make(ENV_IDS[config.task], sensors=self.planner.sensors, render_mode=render)
         if config.world == "perceived":
+            from embodied.perception.episode import PerceivedWorld
+
             self.env.unwrapped.world = PerceivedWorld()
 
     def run(self, index: int) -> dict:

@@ -10,6 +10,11 @@ killed: its liveliness lease on ``plan`` lapses), and reports progress as JSON o
 a plan published before this node matched, and learns when that planner dies), and a volatile one that
 takes plans from any publisher, ``ros2 topic pub`` with its defaults too. A plan that arrives on both is
 taken once.
+
+The skills navigate on ``map`` (nav_msgs/OccupancyGrid, latched: the perception node's occupancy grid) once
+one has arrived, and on the tables of the scene description until then. Each step of a plan starts with the
+newest map and scene, so objects perceived meanwhile (during a ``scan()``) can be reached; a plan may name
+objects not known yet only after a ``scan()`` step (``ros_nodes.conversions.validate_plan``).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections import deque
 
 import numpy as np
 from geometry_msgs.msg import Twist
-from nav_msgs.msg import Odometry
+from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.subscription import MessageInfo
@@ -41,14 +46,43 @@ from envs.backend import (
     WorldState,
     from_unit,
 )
-from envs.plan import Step, parse_plan
+from envs.navmap import NavMap
+from envs.plan import Step
 from envs.plan_runner import PlanRunner
-from envs.scene import SceneSpec
+from envs.scene import ROBOT_RADIUS, SceneSpec
 from envs.skills import SkillContext
-from ros_nodes.conversions import arm_trajectory_msg, joint_positions, odometry_pose, scene_spec, twist_msg
+from ros_nodes.conversions import (
+    arm_trajectory_msg,
+    joint_positions,
+    occupancy_grid_array,
+    odometry_pose,
+    scene_spec,
+    twist_msg,
+    validate_plan,
+)
 from ros_nodes.params import declare
 from ros_nodes.qos import ANY, LATCHED, PLAN, STREAM
 from ros_nodes.spin import go_realtime
+
+INFLATION = ROBOT_RADIUS + 0.04  # m kept between the base centre and an occupied cell (as perception's own map)
+
+
+def occupancy_navmap(values: np.ndarray, origin: tuple[float, float], resolution: float, inflation: float = INFLATION) -> NavMap:
+    """A NavMap from occupancy values indexed [x cell, y cell] (-1 unknown, 0..100): cells within
+    ``inflation`` of an occupied one (>= 50) are blocked; unknown cells count as free, so the robot may drive
+    towards what it has not seen yet. A map that is not square about one origin is padded to one."""
+    ox, oy = origin
+    start = min(ox, oy)
+    shift = (int(round((ox - start) / resolution)), int(round((oy - start) / resolution)))
+    n = max(shift[0] + values.shape[0], shift[1] + values.shape[1])
+    occupied = np.zeros((n, n), bool)
+    occupied[shift[0] : shift[0] + values.shape[0], shift[1] : shift[1] + values.shape[1]] = values >= 50
+    blocked = occupied.copy()
+    radius = int(np.ceil(inflation / resolution))
+    offsets = np.argwhere(np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) * resolution <= inflation) - radius
+    for dx, dy in offsets:
+        blocked[max(dx, 0) : n + min(dx, 0), max(dy, 0) : n + min(dy, 0)] |= occupied[max(-dx, 0) : n + min(-dx, 0), max(-dy, 0) : n + min(-dy, 0)]
+    return NavMap.from_grid(~blocked, start, resolution)
 
 
 class Controller(Node):
@@ -76,6 +110,9 @@ class Controller(Node):
         self.pose_time = self.joints_time = -np.inf
         self.objects: dict[str, np.ndarray] = {}
         self.holding: str | None = None
+        self.grid: tuple | None = None  # the newest map: (values [x, y], origin (x, y), resolution)
+        self._navmap: NavMap | None = None  # built from it when a plan or a step needs it
+        self._scene_navmap: tuple[SceneSpec, NavMap] | None = None  # before any map: from the scene's tables
         self.runner: PlanRunner | None = None
         self.last_step = -np.inf
         self.waiting_plan: String | None = None
@@ -97,6 +134,7 @@ class Controller(Node):
         self.create_subscription(JointState, "joint_states", self.on_joints, STREAM)
         self.create_subscription(MarkerArray, "objects", self.on_objects, STREAM)
         self.create_subscription(String, "grasped", self.on_grasped, STREAM)
+        self.create_subscription(OccupancyGrid, "map", self.on_map, LATCHED)
         self.create_service(Trigger, "~/cancel", self.on_cancel)
         self.create_timer(self.period, self.on_timer)
         self.report()
@@ -118,6 +156,8 @@ class Controller(Node):
             return
         names = set(self.scene.object_names)  # a new scene (the bridge reset): forget the old one's objects
         self.objects = {name: xyz for name, xyz in self.objects.items() if name in names}
+        if self.runner is not None:  # a perceived scene grows while the plan runs (a scan finds objects)
+            self.runner.ctx.scene = self.scene
         if self.waiting_plan is not None:
             self.on_plan(self.waiting_plan)
 
@@ -148,6 +188,24 @@ class Controller(Node):
 
     def on_grasped(self, msg: String) -> None:
         self.holding = msg.data or None
+
+    def on_map(self, msg: OccupancyGrid) -> None:
+        try:
+            self.grid = occupancy_grid_array(msg)
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected map: {exc}", throttle_duration_sec=1.0)
+            return
+        self._navmap = None
+
+    def navmap(self) -> NavMap:
+        """The navigation map from the newest ``map``; before one has arrived, from the scene's tables."""
+        if self.grid is not None:
+            if self._navmap is None:
+                self._navmap = occupancy_navmap(*self.grid)
+            return self._navmap
+        if self._scene_navmap is None or self._scene_navmap[0] is not self.scene:
+            self._scene_navmap = (self.scene, NavMap(self.scene))
+        return self._scene_navmap[1]
 
     def on_watched_plan(self, msg: String, info: MessageInfo) -> None:
         self.take_plan(msg, info, watched=True)
@@ -197,11 +255,11 @@ class Controller(Node):
             if record.get("stamp", self.started) < self.started:
                 self.status = {"state": "idle", "reason": "ignored a plan from before this controller started"}
                 return self.report()
-            plan = parse_plan(record["plan"], self.scene.object_names)
+            plan = validate_plan(record["plan"], self.scene.object_names)
         except ValueError as exc:  # PlanError and bad JSON alike
             return self.finish("rejected", f"invalid plan: {exc}")
-        ctx = SkillContext(self.scene, control_dt=self.period, state=self.world_state())
-        self.runner = PlanRunner(plan, ctx, on_step=lambda index, step: self.report_step(index, step, len(plan.steps)))
+        ctx = SkillContext(self.scene, self.navmap(), control_dt=self.period, state=self.world_state())
+        self.runner = PlanRunner(plan, ctx, on_step=lambda index, step: self.begin_step(ctx, index, step, len(plan.steps)))
         if self.runner.finished:  # a plan that only answers needs no motion
             self.end_of_plan()
 
@@ -247,6 +305,11 @@ class Controller(Node):
         if action is None:
             return self.end_of_plan()
         self.publish_action(action)
+
+    def begin_step(self, ctx: SkillContext, index: int, step: Step, steps: int) -> None:
+        """A step starts on the newest scene and map (perception may have found more since the plan began)."""
+        ctx.scene, ctx.navmap = self.scene, self.navmap()
+        self.report_step(index, step, steps)
 
     def report_step(self, index: int, step: Step, steps: int) -> None:
         self.status = {"state": "running", "step": index + 1, "skill": str(step), "steps": steps}

@@ -7,13 +7,15 @@ import json
 import math
 
 import numpy as np
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Twist
-from nav_msgs.msg import Odometry
+from nav_msgs.msg import OccupancyGrid, Odometry
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from visualization_msgs.msg import Marker
 
+from envs.plan import Plan, parse_plan, parse_step
 from envs.scene import SceneSpec
 
 ARM_JOINTS = ("lift", "extend", "gripper")  # gripper: 1.0 closed, 0.0 open
@@ -52,6 +54,22 @@ def image_array(msg: Image) -> np.ndarray:
     array = np.frombuffer(bytes(msg.data), dtype=np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<"))
     array = array.reshape(msg.height, msg.width, channels).astype(dtype)
     return array if channels == 3 else array[..., 0]
+
+
+def depth_array(msg: Image) -> np.ndarray:
+    """A depth image in metres, float32 (H, W): 32FC1 metres, or 16UC1 millimetres (REP 118; 0 is no
+    return and becomes NaN), as RGB-D drivers publish it."""
+    if msg.encoding == "32FC1":
+        return image_array(msg)
+    if msg.encoding != "16UC1":
+        raise ValueError(f"a depth image is 32FC1 (metres) or 16UC1 (millimetres), got {msg.encoding!r}")
+    row = msg.width * 2
+    if msg.height == 0 or msg.width == 0 or msg.step != row or len(msg.data) != row * msg.height:
+        raise ValueError(f"image of {msg.width}x{msg.height} 16UC1 has step {msg.step} and {len(msg.data)} bytes")
+    raw = np.frombuffer(bytes(msg.data), dtype=np.dtype(np.uint16).newbyteorder(">" if msg.is_bigendian else "<"))
+    depth = raw.reshape(msg.height, msg.width).astype(np.float32) / 1000.0
+    depth[depth == 0] = np.nan
+    return depth
 
 
 def camera_info_msg(width: int, height: int, fovy_deg: float, stamp: Time, frame: str) -> CameraInfo:
@@ -186,3 +204,82 @@ def arm_targets(msg: JointTrajectory) -> dict[str, float]:
     if not all(math.isfinite(v) for v in targets.values()):
         raise ValueError("arm command holds NaN or infinite positions")
     return targets
+
+
+def camera_fovy(msg: CameraInfo) -> float:
+    """The vertical field of view (degrees) of a camera_info: 2 atan(height / 2 / fy)."""
+    fy = msg.k[4] if len(msg.k) == 9 else math.nan
+    if msg.height == 0 or msg.width == 0 or not math.isfinite(fy) or fy <= 0:
+        raise ValueError(f"camera_info of {msg.width}x{msg.height} has no usable focal length (fy = {fy})")
+    return math.degrees(2 * math.atan(msg.height / 2 / fy))
+
+
+def occupancy_grid_msg(values: np.ndarray, origin: float | tuple[float, float], resolution: float, stamp: Time, frame: str = "odom") -> OccupancyGrid:
+    """An occupancy grid indexed [x cell, y cell] (-1 unknown, 0 free, 100 occupied: ``OccupancyGrid.values``)
+    as nav_msgs/OccupancyGrid, whose data is row-major with x fastest (``data[y * width + x]``)."""
+    values = np.asarray(values)
+    if values.ndim != 2 or 0 in values.shape:
+        raise ValueError(f"an occupancy grid is a non-empty 2D array, got shape {values.shape}")
+    if not np.all((values == -1) | ((values >= 0) & (values <= 100))):
+        raise ValueError("occupancy values must be -1 (unknown) or 0..100")
+    ox, oy = (origin, origin) if np.isscalar(origin) else origin
+    if not (math.isfinite(resolution) and resolution > 0 and math.isfinite(ox) and math.isfinite(oy)):
+        raise ValueError(f"an occupancy grid needs a positive resolution and a finite origin, got {resolution}, {origin}")
+    msg = OccupancyGrid()
+    msg.header.stamp, msg.header.frame_id = stamp, frame
+    msg.info.map_load_time = stamp
+    msg.info.resolution = float(resolution)
+    msg.info.width, msg.info.height = values.shape  # [x, y]: width cells along x
+    msg.info.origin.position.x, msg.info.origin.position.y = float(ox), float(oy)
+    msg.info.origin.orientation.w = 1.0
+    msg.data = values.T.astype(np.int8).tobytes()  # rows of constant y, x fastest
+    return msg
+
+
+def occupancy_grid_array(msg: OccupancyGrid) -> tuple[np.ndarray, tuple[float, float], float]:
+    """nav_msgs/OccupancyGrid -> (values indexed [x cell, y cell] as int8, origin (x, y) m, resolution m)."""
+    info = msg.info
+    width, height, resolution = info.width, info.height, info.resolution
+    if width == 0 or height == 0 or len(msg.data) != width * height:
+        raise ValueError(f"occupancy grid of {width}x{height} cells has {len(msg.data)} values")
+    if not (math.isfinite(resolution) and resolution > 0):
+        raise ValueError(f"occupancy grid resolution must be positive, got {resolution}")
+    p, q = info.origin.position, info.origin.orientation
+    if not all(math.isfinite(v) for v in (p.x, p.y, q.x, q.y, q.z, q.w)):
+        raise ValueError("occupancy grid origin holds NaN or infinite values")
+    if abs(q.z) > 1e-6 or abs(q.x) > 1e-6 or abs(q.y) > 1e-6 or abs(abs(q.w) - 1.0) > 1e-6:
+        raise ValueError("occupancy grid origin is rotated; only axis-aligned maps are read")
+    values = np.frombuffer(bytes(msg.data), dtype=np.int8).reshape(height, width).T.copy()
+    return values, (float(p.x), float(p.y)), float(resolution)
+
+
+def object_marker(name: str, xyz, half: float, shape: str, rgb, stamp: Time, frame: str, marker_id: int = 0,
+                  text: str = "", lifetime: float = 0.0) -> Marker:
+    """One object as RViz sees it and the controller reads it: ``ns`` is the object's name, the pose its
+    centre (a container's bottom), the scale its footprint (2 * half); 0 lifetime keeps it until replaced."""
+    xyz = [float(v) for v in xyz]
+    if len(xyz) != 3 or not all(math.isfinite(v) for v in xyz) or not (math.isfinite(half) and half > 0):
+        raise ValueError(f"object {name!r}: position {xyz} and half-extent {half} must be finite (half > 0)")
+    kind = {"cube": Marker.CUBE, "bin": Marker.CUBE, "cylinder": Marker.CYLINDER, "bowl": Marker.CYLINDER}.get(shape, Marker.SPHERE)
+    marker = Marker(ns=name, id=int(marker_id), type=kind, action=Marker.ADD, text=text)
+    marker.header.stamp, marker.header.frame_id = stamp, frame
+    marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = xyz
+    marker.pose.orientation.w = 1.0
+    marker.scale.x = marker.scale.y = marker.scale.z = 2 * float(half)
+    marker.color.r, marker.color.g, marker.color.b = (float(c) for c in rgb)
+    marker.color.a = 1.0
+    seconds = max(0.0, float(lifetime))
+    marker.lifetime = Duration(sec=int(seconds), nanosec=int(round((seconds % 1) * 1e9)) % 1_000_000_000)
+    return marker
+
+
+def validate_plan(text: str, objects) -> Plan:
+    """``parse_plan`` against the objects known now, except that steps after a ``scan()`` may name objects
+    not perceived yet (the scan may find them; the plan runner checks each step's objects when it begins)."""
+    plan = parse_plan(text)
+    names = list(objects)
+    for index, step in enumerate(plan.steps):
+        if step.skill == "scan":
+            break
+        parse_step(str(step), index + 2, names)  # line 1 is the thought
+    return plan

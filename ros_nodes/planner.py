@@ -7,6 +7,12 @@ chooses the backend: ``model`` (the embodied model from ``checkpoint``: the ship
 router that ``embodied serve`` runs) or ``oracle`` (reads templated instructions against the latched scene
 description). Either way a plan may name only the objects the robot knows of.
 
+In a perceived world (``perception:=node``, the scene comes from the perception node) objects the camera has
+not seen yet are unknown, so the oracle's plan starts with a ``scan()`` (``scan_first``: ``auto`` follows
+``perception``, or ``true`` / ``false``) and may then name goal objects perception has not found yet; the
+controller checks each step's objects when the step begins. Without a scan first, an instruction about an
+object not in the scene gets no plan, and the plan record says which object is missing.
+
 An instruction that arrives before the inputs its planner needs (the camera image and point cloud for the
 model, the scene description for the oracle) waits for them, at most ``input_timeout`` seconds; then its plan
 record says why there is none. ``planner/status`` (latched JSON) says what the planner does: ``idle``,
@@ -28,15 +34,17 @@ from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from embodied.decoding import PLAN_TOKENS, DecodingInterrupted
-from envs.plan import parse_plan
+from envs.plan import Plan, Step, parse_plan
 from envs.planners import plan_from_goal
+from envs.scene import COLOURS, SHAPES, ObjectSpec, SceneSpec
 from envs.tasks import parse_instruction
-from ros_nodes.conversions import cloud_array, image_array, scene_spec
+from ros_nodes.conversions import cloud_array, image_array, scene_spec, validate_plan
 from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, PLAN, PLAN_LEASE, STREAM
 
 PLAN_JOIN_TIMEOUT = 2.0  # s a shutdown waits for the planning thread, once it has asked it to stop
 POLL = 0.1  # s between checks for the inputs an instruction waits for
+UNSEEN = "a table not seen yet"  # where the oracle's thought puts a goal object perception has not found
 
 
 class Planner(Node):
@@ -54,8 +62,14 @@ class Planner(Node):
                 "threads": 1,  # torch threads: leave the other cores to control
                 "niceness": 10,  # the planning thread yields the CPU to control loops on this machine
                 "input_timeout": 15.0,  # s an instruction waits for the camera (model) or the scene (oracle)
+                "perception": "ground_truth",  # where the scene comes from: the simulator, or a perception "node"
+                "scan_first": "auto",  # the oracle looks around before it acts: auto (in a perceived world), true, false
             },
         )
+        scan_first = self.param["scan_first"].strip().lower()
+        if scan_first not in ("auto", "true", "false"):
+            raise ValueError(f"scan_first must be 'auto', 'true' or 'false', got {self.param['scan_first']!r}")
+        self.scan_first = self.param["perception"] != "ground_truth" if scan_first == "auto" else scan_first == "true"
         if self.param["planner"] not in ("model", "oracle"):
             raise ValueError(f"planner must be 'model' or 'oracle', got {self.param['planner']!r}")
         if self.param["inference"] not in ("local", "ray"):
@@ -215,14 +229,36 @@ class Planner(Node):
             if self.param["planner"] == "oracle":
                 if self.scene is None:
                     raise ValueError("the oracle needs the scene description, none received yet")
-                text = plan_from_goal(parse_instruction(instruction, self.scene), self.scene)
+                text = self._oracle_plan(instruction, self.scene)
             else:
                 text = self._model_plan(instruction, names)
-            parse_plan(text, names)
+            validate_plan(text, names)
             error = ""
         except Exception as exc:  # noqa: BLE001  the worker must outlive any one bad request
             error = f"{type(exc).__name__}: {exc}"
         return text, error, time.perf_counter() - started
+
+    def _oracle_plan(self, instruction: str, scene: SceneSpec) -> str:
+        """The oracle's plan against the scene as known now. The instruction may name objects of any colour
+        and shape; with ``scan_first`` the plan looks around first (the scan may find the ones not known yet),
+        without, an object not in the scene is an error that names it."""
+        every = [ObjectSpec(f"{c} {s}", s, c, "small", 0.0, 0.0, 0.0, 0.0, UNSEEN) for c in COLOURS for s in SHAPES]
+        every = tuple(o for o in every if scene.object(o.name) is None)
+        vocabulary = SceneSpec(scene.seed, scene.room_half, scene.tables, scene.objects + every, scene.robot_start)
+        goal = parse_instruction(instruction, vocabulary)  # it reads only the names
+        wanted = [goal["target"]] if "target" in goal else [name for move in goal["moves"] for name in move]
+        unseen = [name for name in dict.fromkeys(wanted) if scene.object(name) is None]
+        if unseen and not self.scan_first:
+            raise ValueError(f"not in the scene: the {', '.join(unseen)} (not perceived yet? scan_first:=true looks around first)")
+        known = scene
+        if unseen:  # the oracle's thought says where each object is: these are still to be found
+            extra = tuple(ObjectSpec(name, "cube", "red", "small", 0.0, 0.0, 0.0, 0.0, UNSEEN) for name in unseen)
+            known = SceneSpec(scene.seed, scene.room_half, scene.tables, scene.objects + extra, scene.robot_start)
+        text = plan_from_goal(goal, known)
+        if not self.scan_first:
+            return text
+        plan = parse_plan(text)
+        return Plan(f"look around first. {plan.thought}", (Step("scan"), *plan.steps)).to_text()
 
     def _model_plan(self, instruction: str, names) -> str:
         from embodied.prompts import PlanRequest

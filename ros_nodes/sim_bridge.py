@@ -2,9 +2,14 @@
 from hardware.
 
 Publishes camera/image (rgb8), camera/depth (32FC1), camera/camera_info, camera/points (PointCloud2),
-joint_states, odom, grasped (the held object's name, or empty), objects (a MarkerArray of object poses:
-in simulation, perfect perception), the scene
-description and the task (latched JSON), and task/status. Takes cmd_vel (Twist) and arm_command
+joint_states, odom, gripper/holding (Bool: the gripper holds something, as a gripper driver reports), the
+task (latched JSON) and task/status, and the simulator's ground truth: grasped (the held object's name, or
+empty), objects (a MarkerArray of object poses: perfect perception) and the scene description (latched
+JSON). ``perception`` says where that ground truth goes: ``ground_truth`` (the default) on those plain
+names, for the planner and controller to use; ``node`` on ground_truth/grasped, ground_truth/objects and
+ground_truth/scene (for comparison and debugging only: the perception node publishes the plain names from
+the sensors); ``none`` nowhere, as on a robot. With a perception node (``node`` or ``none``) the camera
+renders at 256x256 unless ``width`` and ``height`` say otherwise (perception needs the pixels). Takes cmd_vel (Twist) and arm_command
 (JointTrajectory of lift, extend, gripper). Physics steps on a timer at ``physics_rate``; a base command
 older than ``command_timeout`` is dropped (the base stops). Spin it on one thread (a single-threaded
 executor): the renderer's GL context belongs to the thread that made it.
@@ -24,10 +29,10 @@ from geometry_msgs.msg import Twist
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from envs.backend import EXTEND_RANGE, HEAD_FOVY, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, to_unit
 from envs.env import EmbodiedEnv
@@ -37,11 +42,15 @@ from ros_nodes.conversions import (
     cloud_msg,
     image_msg,
     joint_state_msg,
+    object_marker,
     odometry_msg,
     twist_velocity,
 )
 from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, STREAM
+
+PERCEPTION_MODES = ("ground_truth", "node", "none")
+CAMERA_SIZE = {"ground_truth": 128, "node": 256, "none": 256}  # px a side when width/height are 0 (auto)
 
 
 class SimBridge(Node):
@@ -54,21 +63,25 @@ class SimBridge(Node):
                 "seed": 0,
                 "physics_rate": 50.0,
                 "camera_rate": 10.0,
-                "width": 128,
-                "height": 128,
+                "width": 0,  # 0: 128 with perception:=ground_truth, 256 for a perception node
+                "height": 0,
                 "num_points": 1024,
                 "command_timeout": 0.5,
                 "odom_frame": "odom",
                 "camera_frame": "head_camera",
+                "perception": "ground_truth",  # or "node" / "none": see the module docstring
             },
         )
+        self.mode = param["perception"]
+        if self.mode not in PERCEPTION_MODES:
+            raise ValueError(f"perception must be one of {', '.join(PERCEPTION_MODES)}, got {self.mode!r}")
         self.period = 1.0 / param["physics_rate"]
         self.command_timeout = param["command_timeout"]
         self.odom_frame, self.camera_frame = param["odom_frame"], param["camera_frame"]
         self.env = EmbodiedEnv(
             task=param["task"],
-            width=param["width"],
-            height=param["height"],
+            width=param["width"] or CAMERA_SIZE[self.mode],
+            height=param["height"] or CAMERA_SIZE[self.mode],
             num_points=param["num_points"],
             sensors=(),
             control_dt=self.period,
@@ -86,10 +99,14 @@ class SimBridge(Node):
         self.pub_points = self.create_publisher(PointCloud2, "camera/points", STREAM)
         self.pub_joints = self.create_publisher(JointState, "joint_states", STREAM)
         self.pub_odom = self.create_publisher(Odometry, "odom", STREAM)
-        self.pub_objects = self.create_publisher(MarkerArray, "objects", STREAM)
+        self.pub_holding = self.create_publisher(Bool, "gripper/holding", STREAM)
         self.pub_status = self.create_publisher(String, "task/status", STREAM)
-        self.pub_grasped = self.create_publisher(String, "grasped", STREAM)
-        self.pub_scene = self.create_publisher(String, "scene", LATCHED)
+        self.pub_objects = self.pub_grasped = self.pub_scene = None  # the ground truth, where it goes
+        if self.mode != "none":
+            truth = "" if self.mode == "ground_truth" else "ground_truth/"
+            self.pub_objects = self.create_publisher(MarkerArray, truth + "objects", STREAM)
+            self.pub_grasped = self.create_publisher(String, truth + "grasped", STREAM)
+            self.pub_scene = self.create_publisher(String, truth + "scene", LATCHED)
         self.pub_task = self.create_publisher(String, "task", LATCHED)
         self.create_subscription(Twist, "cmd_vel", self.on_cmd_vel, STREAM)
         self.create_subscription(JointTrajectory, "arm_command", self.on_arm_command, STREAM)
@@ -104,7 +121,8 @@ class SimBridge(Node):
         """The scene description and the task, latched: a node that starts later still gets them."""
         base = self.env.unwrapped
         task = {"instruction": base.task.instruction, "goal": base.task.goal(), "seed": self.seed}
-        self.pub_scene.publish(String(data=json.dumps(base.scene.to_dict())))
+        if self.pub_scene is not None:
+            self.pub_scene.publish(String(data=json.dumps(base.scene.to_dict())))
         self.pub_task.publish(String(data=json.dumps(task)))
 
     def on_reset(self, request, response):
@@ -162,23 +180,19 @@ class SimBridge(Node):
     def publish_state(self) -> None:
         """Joints, grasp and objects first, odometry last: the controller steps when odometry arrives."""
         base = self.env.unwrapped
-        state = base.world_state()
+        state = base.world_state()  # the simulator's ground truth (the bridge's env has no perceived world)
         robot, stamp = state.robot, self.get_clock().now().to_msg()
         joints = {"lift": robot.lift, "extend": robot.extend, "gripper": 1.0 if robot.gripper_closed else 0.0}
         self.pub_joints.publish(joint_state_msg(joints, stamp))
-        self.pub_grasped.publish(String(data=robot.holding or ""))
-        markers = MarkerArray()
-        for i, obj in enumerate(base.scene.objects):
-            marker = Marker(ns=obj.name, id=i, type=Marker.CUBE if obj.shape in ("cube", "bin") else Marker.SPHERE)
-            marker.header.stamp, marker.header.frame_id = stamp, self.odom_frame
-            x, y, z = state.objects[obj.name]
-            marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = float(x), float(y), float(z)
-            marker.pose.orientation.w = 1.0
-            marker.scale.x = marker.scale.y = marker.scale.z = 2 * obj.half
-            marker.color.r, marker.color.g, marker.color.b = obj.rgb
-            marker.color.a = 1.0
-            markers.markers.append(marker)
-        self.pub_objects.publish(markers)
+        self.pub_holding.publish(Bool(data=robot.holding is not None))
+        if self.pub_objects is not None:
+            self.pub_grasped.publish(String(data=robot.holding or ""))
+            markers = MarkerArray()
+            for i, obj in enumerate(base.scene.objects):
+                markers.markers.append(
+                    object_marker(obj.name, state.objects[obj.name], obj.half, obj.shape, obj.rgb, stamp, self.odom_frame, i)
+                )
+            self.pub_objects.publish(markers)
         self.pub_odom.publish(odometry_msg(robot.x, robot.y, robot.yaw, stamp, self.odom_frame))
 
     def publish_camera(self) -> None:

@@ -15,38 +15,51 @@ PLAN_METRICS = ["success", "ci95", "of_oracle", "spl", "plan_valid", "episodes"]
 
 
 def evaluate_plans(
-    checkpoint: str, tasks: list[str], policies: list[str], episodes: int, out: Path, seed: int = EVAL_SEED, progress: bool = True
+    checkpoint: str, tasks: list[str], policies: list[str], episodes: int, out: Path, seed: int = EVAL_SEED, progress: bool = True,
+    worlds: tuple[str, ...] = ("privileged",),
 ) -> list[dict]:
+    """Each policy in each world ("privileged": the simulator's state; "perceived": the robot's own
+    perception, after a scan). With both worlds a row's policy reads "policy/world", and ``of_privileged``
+    is its perceived success over its privileged success."""
     rows = []
     for task in tasks:
-        for policy in policies:
-            config = RolloutConfig(
-                task=task, policy=policy, episodes=episodes, seed=seed, out=out / "rollouts" / f"{task}_{policy}",
-                gifs=1 if policy == "model" else 0, checkpoint=checkpoint if policy in ("model", "blind") else None,
-                overwrite=True,  # each evaluation replaces the rollouts of the last one in these fixed folders
-            )
-            summary = rollout(config, progress=progress)
-            rows.append(
-                {
-                    "policy": policy,
-                    "task": task,
-                    "success": summary["success_rate"],
-                    "ci95": summary["success_ci95"],
-                    "spl": summary["spl"],
-                    "plan_valid": summary["plan_valid_rate"],
-                    "episodes": summary["episodes"],
-                }
-            )
-    oracle = {r["task"]: r["success"] for r in rows if r["policy"] == "oracle"}
+        for world in worlds:
+            for policy in policies:
+                name = policy if len(worlds) == 1 else f"{policy}/{world}"
+                config = RolloutConfig(
+                    task=task, policy=policy, episodes=episodes, seed=seed, out=out / "rollouts" / f"{task}_{name.replace('/', '_')}",
+                    gifs=1 if policy == "model" else 0, checkpoint=checkpoint if policy in ("model", "blind") else None,
+                    overwrite=True,  # each evaluation replaces the rollouts of the last one in these fixed folders
+                    world=world,
+                )  # fmt: skip
+                summary = rollout(config, progress=progress)
+                rows.append(
+                    {
+                        "policy": name,
+                        "task": task,
+                        "world": world,
+                        "success": summary["success_rate"],
+                        "ci95": summary["success_ci95"],
+                        "spl": summary["spl"],
+                        "plan_valid": summary["plan_valid_rate"],
+                        "episodes": summary["episodes"],
+                    }
+                )
+    success = {(r["task"], r["policy"].split("/")[0], r["world"]): r["success"] for r in rows}
     for row in rows:
-        if oracle.get(row["task"]):
-            row["of_oracle"] = row["success"] / oracle[row["task"]]
-    rows += [mean_over_tasks(policy, [r for r in rows if r["policy"] == policy]) for policy in policies]
+        task, policy = row["task"], row["policy"].split("/")[0]
+        if success.get((task, "oracle", row["world"])):
+            row["of_oracle"] = row["success"] / success[(task, "oracle", row["world"])]
+        if row["world"] == "perceived" and success.get((task, policy, "privileged")):
+            row["of_privileged"] = row["success"] / success[(task, policy, "privileged")]
+    names = list(dict.fromkeys(r["policy"] for r in rows))
+    rows += [mean_over_tasks(name, [r for r in rows if r["policy"] == name]) for name in names]
     note = (
-        f"{episodes} episodes per task from seed {seed}; checkpoint {checkpoint}. SPL for object navigation only. "
+        f"{episodes} episodes per task from seed {seed}; checkpoint {checkpoint}; worlds: {', '.join(worlds)}. SPL for object navigation only. "
         "ci95: half-width of the 95% interval of the success rate (normal approximation; for the mean, tasks independent)."
     )
-    write_report(out, "Planning in simulation", rows, PLAN_METRICS, "success", "task", note)
+    columns = PLAN_METRICS + (["of_privileged"] if "perceived" in worlds and "privileged" in worlds else [])
+    write_report(out, "Planning in simulation", rows, columns, "success", "task", note)
     return rows
 
 
@@ -54,7 +67,7 @@ def mean_over_tasks(policy: str, rows: list[dict]) -> dict:
     """A policy's mean over tasks, each task weighing the same (the headline figure: success relative to
     the oracle's, averaged over tasks)."""
     mean = {"policy": policy, "task": "mean", "episodes": sum(r["episodes"] for r in rows)}
-    for key in ("success", "of_oracle", "plan_valid"):
+    for key in ("success", "of_oracle", "of_privileged", "plan_valid"):
         values = [r[key] for r in rows if r.get(key) is not None]
         mean[key] = sum(values) / len(values) if len(values) == len(rows) else None
     mean["ci95"] = math.sqrt(sum(r["ci95"] ** 2 for r in rows)) / len(rows)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
-from launch.substitutions import LaunchConfiguration
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, NotEqualsSubstitution
 from launch_ros.actions import Node
 
 try:
@@ -25,6 +26,10 @@ def launch_description(mode: str) -> LaunchDescription:
     actions = [DeclareLaunchArgument(name, default_value=str(value)) for name, value in defaults.items()]
     for spec in specs:
         parameters = {k: LaunchConfiguration(k) if k in LAUNCH_ARGUMENTS else v for k, v in spec.parameters.items()}
+        options = {}
+        if spec.unless is not None:  # e.g. no perception node with perception:=ground_truth
+            argument, value = spec.unless
+            options["condition"] = IfCondition(NotEqualsSubstitution(LaunchConfiguration(argument), value))
         actions.append(
             Node(
                 package=PACKAGE,
@@ -35,6 +40,7 @@ def launch_description(mode: str) -> LaunchDescription:
                 respawn=spec.respawn,
                 respawn_delay=spec.respawn_delay,
                 output="screen",
+                **options,
             )
         )
     return LaunchDescription(actions)

@@ -1,8 +1,9 @@
-"""ros2 launch ros_nodes/launch/hardware_agent.launch.py [planner:=model] [checkpoint:=DIR]
+"""ros2 launch ros_nodes/launch/hardware_agent.launch.py [planner:=model] [checkpoint:=DIR] [perception:=node|ground_truth]
 
-The planner and the controller on a real robot's topics (see ros_nodes/graph.py: HARDWARE_TOPICS).
-The robot's drivers provide the camera, odometry and joint states, and a perception node provides the
-``scene`` description and ``objects`` poses that the sim bridge gives in simulation."""
+The perception node, the planner and the controller on a real robot's topics (see ros_nodes/graph.py:
+HARDWARE_TOPICS). The robot's drivers provide the RGB-D camera, odometry, joint states and gripper/holding;
+the perception node turns them into the ``scene`` description, ``objects`` poses, ``grasped`` and ``map``
+(perception:=ground_truth leaves it out, for a robot where another node publishes those)."""
 
 import sys
 from pathlib import Path

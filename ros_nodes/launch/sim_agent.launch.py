@@ -1,6 +1,9 @@
 """ros2 launch ros_nodes/launch/sim_agent.launch.py [task:=pick_place] [seed:=0] [planner:=model|oracle] [checkpoint:=DIR]
+    [perception:=node|ground_truth]
 
-The simulated robot (sim bridge), the planner and the controller."""
+The simulated robot (sim bridge), the perception node, the planner and the controller; with
+perception:=ground_truth no perception node, and the bridge publishes the simulator's scene, objects and
+grasped instead."""
 
 import sys
 from pathlib import Path

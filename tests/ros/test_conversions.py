@@ -10,7 +10,7 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import Image, JointState, PointCloud2, PointField
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from envs.pointcloud import _pixel_rays
+from envs.pointcloud import pixel_rays
 from ros_nodes.conversions import (
     ARM_JOINTS,
     arm_targets,
@@ -123,7 +123,7 @@ def test_camera_info_matches_the_bridges_own_backprojection():
     fx, cx, fy, cy = msg.k[0], msg.k[2], msg.k[4], msg.k[5]
     u, v = np.meshgrid(np.arange(width), np.arange(height))
     rays = np.stack([(u - cx) / fx, -(v - cy) / fy, -np.ones_like(u, dtype=float)], axis=-1).reshape(-1, 3)
-    np.testing.assert_allclose(rays, _pixel_rays(height, width, fovy, 1), atol=1e-6)
+    np.testing.assert_allclose(rays, pixel_rays(height, width, fovy, 1), atol=1e-6)
 
 
 # -- point clouds ----------------------------------------------------------------------------------------
@@ -308,3 +308,122 @@ def test_malformed_arm_command_raises(names, points, match):
     msg = JointTrajectory(joint_names=names, points=[JointTrajectoryPoint(positions=p) for p in points])
     with pytest.raises(ValueError, match=match):
         arm_targets(msg)
+
+
+# -- perception: depth in millimetres, the field of view, the occupancy grid, object markers, plans -----------
+
+
+def test_16uc1_depth_is_read_in_metres_with_zero_as_no_return():
+    from ros_nodes.conversions import depth_array
+
+    millimetres = np.array([[0, 1000], [2500, 65535]], np.uint16)
+    msg = Image(height=2, width=2, encoding="16UC1", is_bigendian=0, step=4, data=millimetres.tobytes())
+    depth = depth_array(msg)
+    assert depth.dtype == np.float32 and np.isnan(depth[0, 0])
+    np.testing.assert_allclose(depth[[0, 1, 1], [1, 0, 1]], [1.0, 2.5, 65.535], rtol=1e-6)
+    metres = image_msg(np.full((2, 3), 1.5, np.float32), STAMP, "head_camera")
+    np.testing.assert_array_equal(depth_array(metres), np.full((2, 3), 1.5, np.float32))
+    with pytest.raises(ValueError, match="32FC1 .metres. or 16UC1"):
+        depth_array(image_msg(np.zeros((2, 2, 3), np.uint8), STAMP, "head_camera"))
+    msg.data = msg.data[:-2]
+    with pytest.raises(ValueError, match="2x2 16UC1 has step 4 and 6 bytes"):
+        depth_array(msg)
+
+
+@pytest.mark.parametrize("width, height, fovy", [(256, 256, 60.0), (640, 480, 42.5)])
+def test_camera_fovy_inverts_camera_info_msg(width, height, fovy):
+    from ros_nodes.conversions import camera_fovy
+
+    assert camera_fovy(camera_info_msg(width, height, fovy, STAMP, "cam")) == pytest.approx(fovy)
+    broken = camera_info_msg(width, height, fovy, STAMP, "cam")
+    broken.k[4] = 0.0
+    with pytest.raises(ValueError, match="no usable focal length"):
+        camera_fovy(broken)
+
+
+def test_occupancy_grid_round_trip_is_row_major_with_x_fastest():
+    from ros_nodes.conversions import occupancy_grid_array, occupancy_grid_msg
+
+    values = np.full((4, 3), -1, np.int8)  # 4 cells along x, 3 along y
+    values[3, 0], values[0, 2], values[1, 1] = 100, 0, 100
+    msg = occupancy_grid_msg(values, (-1.0, 2.0), 0.05, STAMP, "odom")
+    assert (msg.info.width, msg.info.height, msg.header.frame_id) == (4, 3, "odom")
+    assert (msg.info.origin.position.x, msg.info.origin.position.y, msg.info.origin.orientation.w) == (-1.0, 2.0, 1.0)
+    assert msg.info.resolution == pytest.approx(0.05)
+    data = np.array(msg.data, np.int8)
+    width = msg.info.width
+    assert data[0 * width + 3] == 100 and data[2 * width + 0] == 0 and data[1 * width + 1] == 100  # data[y * width + x]
+    out, origin, resolution = occupancy_grid_array(msg)
+    np.testing.assert_array_equal(out, values)
+    assert origin == (-1.0, 2.0) and resolution == pytest.approx(0.05)
+    square = occupancy_grid_msg(np.zeros((2, 2), np.int8), -6.0, 0.1, STAMP)
+    assert (square.info.origin.position.x, square.info.origin.position.y) == (-6.0, -6.0)
+
+
+@pytest.mark.parametrize(
+    "values, origin, resolution, match",
+    [
+        (np.zeros((0, 3)), 0.0, 0.05, "non-empty 2D"),
+        (np.zeros(5), 0.0, 0.05, "non-empty 2D"),
+        (np.full((2, 2), 101), 0.0, 0.05, "-1 .unknown. or 0..100"),
+        (np.zeros((2, 2)), 0.0, 0.0, "positive resolution"),
+        (np.zeros((2, 2)), (math.nan, 0.0), 0.05, "finite origin"),
+    ],
+)
+def test_occupancy_grid_msg_rejects_bad_grids(values, origin, resolution, match):
+    from ros_nodes.conversions import occupancy_grid_msg
+
+    with pytest.raises(ValueError, match=match):
+        occupancy_grid_msg(values, origin, resolution, STAMP)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda m: setattr(m.info, "width", 5), "5x3 cells has 12 values"),
+        (lambda m: setattr(m.info, "resolution", 0.0), "resolution must be positive"),
+        (lambda m: setattr(m.info.origin.position, "x", math.inf), "NaN or infinite"),
+        (lambda m: (setattr(m.info.origin.orientation, "z", 1.0), setattr(m.info.origin.orientation, "w", 0.0)), "rotated"),
+    ],
+)
+def test_malformed_occupancy_grid_raises(change, match):
+    from ros_nodes.conversions import occupancy_grid_array, occupancy_grid_msg
+
+    msg = occupancy_grid_msg(np.zeros((4, 3), np.int8), 0.0, 0.05, STAMP)
+    change(msg)
+    with pytest.raises(ValueError, match=match):
+        occupancy_grid_array(msg)
+
+
+def test_object_marker_carries_name_pose_size_colour_and_text():
+    from visualization_msgs.msg import Marker
+
+    from ros_nodes.conversions import object_marker
+
+    marker = object_marker("red bowl", (1.0, -0.5, 0.42), 0.1, "bowl", (0.85, 0.12, 0.1), STAMP, "odom", 7, "red bowl 0.93", 1.5)
+    assert (marker.ns, marker.id, marker.type, marker.action, marker.text) == ("red bowl", 7, Marker.CYLINDER, Marker.ADD, "red bowl 0.93")
+    p = marker.pose.position
+    assert (p.x, p.y, p.z, marker.pose.orientation.w) == (1.0, -0.5, 0.42, 1.0)
+    assert marker.scale.x == marker.scale.y == marker.scale.z == pytest.approx(0.2)
+    assert (marker.color.r, marker.color.a) == (pytest.approx(0.85), 1.0)
+    assert (marker.lifetime.sec, marker.lifetime.nanosec) == (1, 500_000_000)
+    assert (marker.header.frame_id, marker.header.stamp) == ("odom", STAMP)
+    assert object_marker("red cube", (0, 0, 0), 0.02, "cube", (1, 0, 0), STAMP, "odom").type == Marker.CUBE
+    for xyz, half in [((math.nan, 0, 0), 0.02), ((0, 0), 0.02), ((0, 0, 0), 0.0)]:
+        with pytest.raises(ValueError, match="must be finite"):
+            object_marker("red cube", xyz, half, "cube", (1, 0, 0), STAMP, "odom")
+
+
+def test_validate_plan_allows_unknown_objects_only_after_a_scan():
+    from envs.plan import PlanError
+    from ros_nodes.conversions import validate_plan
+
+    known = ["red bowl"]
+    after = "thought: look first.\n1. scan()\n2. navigate(blue cube)\n3. pick(blue cube)\n4. done()"
+    assert [s.skill for s in validate_plan(after, known).steps] == ["scan", "navigate", "pick", "done"]
+    before = "thought: go.\n1. navigate(blue cube)\n2. scan()\n3. done()"
+    with pytest.raises(PlanError, match="unknown object 'blue cube'"):
+        validate_plan(before, known)
+    with pytest.raises(PlanError, match="a plan starts with 'thought"):
+        validate_plan("1. scan()\n2. done()", known)
+    assert validate_plan("thought: go.\n1. navigate(red bowl)\n2. done()", known).steps[0].args == ("red bowl",)

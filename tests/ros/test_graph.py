@@ -31,21 +31,33 @@ LAUNCH_DIR = ROOT / "ros_nodes" / "launch"
 # -- the graph ---------------------------------------------------------------------------------------------
 
 
-def test_sim_graph_has_the_three_nodes_on_their_own_topics():
+def test_sim_graph_has_the_four_nodes_on_their_own_topics():
     specs = graph("sim")
-    assert [s.name for s in specs] == ["sim_bridge", "planner", "controller"]
-    assert [s.module for s in specs] == ["ros_nodes.sim_bridge", "ros_nodes.planner", "ros_nodes.controller"]
-    assert [s.executable for s in specs] == ["sim_bridge", "planner", "controller"]
+    assert [s.name for s in specs] == ["sim_bridge", "perception", "planner", "controller"]
+    assert [s.module for s in specs] == ["ros_nodes.sim_bridge", "ros_nodes.perception", "ros_nodes.planner", "ros_nodes.controller"]
+    assert [s.executable for s in specs] == ["sim_bridge", "perception", "planner", "controller"]
     assert all(s.remappings == {} for s in specs)
-    assert specs[0].parameters == {"task": "pick_place", "seed": 0}
-    assert specs[1].parameters == {"planner": "model", "checkpoint": "default"}
-    assert specs[2].parameters == {"rate": 50.0}
-    assert [s.respawn for s in specs] == [False, True, False]  # a planner that dies is started again
+    assert specs[0].parameters == {"task": "pick_place", "seed": 0, "perception": "node"}
+    assert specs[1].parameters == {"perception_rate": 5.0}
+    assert specs[2].parameters == {"planner": "model", "checkpoint": "default", "perception": "node"}
+    assert specs[3].parameters == {"rate": 50.0}
+    assert [s.respawn for s in specs] == [False, False, True, False]  # a planner that dies is started again
+    assert [s.unless for s in specs] == [None, ("perception", "ground_truth"), None, None]
+
+
+@pytest.mark.parametrize("mode", ["sim", "hardware"])
+def test_ground_truth_perception_leaves_the_perception_node_out(mode):
+    specs = graph(mode, {"perception": "ground_truth"})
+    assert "perception" not in [s.name for s in specs]
+    assert [s.name for s in specs][-2:] == ["planner", "controller"]
+    assert all(s.parameters["perception"] == "ground_truth" for s in specs)
+    with pytest.raises(ValueError, match="perception must be one of node, ground_truth"):
+        graph(mode, {"perception": "oracle"})
 
 
 def test_hardware_graph_has_no_bridge_and_uses_the_robots_topics():
     specs = graph("hardware")
-    assert [s.name for s in specs] == ["planner", "controller"]
+    assert [s.name for s in specs] == ["perception", "planner", "controller"]
     assert all(s.remappings == HARDWARE_TOPICS for s in specs)
     remapped = graph("hardware", remappings={"odom": "/wheel/odom"})
     assert all(s.remappings == {**HARDWARE_TOPICS, "odom": "/wheel/odom"} for s in remapped)
@@ -55,11 +67,12 @@ def test_hardware_graph_has_no_bridge_and_uses_the_robots_topics():
 def test_parameter_overrides_reach_every_node_over_its_defaults():
     overrides = {"planner": "oracle", "seed": 3, "task": "object_nav", "rate": 20.0}
     specs = {s.name: s for s in graph("sim", overrides)}
-    assert specs["sim_bridge"].parameters == {"task": "object_nav", "seed": 3, "planner": "oracle", "rate": 20.0}
-    assert specs["planner"].parameters == {"planner": "oracle", "checkpoint": "default", "seed": 3, "task": "object_nav", "rate": 20.0}
+    assert specs["sim_bridge"].parameters == {"task": "object_nav", "seed": 3, "perception": "node", "planner": "oracle", "rate": 20.0}
+    assert specs["perception"].parameters == {"perception_rate": 5.0, **overrides}
+    assert specs["planner"].parameters == {"planner": "oracle", "checkpoint": "default", "perception": "node", "seed": 3, "task": "object_nav", "rate": 20.0}
     assert specs["controller"].parameters == {"rate": 20.0, **overrides}
     hardware = {s.name: s for s in graph("hardware", {"checkpoint": "runs/ckpt"})}
-    assert hardware["planner"].parameters == {"planner": "model", "checkpoint": "runs/ckpt"}
+    assert hardware["planner"].parameters == {"planner": "model", "checkpoint": "runs/ckpt", "perception": "node"}
 
 
 def test_parameter_overrides_reach_every_node_that_declares_them():
@@ -100,7 +113,7 @@ def test_node_command_builds_ros_args():
 
 def test_node_commands_are_read_by_rcl_as_meant(ros):
     """rcl's own argument parser gives the nodes the name, parameter types and remappings node_command wrote."""
-    planner_spec, controller_spec = graph("hardware", {"planner": "oracle", "rate": 20.0, "checkpoint": ""})
+    _, planner_spec, controller_spec = graph("hardware", {"planner": "oracle", "rate": 20.0, "checkpoint": ""})
     planner = ros.start(Planner, cli_args=node_command(planner_spec)[3:])
     controller = ros.start(Controller, cli_args=node_command(controller_spec)[3:])
     assert planner.get_name() == "planner" and controller.get_name() == "controller"
@@ -144,6 +157,14 @@ class LaunchConfiguration(_Recorded):
         return self.args[0]
 
 
+class NotEqualsSubstitution(_Recorded):
+    pass
+
+
+class IfCondition(_Recorded):
+    pass
+
+
 class LaunchNode(_Recorded):
     pass
 
@@ -157,13 +178,16 @@ def load_launch_file(monkeypatch):
     actions.DeclareLaunchArgument = DeclareLaunchArgument
     substitutions = types.ModuleType("launch.substitutions")
     substitutions.LaunchConfiguration = LaunchConfiguration
-    launch.actions, launch.substitutions = actions, substitutions
+    substitutions.NotEqualsSubstitution = NotEqualsSubstitution
+    conditions = types.ModuleType("launch.conditions")
+    conditions.IfCondition = IfCondition
+    launch.actions, launch.substitutions, launch.conditions = actions, substitutions, conditions
     launch_ros = types.ModuleType("launch_ros")
     ros_actions = types.ModuleType("launch_ros.actions")
     ros_actions.Node = LaunchNode
     launch_ros.actions = ros_actions
     stubs = {"launch": launch, "launch.actions": actions, "launch.substitutions": substitutions,
-             "launch_ros": launch_ros, "launch_ros.actions": ros_actions}  # fmt: skip
+             "launch.conditions": conditions, "launch_ros": launch_ros, "launch_ros.actions": ros_actions}  # fmt: skip
     for name, module in stubs.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(sys, "path", list(sys.path))  # the launch files put their folder first on it
@@ -208,6 +232,14 @@ def test_launch_file_starts_the_same_graph(load_launch_file, filename, mode):
                 assert isinstance(value, LaunchConfiguration) and value.name == key
             else:
                 assert value == spec.parameters[key]
+        if spec.unless is None:
+            assert "condition" not in kw
+        else:  # `ros2 launch ... perception:=ground_truth` starts no perception node
+            (test,) = kw["condition"].args
+            assert isinstance(kw["condition"], IfCondition) and isinstance(test, NotEqualsSubstitution)
+            argument, value = test.args
+            assert isinstance(argument, LaunchConfiguration) and (argument.name, value) == spec.unless
+    assert [n.kwargs["name"] for n in nodes if "condition" in n.kwargs] == ["perception"]
     if mode == "hardware":
         assert all(n.kwargs["remappings"] == list(HARDWARE_TOPICS.items()) for n in nodes)
 
@@ -230,7 +262,7 @@ def test_installed_launch_files_find_the_graph_without_this_environment(load_lau
         sys.modules.pop("graph", None)
     nodes = [e for e in description.entities if isinstance(e, LaunchNode)]
     assert [(n.kwargs["executable"], n.kwargs["respawn"]) for n in nodes] == [
-        ("sim_bridge", False), ("planner", True), ("controller", False)]  # fmt: skip
+        ("sim_bridge", False), ("perception", False), ("planner", True), ("controller", False)]  # fmt: skip
 
 
 def test_launch_executables_are_installed_with_the_package():
@@ -257,6 +289,7 @@ def embodied_command() -> list[str]:
 
 @pytest.mark.timeout(120)
 def test_ros_up_starts_the_graph_and_sigint_stops_every_node(ros, tmp_path):
+    """With perception=ground_truth (today's graph: the bridge's ground truth, no perception node)."""
     probe = ros.probe(
         topics={
             "task": (String, "task", LATCHED, "json"),
@@ -267,7 +300,8 @@ def test_ros_up_starts_the_graph_and_sigint_stops_every_node(ros, tmp_path):
     )
     log = (tmp_path / "up.log").open("w")
     up = subprocess.Popen(
-        [*embodied_command(), "ros", "up", "sim", "--set", "planner=oracle", "--log-dir", str(tmp_path / "logs")],
+        [*embodied_command(), "ros", "up", "sim", "--set", "planner=oracle", "--set", "perception=ground_truth",
+         "--log-dir", str(tmp_path / "logs")],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     children: list[psutil.Process] = []
@@ -279,6 +313,8 @@ def test_ros_up_starts_the_graph_and_sigint_stops_every_node(ros, tmp_path):
         for name in ("sim_bridge", "planner", "controller"):
             assert any(f"-m ros_nodes.{name} --ros-args -r __node:={name}" in c for c in commands), commands
         assert any('-p planner:="oracle"' in c for c in commands)
+        assert sum('-p perception:="ground_truth"' in c for c in commands) == 3
+        assert not any("ros_nodes.perception" in c for c in commands), commands
 
         # Up: the bridge latched its task, the controller its status, and the planner answers.
         task = probe.rec["task"].wait(timeout=60)

@@ -88,7 +88,7 @@ def path_without_the_venv(tmp_path: Path) -> str:
     return f"{other}:/usr/bin:/bin"
 
 
-@pytest.mark.parametrize("executable", ["sim_bridge", "planner", "controller"])
+@pytest.mark.parametrize("executable", ["sim_bridge", "perception", "planner", "controller"])
 def test_installed_executable_runs_the_prefix_python_not_the_one_on_path(tmp_path, executable):
     script = fake_prefix(tmp_path, executable, PREFIX_PYTHON)
     env = {"PATH": path_without_the_venv(tmp_path), "HOME": str(tmp_path)}
