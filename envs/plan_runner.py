@@ -28,6 +28,11 @@ class StepOutcome:
         return asdict(self)
 
 
+def missing_objects(step: Step, state: WorldState) -> list[str]:
+    """The objects ``step`` names that ``state`` holds no pose for."""
+    return [a for a, kind in zip(step.args, SKILLS[step.skill].args) if kind == "object" and a not in state.objects]
+
+
 class SkillRunner:
     """Drives one skill step by step: ``act(state)`` returns the next action, or the ``SkillResult`` once
     the skill has finished, failed or run out of its time limit (``budget`` actions, if given)."""
@@ -46,6 +51,9 @@ class SkillRunner:
         if self.steps >= self.budget:
             self._skill.close()
             return SkillResult(False, f"timeout: {self.step} did not finish in {self.budget} steps", self.steps)
+        if lost := missing_objects(self.step, state):  # a perceived world can lose sight of an object mid-skill
+            self._skill.close()
+            return SkillResult(False, f"object not found: lost track of the {', '.join(lost)}", self.steps)
         try:
             action = self._skill.send(state) if self._started else next(self._skill)
         except StopIteration as stop:
@@ -82,8 +90,7 @@ class PlanRunner:
     def act(self, state: WorldState) -> np.ndarray | None:
         while not self.finished:
             if self._skill is None:
-                missing = [a for a, kind in zip(self.step.args, SKILLS[self.step.skill].args) if kind == "object" and a not in state.objects]
-                if missing:
+                if missing := missing_objects(self.step, state):
                     return self._end(False, f"object not found: no pose known for the {', '.join(missing)}")
                 self._skill = SkillRunner(self.ctx, self.step, state)
             out = self._skill.act(state)

@@ -301,7 +301,10 @@ class Controller(Node):
         if self.status.get("state") == "waiting":
             self.status = {**self.status, "state": "running", "reason": ""}
             self.report()
-        action = self.runner.act(state)
+        try:
+            action = self.runner.act(state)
+        except Exception as exc:  # noqa: BLE001  a skill that trips (an object perception lost mid-skill) stops the robot
+            return self.finish("failed", f"{self.runner.step}: {type(exc).__name__}: {exc}")
         if action is None:
             return self.end_of_plan()
         self.publish_action(action)

@@ -182,6 +182,7 @@ class SimBridge(Node):
         base = self.env.unwrapped
         state = base.world_state()  # the simulator's ground truth (the bridge's env has no perceived world)
         robot, stamp = state.robot, self.get_clock().now().to_msg()
+        self.state_stamp = stamp  # the camera renders this state until the next step: its frames carry this stamp
         joints = {"lift": robot.lift, "extend": robot.extend, "gripper": 1.0 if robot.gripper_closed else 0.0}
         self.pub_joints.publish(joint_state_msg(joints, stamp))
         self.pub_holding.publish(Bool(data=robot.holding is not None))
@@ -198,7 +199,7 @@ class SimBridge(Node):
     def publish_camera(self) -> None:
         base = self.env.unwrapped
         obs = base.camera_observation()
-        stamp = self.get_clock().now().to_msg()
+        stamp = self.state_stamp  # when the world looked like this: the odometry of that stamp is the camera's pose
         self.pub_image.publish(image_msg(obs["rgb"], stamp, self.camera_frame))
         self.pub_depth.publish(image_msg(obs["depth"], stamp, self.camera_frame))
         self.pub_info.publish(camera_info_msg(base.config.width, base.config.height, HEAD_FOVY, stamp, self.camera_frame))

@@ -9,7 +9,7 @@ import pytest
 
 from embodied.perception.camera import Frame, HeadMount, frame_points
 from embodied.perception.episode import PerceivedWorld, look_around
-from embodied.perception.memory import ObjectMemory
+from embodied.perception.memory import FORGET_FRAMES, ObjectMemory
 from embodied.perception.naming import Label, ObjectNamer
 from embodied.perception.occupancy import OccupancyGrid
 from embodied.perception.pipeline import Perception
@@ -182,10 +182,15 @@ def test_memory_confirms_names_moves_and_forgets():
     assert memory.grasp(np.array([1.0, 0.0, 0.45])) is track
     memory.carry(np.array([2.0, 1.0, 0.9]))
     assert np.allclose(track.centre()[:2], [2.0, 1.0], atol=0.03)
-    memory.release(support=0.5)
-    assert track.moved and track.held_offset is None
-    # seen through three times where it was: gone
-    for _ in range(3):
+    memory.release(table_height=0.5)  # no container under it: it drops onto the table
+    assert track.moved and track.held_offset is None and track.xyz[:, 2].min() == pytest.approx(0.5)
+    # where a dropped object landed is a guess: it is kept longer than one seen where it stood
+    for _ in range(FORGET_FRAMES):
+        memory.forget_unseen([track])
+    assert memory.confirmed() == [track]
+    memory.add_segments([segment((2.0, 1.0), z0=0.5, n=20, seed=2)])  # seen again where it landed
+    assert not track.moved and memory.confirmed() == [track]
+    for _ in range(FORGET_FRAMES):  # then seen through three times where it stood: gone
         memory.forget_unseen([track])
     assert memory.confirmed() == []
 

@@ -19,7 +19,7 @@ from envs.env import EmbodiedEnv
 PERCEPTION_SEED = 3_500_000  # held out: the ULIP stage trained on scenes from 1,000,000 (embodied/data/generate.py)
 TASKS = ("object_nav", "pick_place", "rearrange")  # scenes of each task's kind, in turn
 MATCH_DISTANCE = 0.05  # m beyond an object's half-extent within which a perceived object is that object
-PERCEPTION_METRICS = ["recall", "precision", "label_accuracy", "median_centroid_error_cm", "tables_found", "objects_in_view", "scenes"]
+PERCEPTION_METRICS = ["recall", "precision", "label_accuracy", "median_centroid_error_mm", "tables_found", "objects_in_view", "scenes"]
 
 
 class _VisibilityWorld(PerceivedWorld):
@@ -92,7 +92,7 @@ def evaluate_perception(scenes: int = 200, out: Path = Path("runs/eval/perceptio
         env.close()
     row = summarize_perception(records)
     note = f"{scenes} held-out scenes from seed {seed} (object navigation, pick and place and rearrangement scenes in turn), after one scan from the start pose; 'in view': at least {MIN_SEGMENT_POINTS} pixels in some frame."
-    write_report(out, "Perception after a scan", [row], PERCEPTION_METRICS, "recall", "policy", note)
+    write_report(out, "Perception after a scan", [row], PERCEPTION_METRICS, "recall", "world", note)
     return {"summary": row, "scenes": records}
 
 
@@ -104,10 +104,11 @@ def summarize_perception(records: list[dict]) -> dict:
     errors = [e for r in records for e in r["centroid_errors"]]
     return {
         "policy": "perception",
+        "world": "perceived",
         "recall": ratio("recalled", "objects_in_view"),
         "precision": ratio("true_positives", "tracks"),
         "label_accuracy": ratio("labels_right", "true_positives"),
-        "median_centroid_error_cm": 100 * float(np.median(errors)) if errors else None,
+        "median_centroid_error_mm": 1000 * float(np.median(errors)) if errors else None,
         "tables_found": ratio("tables_found", "tables"),
         "objects_in_view": sum(r["objects_in_view"] for r in records),
         "scenes": len(records),

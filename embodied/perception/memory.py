@@ -18,8 +18,11 @@ MAX_TRACK_POINTS = 3000
 MATCH_MARGIN = 0.04  # m beyond an object's footprint within which a segment is the same object
 CONFIRM_FRAMES = 2  # detections before an object is reported...
 CONFIRM_POINTS = 40  # ...unless one detection already had this many points
-FORGET_FRAMES = 3  # frames that saw through an object's place before it is forgotten
-RENAME_GROWTH = 1.5  # an object is named again when its fused cloud has grown this much since
+FORGET_FRAMES = 3  # frames that saw through an object's place before it is forgotten...
+FORGET_MOVED_FRAMES = 30  # ...or, for one let go and not seen since, this many (where it landed is a guess)
+CONTAINER_FLOOR = 0.012  # m, a container's floor plate above what it stands on
+RENAME_GROWTH = 2.0  # an object is named again when its fused cloud has grown this much since...
+SETTLED = (0.95, 256)  # ...unless its name is this sure, from at least this many points
 
 
 @dataclass
@@ -166,7 +169,7 @@ class ObjectMemory:
         there). Each such frame counts; after ``FORGET_FRAMES`` the object is gone."""
         for track in expected:
             track.missed += 1
-            if track.missed >= FORGET_FRAMES and track.held_offset is None:
+            if track.missed >= (FORGET_MOVED_FRAMES if track.moved else FORGET_FRAMES) and track.held_offset is None:
                 self.tracks.remove(track)
 
     # -- the gripper ----------------------------------------------------------------------------------
@@ -188,13 +191,18 @@ class ObjectMemory:
             track.points = track.held_offset.copy()
             track.points[:, :3] += grasp_point
 
-    def release(self, support: float | None) -> None:
-        """The gripper opened: the object stays where it was let go until it is seen again."""
+    def release(self, table_height: float | None) -> None:
+        """The gripper opened: the object drops straight down, into a container under it or onto the table,
+        and stays there until it is seen again."""
         for track in self.held():
             track.held_offset = None
             track.moved = True
-            if support is not None:
-                track.support = support
+            xy = track.footprint_centre()
+            under = [t for t in self.confirmed() if t.is_container and t is not track and np.linalg.norm(t.footprint_centre() - xy) < t.extent_half()]
+            floor = under[0].support + CONTAINER_FLOOR if under else table_height
+            if floor is not None:
+                track.points[:, 2] += floor - track.xyz[:, 2].min()
+                track.support = floor
 
     def held(self) -> list[Track]:
         return [t for t in self.tracks if t.held_offset is not None]
@@ -203,7 +211,11 @@ class ObjectMemory:
 
     def to_name(self) -> list[Track]:
         """Confirmed tracks never named, or whose fused cloud has grown enough to name again."""
-        return [t for t in self.tracks if t.seen >= CONFIRM_FRAMES and t.held_offset is None and len(t.points) >= RENAME_GROWTH * max(t.named_at, 1) and len(t.points) >= 16]
+        return [
+            t for t in self.tracks
+            if t.seen >= CONFIRM_FRAMES and t.held_offset is None and len(t.points) >= max(16, RENAME_GROWTH * t.named_at)
+            and not (t.label is not None and t.label.confidence >= SETTLED[0] and t.named_at >= SETTLED[1])
+        ]  # fmt: skip
 
     def confirmed(self) -> list[Track]:
         return [t for t in self.tracks if t.seen >= CONFIRM_FRAMES or t.held_offset is not None]

@@ -116,7 +116,7 @@ class Perception:
             self.memory.grasp(robot.grasp_point)
         elif robot.holding is None and held:
             below = [t.height for t in self.memory.tables if t.height < robot.lift]
-            self.memory.release(max(below, default=None))
+            self.memory.release(max(below, default=None))  # the nearest table top below the gripper
         self.memory.carry(robot.grasp_point)
 
     def _seen_through(self, frame: Frame, seen: set[int]) -> list[Track]:

@@ -111,7 +111,7 @@ def test_perceived_oracle_graph_completes_pick_place(ros, torch_threads):
                 return out
         perception = ros.start(PerceptionNode, namer=TruthNamer())
     else:
-        perception = ros.start(PerceptionNode, parameter_overrides=params(ulip_checkpoint=os.environ.get("DEV_ULIP", "")))  # the shipped ULIP checkpoint
+        perception = ros.start(PerceptionNode, parameter_overrides=params(ulip_checkpoint=os.environ.get("DEV_ULIP", ""), perception_rate=float(os.environ.get("DEV_RATE", "5"))))  # the shipped ULIP checkpoint
     planner = ros.start(Planner, parameter_overrides=params(planner="oracle", perception="node"))
     controller = ros.start(Controller)
     probe = ros.probe(
@@ -158,8 +158,8 @@ def test_perceived_oracle_graph_completes_pick_place(ros, torch_threads):
 
     final = probe.rec["status"].wait_last(lambda s: s["state"] in FINAL, timeout=110)
     statuses = probe.rec["status"].messages
-    assert final is not None, f"the controller did not finish: last status {statuses[-1]}, perception {probe.rec['perception'].last}"
-    assert final["state"] == "done", f"controller: {final}; perception: {probe.rec['perception'].last}"
+    assert final is not None, f"the controller did not finish: {statuses}; perception {probe.rec['perception'].last}"
+    assert final["state"] == "done", f"controller: {statuses}; perception: {probe.rec['perception'].last}; bridge: {probe.rec['task_status'].last}"
     assert {s.get("step") for s in statuses if s["state"] == "running"} == {1, 2, 3, 4, 5}, statuses
     done_at = [t for t, s in probe.rec["status"].items if s["state"] == "done"][0]
     status = probe.rec["task_status"].wait(lambda s: "success" in s, timeout=5, since=done_at)
