@@ -203,6 +203,8 @@ class PerceptionNode(Node):
             self.odom.append((stamp_ns(msg), odometry_pose(msg)))
         except ValueError as exc:
             self.get_logger().warning(f"rejected odom: {exc}", throttle_duration_sec=1.0)
+            return
+        self.fuse_next()  # a frame may wait for the odometry of its own time
 
     def on_joints(self, msg: JointState) -> None:
         try:
@@ -242,6 +244,8 @@ class PerceptionNode(Node):
             if rgb is None or abs(stamp_ns(rgb) - stamp) > self.max_sync_ns:
                 self.last_stamp = stamp
                 return self.skip("no rgb image within max_sync of the depth image")
+        if (not self.odom or self.odom[-1][0] < stamp) and now - stamp < self.max_sync_ns:
+            return  # the odometry of the frame's time may still be queued (the executor takes topics in turn)
         self.last_stamp, self.last_fused_at, self.urgent = stamp, now, False
         self.fuse(rgb, depth, stamp)
 

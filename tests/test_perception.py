@@ -101,7 +101,7 @@ def test_oracle_plan_runs_on_the_perceived_world(make_env, namer):
     outcomes, info = execute_plan(env, plan)
     assert info["success"], [o.to_dict() for o in outcomes]
     item, box = env.task.goal()["moves"][0]
-    assert np.linalg.norm(env.world_state().objects[item][:2] - env.backend.state().objects[item][:2]) < 0.03, "the placed item was not found where it landed"
+    assert np.linalg.norm(env.world_state().objects[item][:2] - env.backend.state().objects[item][:2]) < 0.05, "the placed item is lost"
 
 
 def test_an_object_never_seen_is_not_found(make_env, namer):

@@ -46,9 +46,15 @@ def frame_points(frame: Frame, mount: HeadMount, max_depth: float) -> tuple[np.n
     depth = np.asarray(frame.depth, np.float32)
     height, width = depth.shape[:2]
     depth = depth.reshape(-1)
-    keep = np.flatnonzero(np.isfinite(depth) & (depth > 0) & (depth < max_depth))
     position, rotation = mount.pose(*frame.pose)
-    cam = pixel_rays(height, width, mount.fovy_deg, 1)[keep] * depth[keep, None]
-    xyz = cam @ rotation.T.astype(np.float32) + position.astype(np.float32)
-    rgb = np.asarray(frame.rgb).reshape(-1, 3)[keep].astype(np.float32) / 255.0
-    return xyz, rgb, keep
+    rays = pixel_rays(height, width, mount.fovy_deg, 1) @ rotation.T.astype(np.float32)  # world directions
+    rgb = np.asarray(frame.rgb).reshape(-1, 3)
+    valid = np.isfinite(depth) & (depth > 0) & (depth < max_depth)
+    if valid.all():  # the usual indoor frame: no gathering needed
+        keep = np.arange(len(depth))
+    else:
+        keep = np.flatnonzero(valid)
+        rays, depth, rgb = rays[keep], depth[keep], rgb[keep]
+    xyz = rays * depth[:, None]
+    xyz += position.astype(np.float32)
+    return xyz, rgb.astype(np.float32) * np.float32(1 / 255), keep

@@ -18,7 +18,7 @@ from envs.plan_runner import StepOutcome
 from envs.scene import SceneSpec
 
 CAMERA_SIZE = 256  # px a side: objects cover ~4x the pixels they do at 128 (a real RGB-D gives 640x480)
-EVERY = 1  # perceive every control step (10 Hz)
+EVERY = 3  # perceive every third control step (3.3 Hz at 10 Hz control); every step while looking around
 
 
 class PerceivedWorld:
@@ -57,7 +57,15 @@ class PerceivedWorld:
 
 
 def look_around(env: EmbodiedEnv, on_step: Callable | None = None) -> list[StepOutcome]:
-    """The episode's first move in a perceived world: a ``scan`` on the spot, so the memory holds the room
-    before anything is planned."""
-    outcomes, _ = execute_plan(env, Plan("look around.", (Step("scan"),)), on_step=on_step, finish=False)
+    """The episode's first move in a perceived world: a ``scan`` on the spot, perceiving every frame, so the
+    memory holds the room before anything is planned."""
+    world = env.world
+    every = getattr(world, "every", None)
+    if every is not None:
+        world.every = 1
+    try:
+        outcomes, _ = execute_plan(env, Plan("look around.", (Step("scan"),)), on_step=on_step, finish=False)
+    finally:
+        if every is not None:
+            world.every = every
     return outcomes

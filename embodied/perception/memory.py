@@ -21,8 +21,9 @@ CONFIRM_POINTS = 40  # ...unless one detection already had this many points
 FORGET_FRAMES = 3  # frames that saw through an object's place before it is forgotten...
 FORGET_MOVED_FRAMES = 30  # ...or, for one let go and not seen since, this many (where it landed is a guess)
 CONTAINER_FLOOR = 0.012  # m, a container's floor plate above what it stands on
-RENAME_GROWTH = 2.0  # an object is named again when its fused cloud has grown this much since...
-SETTLED = (0.95, 256)  # ...unless its name is this sure, from at least this many points
+NAME_POINTS = 48  # an object is first named once its fused cloud has this many points...
+RENAME_GROWTH = 3.0  # ...and again when the cloud has grown this much since...
+SETTLED = (0.9, 128)  # ...unless its name is this sure, from at least this many points
 
 
 @dataclass
@@ -101,7 +102,7 @@ class ObjectMemory:
 
     def add_planes(self, planes: list[SupportPlane]) -> None:
         for plane in planes:
-            cells = {tuple(c) for c in np.floor(plane.xy / FOOTPRINT_CELL).astype(int)}
+            cells = set(map(tuple, np.unique(np.floor(plane.xy / FOOTPRINT_CELL).astype(np.int64), axis=0).tolist()))
             same = [t for t in self.tables if abs(t.height - plane.height) < 0.02 and _near(t.cells, cells)]
             if not same:
                 self.tables.append(TableTrack(plane.height, cells))
@@ -213,7 +214,7 @@ class ObjectMemory:
         """Confirmed tracks never named, or whose fused cloud has grown enough to name again."""
         return [
             t for t in self.tracks
-            if t.seen >= CONFIRM_FRAMES and t.held_offset is None and len(t.points) >= max(16, RENAME_GROWTH * t.named_at)
+            if t.seen >= CONFIRM_FRAMES and t.held_offset is None and len(t.points) >= max(NAME_POINTS, RENAME_GROWTH * t.named_at)
             and not (t.label is not None and t.label.confidence >= SETTLED[0] and t.named_at >= SETTLED[1])
         ]  # fmt: skip
 

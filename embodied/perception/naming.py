@@ -71,8 +71,13 @@ class ObjectNamer:
     def name(self, clouds: list[np.ndarray]) -> list[Label]:
         if not clouds:
             return []
-        batch = torch.stack([self._prepare(c) for c in clouds])
-        embedded = F.normalize(self.head(self.encoder(batch)[:, 0]), dim=-1)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a few small clouds: one thread is faster than contending for two busy cores
+        try:
+            batch = torch.stack([self._prepare(c) for c in clouds])
+            embedded = F.normalize(self.head(self.encoder(batch)[:, 0]), dim=-1)
+        finally:
+            torch.set_num_threads(threads)
         probs = torch.softmax(self.scale * embedded @ self.prompts.T, dim=1)
         best = probs.argmax(dim=1)
         labels = []

@@ -23,6 +23,7 @@ class OccupancyGrid:
         self.size = int(np.ceil(2 * half_extent / resolution))
         self.hits = np.zeros((self.size, self.size), np.int32)
         self.floor = np.zeros((self.size, self.size), np.int32)
+        self._navmap: tuple[tuple, NavMap] | None = None
 
     def add(self, xyz: np.ndarray) -> None:
         if len(xyz) == 0:
@@ -45,9 +46,14 @@ class OccupancyGrid:
         """Free for the base: not within ``inflation`` of an occupied cell (unknown cells count as free, so
         the robot may drive towards what it has not seen yet)."""
         occupied = self.hits >= MIN_HITS
+        key = (np.packbits(occupied).tobytes(), inflation)
+        if self._navmap is not None and self._navmap[0] == key:
+            return self._navmap[1]  # nothing new is occupied: the same map
         blocked = occupied.copy()
         radius = int(np.ceil(inflation / self.resolution))
         n = self.size
         for dx, dy in np.argwhere(np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) * self.resolution <= inflation) - radius:
             blocked[max(dx, 0) : n + min(dx, 0), max(dy, 0) : n + min(dy, 0)] |= occupied[max(-dx, 0) : n + min(-dx, 0), max(-dy, 0) : n + min(-dy, 0)]
-        return NavMap.from_grid(~blocked, self.origin, self.resolution)
+        navmap = NavMap.from_grid(~blocked, self.origin, self.resolution)
+        self._navmap = (key, navmap)
+        return navmap

@@ -50,7 +50,6 @@ class Perception:
         self.grid = OccupancyGrid(config.grid_resolution, config.grid_half_extent)
         self.frames = 0
         self._last_pose: tuple[float, float, float] | None = None
-        self._navmap: NavMap | None = None
 
     def update(self, frame: Frame, robot: RobotState) -> FrameReport:
         """Fuse one frame taken at ``robot``'s odometry; ``robot.holding`` says only whether the gripper
@@ -73,7 +72,6 @@ class Perception:
         xyz, colours, pixels = xyz[keep], colours[keep], pixels[keep]
         self.frames += 1
         self.grid.add(xyz)
-        self._navmap = None
         planes = support_planes(xyz)
         self.memory.add_planes(planes)
         position, _ = self.mount.pose(*frame.pose)
@@ -101,9 +99,7 @@ class Perception:
         return list(self.memory.named())
 
     def navmap(self) -> NavMap:
-        if self._navmap is None:
-            self._navmap = self.grid.navmap()
-        return self._navmap
+        return self.grid.navmap()
 
     # -- internals ------------------------------------------------------------------------------------
 

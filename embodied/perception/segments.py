@@ -90,7 +90,9 @@ def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
         height = float(np.median(z[sample[np.asarray(inliers)]]))
         members = band[np.abs(z[band] - height) < PLANE_TOLERANCE]
         heights.append(height)
-        cells, cell_of = np.unique(np.floor(xyz[members, :2] / FOOTPRINT_CELL).astype(np.int64), axis=0, return_inverse=True)
+        ij = np.floor(xyz[members, :2] / FOOTPRINT_CELL).astype(np.int64) + 100_000  # non-negative for any room
+        keys, cell_of = np.unique(ij[:, 0] * 1_000_000 + ij[:, 1], return_inverse=True)
+        cells = np.column_stack([keys // 1_000_000, keys % 1_000_000]) - 100_000
         flat = np.column_stack([cells * FOOTPRINT_CELL, np.zeros(len(cells))])
         labels = np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(flat)).cluster_dbscan(2.5 * FOOTPRINT_CELL, 2))
         for label in range(labels.max() + 1):
