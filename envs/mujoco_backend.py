@@ -35,11 +35,11 @@ from envs.backend import (  # noqa: E402
     OVERVIEW_CAMERA,
     OVERVIEW_FOVY,
     Backend,
-    overview_eye,
     CameraFrame,
     RobotCommand,
     RobotState,
     WorldState,
+    overview_eye,
 )
 from envs.mujoco_render import OffscreenRenderer  # noqa: E402
 from envs.scene import CONTAINER_WALL_HEIGHT, ObjectSpec, SceneSpec, TableSpec  # noqa: E402

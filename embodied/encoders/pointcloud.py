@@ -133,6 +133,13 @@ def prepare_cloud(
     return valid[index]
 
 
+def unit_sphere(cloud: torch.Tensor) -> torch.Tensor:
+    """An object's cloud centred and scaled into the unit sphere, as PointBERT and ULIP train on (in metres an
+    object's neighbourhoods are millimetres apart, too small a signal beside colour)."""
+    xyz = cloud[:, :3] - cloud[:, :3].mean(dim=0)
+    return torch.cat([xyz / xyz.norm(dim=1).max().clamp(min=1e-6), cloud[:, 3:]], dim=1)
+
+
 class PointEncoder(nn.Module):
     def __init__(self, config: PointEncoderConfig):
         super().__init__()

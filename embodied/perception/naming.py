@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from embodied.data.phrasing import CLASS_PROMPT
-from embodied.encoders.pointcloud import PointEncoder, prepare_cloud
+from embodied.encoders.pointcloud import PointEncoder, prepare_cloud, unit_sphere
 from embodied.errors import CheckpointError
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from envs.scene import COLOURS, SHAPES
@@ -88,15 +88,13 @@ class ObjectNamer:
         return labels
 
     def _prepare(self, cloud: np.ndarray) -> torch.Tensor:
-        """Centred and scaled into the unit sphere, as the ULIP stage trained (``ulip.object_clouds``)."""
+        """As the ULIP stage trained: a fixed count of points in the unit sphere (``ulip.object_clouds``)."""
         cloud = np.ascontiguousarray(cloud, np.float32)
         if len(cloud) > CLOUD_POINTS:
             cloud = cloud[np.random.default_rng(0).choice(len(cloud), CLOUD_POINTS, replace=False)]
         elif 0 < len(cloud) < self.points.group_size:  # a small segment: its points repeated fill a group
             cloud = np.resize(cloud, (self.points.group_size, cloud.shape[1]))
-        points = prepare_cloud(torch.from_numpy(cloud), CLOUD_POINTS, self.points.group_size, self.points.in_channels, "object segment")
-        xyz = points[:, :3] - points[:, :3].mean(dim=0)
-        return torch.cat([xyz / xyz.norm(dim=1).max().clamp(min=1e-6), points[:, 3:]], dim=1)
+        return unit_sphere(prepare_cloud(torch.from_numpy(cloud), CLOUD_POINTS, self.points.group_size, self.points.in_channels, "object segment"))
 
 
 _PROMPTS: torch.Tensor | None = None
@@ -108,5 +106,10 @@ def _prompt_embeddings() -> torch.Tensor:
     if _PROMPTS is None:
         from embodied.train.text_tower import TextTower
 
-        _PROMPTS = TextTower().embed([CLASS_PROMPT.format(colour=c, shape=s) for c, s in CLASSES])
+        _PROMPTS = TextTower().embed(class_prompts())
     return _PROMPTS
+
+
+def class_prompts() -> list[str]:
+    """One prompt per colour and shape, in ``CLASSES`` order: what zero-shot naming compares against."""
+    return [CLASS_PROMPT.format(colour=c, shape=s) for c, s in CLASSES]

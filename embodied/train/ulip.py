@@ -18,16 +18,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from embodied.data.dataset import SplitData, decode_cloud, decode_png
-from embodied.data.phrasing import CLASS_PROMPT
 from embodied.encoders.image import ImageEncoder
-from embodied.encoders.pointcloud import PointEncoder, prepare_cloud
+from embodied.encoders.pointcloud import PointEncoder, prepare_cloud, unit_sphere
 from embodied.io import atomic_dir, write_json
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from embodied.perception.naming import CLASSES, class_prompts
 from embodied.train.checkpoints import check_loaded
 from embodied.train.text_tower import TextTower
-from envs.scene import COLOURS, SHAPES
-
-CLASSES = [(colour, shape) for colour in COLOURS for shape in SHAPES]
 
 
 class UlipModel(nn.Module):
@@ -79,7 +76,7 @@ class UlipStage:
         self.text_index = {d: i for i, d in enumerate(descriptions)}
         self.text_embeddings = self.tower.embed(descriptions)
         self.description_class = torch.tensor([described[d] for d in descriptions])
-        self.class_embeddings = self.tower.embed([CLASS_PROMPT.format(colour=c, shape=s) for c, s in CLASSES])
+        self.class_embeddings = self.tower.embed(class_prompts())
 
     def batch(self, rng: np.random.Generator) -> dict:
         rows = [self.train[i] for i in rng.choice(len(self.train), min(self.config.batch_size, len(self.train)), replace=False)]
@@ -140,12 +137,9 @@ def zero_shot_accuracy(module: UlipModel, rows: list[dict], class_embeddings: to
 
 
 def object_clouds(rows: list[dict], config) -> torch.Tensor:
-    """The rows' object clouds, each centred and scaled into the unit sphere as PointBERT and ULIP train
-    on (in metres an object's neighbourhoods are millimetres apart, too small a signal beside colour)."""
+    """The rows' object clouds, each in the unit sphere."""
     clouds = []
     for row in rows:
         raw = decode_cloud(row["cloud"])
-        cloud = prepare_cloud(raw, len(raw), config.group_size, config.in_channels)
-        xyz = cloud[:, :3] - cloud[:, :3].mean(dim=0)
-        clouds.append(torch.cat([xyz / xyz.norm(dim=1).max().clamp(min=1e-6), cloud[:, 3:]], dim=1))
+        clouds.append(unit_sphere(prepare_cloud(raw, len(raw), config.group_size, config.in_channels)))
     return torch.stack(clouds)
