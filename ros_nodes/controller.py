@@ -80,8 +80,9 @@ def occupancy_navmap(values: np.ndarray, origin: tuple[float, float], resolution
     blocked = occupied.copy()
     radius = int(np.ceil(inflation / resolution))
     offsets = np.argwhere(np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) * resolution <= inflation) - radius
-    for dx, dy in offsets:
-        blocked[max(dx, 0) : n + min(dx, 0), max(dy, 0) : n + min(dy, 0)] |= occupied[max(-dx, 0) : n + min(-dx, 0), max(-dy, 0) : n + min(-dy, 0)]
+    for dx, dy in offsets:  # blocked |= occupied shifted by (dx, dy)
+        target = (slice(max(dx, 0), n + min(dx, 0)), slice(max(dy, 0), n + min(dy, 0)))
+        blocked[target] |= occupied[max(-dx, 0) : n + min(-dx, 0), max(-dy, 0) : n + min(-dy, 0)]
     return NavMap.from_grid(~blocked, start, resolution)
 
 

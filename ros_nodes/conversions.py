@@ -214,7 +214,9 @@ def camera_fovy(msg: CameraInfo) -> float:
     return math.degrees(2 * math.atan(msg.height / 2 / fy))
 
 
-def occupancy_grid_msg(values: np.ndarray, origin: float | tuple[float, float], resolution: float, stamp: Time, frame: str = "odom") -> OccupancyGrid:
+def occupancy_grid_msg(
+    values: np.ndarray, origin: float | tuple[float, float], resolution: float, stamp: Time, frame: str = "odom"
+) -> OccupancyGrid:
     """An occupancy grid indexed [x cell, y cell] (-1 unknown, 0 free, 100 occupied: ``OccupancyGrid.values``)
     as nav_msgs/OccupancyGrid, whose data is row-major with x fastest (``data[y * width + x]``)."""
     values = np.asarray(values)

@@ -127,7 +127,10 @@ class PerceptionNode(Node):
         )
         p = self.param
         if not (p["perception_rate"] > 0 and p["max_age"] > 0 and p["max_sync"] >= 0):
-            raise ValueError(f"perception_rate and max_age must be positive and max_sync not negative, got {p['perception_rate']}, {p['max_age']}, {p['max_sync']}")
+            raise ValueError(
+                "perception_rate and max_age must be positive and max_sync not negative, "
+                f"got {p['perception_rate']}, {p['max_age']}, {p['max_sync']}"
+            )
         if namer is None:
             import torch
 
@@ -213,13 +216,22 @@ class PerceptionNode(Node):
             self.get_logger().warning(f"rejected joint_states: {exc}", throttle_duration_sec=1.0)
 
     def on_holding(self, msg: Bool) -> None:
+        """The gripper closed on something or let go: say what it holds now, not a frame later (a pick checks
+        its grasp 0.3 s after closing); the next frame is fused whatever the rate."""
         holding = bool(msg.data)
         if holding == self.holding:
             return
         self.holding, self.urgent = holding, True
-        if not holding and self.grasped:  # the gripper let go: nothing is held, whatever the camera says next
+        if not holding:  # nothing is held, whatever the camera says next
             self.grasped = ""
-            self.pub_grasped.publish(String(data=""))
+        elif self.odom and self.joints:  # the object nearest the gripper rides with it (as the next frame would do)
+            joints = self.joints[-1][1]
+            robot = RobotState(*self.odom[-1][1], joints["lift"], joints["extend"], joints["gripper"] >= 0.5, "held")
+            if not self.perception.memory.held():
+                self.perception.memory.grasp(robot.grasp_point)
+            self.grasped = self.perception.world_state(robot).robot.holding or ""
+        self.pub_grasped.publish(String(data=self.grasped))
+        self.report()
 
     # -- fusing --------------------------------------------------------------------------------------
 
@@ -259,7 +271,8 @@ class PerceptionNode(Node):
         if self.camera_size is None:
             return self.skip("no camera_info yet: the field of view is unknown")
         if depth.shape[0] != self.camera_size[1]:
-            return self.skip(f"camera_info describes {self.camera_size[0]}x{self.camera_size[1]}, the depth image is {depth.shape[1]}x{depth.shape[0]}")
+            (width, height), shape = self.camera_size, depth.shape
+            return self.skip(f"camera_info describes {width}x{height}, the depth image is {shape[1]}x{shape[0]}")
         pose = self.pose_at(stamp)
         if pose is None:
             return self.skip(f"no odometry within max_sync ({self.param['max_sync']:g} s) of the frame")

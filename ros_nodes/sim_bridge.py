@@ -16,7 +16,8 @@ executor): the renderer's GL context belongs to the thread that made it.
 
 The ``~/reset`` service (std_srvs/Trigger) starts the next episode: the same task with seed + 1, the robot
 at its new start, the arm retracted, the base stopped; the new scene and task are latched again (``task``
-carries its ``seed``), and the reply names the seed and the instruction.
+carries its ``seed``), and the reply names the seed and the instruction. With a perception node it also asks
+``perception/reset``: the new episode is another room.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ class SimBridge(Node):
         self.create_subscription(Twist, "cmd_vel", self.on_cmd_vel, STREAM)
         self.create_subscription(JointTrajectory, "arm_command", self.on_arm_command, STREAM)
         self.create_service(Trigger, "~/reset", self.on_reset)
+        # The next episode is another room: a perception node forgets the last one (fire and forget).
+        self.perception_reset = self.create_client(Trigger, "perception/reset") if self.mode != "ground_truth" else None
 
         self.publish_episode()
         self.create_timer(self.period, self.step)
@@ -130,6 +133,8 @@ class SimBridge(Node):
         self.env.reset(seed=self.seed)
         self.velocity, self.velocity_time = (0.0, 0.0, 0.0), None
         self.arm = {"lift": LIFT_RANGE[0], "extend": EXTEND_RANGE[0], "gripper": 0.0}
+        if self.perception_reset is not None and self.perception_reset.service_is_ready():
+            self.perception_reset.call_async(Trigger.Request())
         self.publish_episode()
         self.publish_state()
         instruction = self.env.unwrapped.task.instruction

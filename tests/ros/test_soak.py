@@ -1,4 +1,5 @@
-"""Soak and chaos on the simulated graph as processes (`embodied ros up sim`, planner:=oracle): many tasks back to
+"""Soak and chaos on the simulated graph as processes (`embodied ros up sim`, planner:=oracle, on the bridge's
+ground truth: perception:=ground_truth, the graph's processes are what is tested here): many tasks back to
 back with the bridge reset between them (memory flat, every task ends with a status), and the planner killed
 mid-task (the controller stops the robot, the respawned planner takes the next instruction). Slow: minutes."""
 
@@ -119,7 +120,7 @@ def test_sim_graph_runs_many_tasks_back_to_back_with_flat_memory(ros, tmp_path):
     probe = graph_probe(ros)
     results, memory = [], {}
     started = time.monotonic()
-    with ros_up(tmp_path, "planner=oracle", "task=pick_place", "seed=0") as up:
+    with ros_up(tmp_path, "planner=oracle", "perception=ground_truth", "task=pick_place", "seed=0") as up:
         task = wait_until_up(probe, up, tmp_path)
         pids = {name: p.pid for name, p in nodes(up).items()}
         assert set(pids) == set(NODES)
@@ -161,7 +162,7 @@ def test_sim_graph_runs_many_tasks_back_to_back_with_flat_memory(ros, tmp_path):
 @pytest.mark.timeout(600)
 def test_killed_planner_stops_the_robot_and_its_respawn_takes_the_next_instruction(ros, tmp_path):
     probe = graph_probe(ros)
-    with ros_up(tmp_path, "planner=oracle", "task=pick_place", "seed=1") as up:
+    with ros_up(tmp_path, "planner=oracle", "perception=ground_truth", "task=pick_place", "seed=1") as up:
         task = wait_until_up(probe, up, tmp_path)
         sent, plan = start_task(probe, task["instruction"])
         assert probe.rec["cmd_vel"].wait(moving, timeout=20, since=sent) is not None, "the robot does not move"
