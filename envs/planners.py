@@ -57,7 +57,7 @@ class OraclePlanner:
 
 
 class RandomPlanner:
-    """Random skills on random scene objects: the floor any learned planner must clear."""
+    """Random skills on random known objects: the floor any learned planner must clear."""
 
     name = "random"
     sensors: tuple[str, ...] = ()
@@ -68,10 +68,12 @@ class RandomPlanner:
 
     def plan(self, observation: dict, env: EmbodiedEnv) -> str:
         task = env.unwrapped.task
-        names = task.scene.object_names
+        names = env.unwrapped.known_objects()  # in a perceived world, what the robot has seen
         if isinstance(task, EmbodiedQA):
             answer = str(self.rng.choice([*self.answers, *names]))
             return Plan("a guess.", (Step("answer", (answer,)),)).to_text()
+        if not names:
+            return Plan("nothing in sight.", (Step("done"),)).to_text()
         steps = []
         for _ in range(int(self.rng.integers(1, 6))):
             skill = str(self.rng.choice(["navigate", "pick", "place", "look_at"]))
