@@ -32,6 +32,18 @@ class NavMap:
         navmap._set(np.asarray(free, bool), origin, resolution)
         return navmap
 
+    @classmethod
+    def from_occupancy(cls, occupied: np.ndarray, origin: float, resolution: float, inflation: float = ROBOT_RADIUS + 0.04) -> NavMap:
+        """Free where no occupied cell lies within ``inflation`` (unknown cells count as free, so the robot
+        may drive towards what it has not seen yet)."""
+        occupied = np.asarray(occupied, bool)
+        blocked = occupied.copy()
+        radius = int(np.ceil(inflation / resolution))
+        n, m = occupied.shape
+        for dx, dy in np.argwhere(np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) * resolution <= inflation) - radius:
+            blocked[max(dx, 0) : n + min(dx, 0), max(dy, 0) : m + min(dy, 0)] |= occupied[max(-dx, 0) : n + min(-dx, 0), max(-dy, 0) : m + min(-dy, 0)]
+        return cls.from_grid(~blocked, origin, resolution)
+
     def _set(self, free: np.ndarray, origin: float, resolution: float) -> None:
         self.free, self.origin, self.resolution = free, origin, resolution
         self.centres = origin + (np.arange(len(free)) + 0.5) * resolution

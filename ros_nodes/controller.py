@@ -68,22 +68,15 @@ INFLATION = ROBOT_RADIUS + 0.04  # m kept between the base centre and an occupie
 
 
 def occupancy_navmap(values: np.ndarray, origin: tuple[float, float], resolution: float, inflation: float = INFLATION) -> NavMap:
-    """A NavMap from occupancy values indexed [x cell, y cell] (-1 unknown, 0..100): cells within
-    ``inflation`` of an occupied one (>= 50) are blocked; unknown cells count as free, so the robot may drive
-    towards what it has not seen yet. A map that is not square about one origin is padded to one."""
+    """A NavMap from occupancy values indexed [x cell, y cell] (-1 unknown, 0..100; >= 50 is occupied). A map
+    that is not square about one origin is padded to one."""
     ox, oy = origin
     start = min(ox, oy)
     shift = (int(round((ox - start) / resolution)), int(round((oy - start) / resolution)))
     n = max(shift[0] + values.shape[0], shift[1] + values.shape[1])
     occupied = np.zeros((n, n), bool)
     occupied[shift[0] : shift[0] + values.shape[0], shift[1] : shift[1] + values.shape[1]] = values >= 50
-    blocked = occupied.copy()
-    radius = int(np.ceil(inflation / resolution))
-    offsets = np.argwhere(np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) * resolution <= inflation) - radius
-    for dx, dy in offsets:  # blocked |= occupied shifted by (dx, dy)
-        target = (slice(max(dx, 0), n + min(dx, 0)), slice(max(dy, 0), n + min(dy, 0)))
-        blocked[target] |= occupied[max(-dx, 0) : n + min(-dx, 0), max(-dy, 0) : n + min(-dy, 0)]
-    return NavMap.from_grid(~blocked, start, resolution)
+    return NavMap.from_occupancy(occupied, start, resolution, inflation)
 
 
 class Controller(Node):
@@ -358,7 +351,11 @@ class Controller(Node):
             self.get_logger().warning(f"{state}: {reason}")
 
     def destroy_node(self):
-        self.publish_stop()  # leave the robot standing still, not driving on its last command
+        # leave the robot standing still, not driving on its last command: sent three times over 40 ms, as
+        # a message published just before its publisher goes can be lost on the way out
+        for _ in range(3):
+            self.publish_stop()
+            time.sleep(0.02)
         super().destroy_node()
 
     def report(self) -> None:

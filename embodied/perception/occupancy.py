@@ -43,17 +43,10 @@ class OccupancyGrid:
         return grid
 
     def navmap(self, inflation: float = ROBOT_RADIUS + 0.04) -> NavMap:
-        """Free for the base: not within ``inflation`` of an occupied cell (unknown cells count as free, so
-        the robot may drive towards what it has not seen yet)."""
+        """Free for the base: not within ``inflation`` of an occupied cell; rebuilt only when what is occupied
+        has changed."""
         occupied = self.hits >= MIN_HITS
         key = (np.packbits(occupied).tobytes(), inflation)
-        if self._navmap is not None and self._navmap[0] == key:
-            return self._navmap[1]  # nothing new is occupied: the same map
-        blocked = occupied.copy()
-        radius = int(np.ceil(inflation / self.resolution))
-        n = self.size
-        for dx, dy in np.argwhere(np.hypot(*np.mgrid[-radius : radius + 1, -radius : radius + 1]) * self.resolution <= inflation) - radius:
-            blocked[max(dx, 0) : n + min(dx, 0), max(dy, 0) : n + min(dy, 0)] |= occupied[max(-dx, 0) : n + min(-dx, 0), max(-dy, 0) : n + min(-dy, 0)]
-        navmap = NavMap.from_grid(~blocked, self.origin, self.resolution)
-        self._navmap = (key, navmap)
-        return navmap
+        if self._navmap is None or self._navmap[0] != key:
+            self._navmap = (key, NavMap.from_occupancy(occupied, self.origin, self.resolution, inflation))
+        return self._navmap[1]

@@ -204,7 +204,9 @@ def test_ros_up_runs_the_perception_node_by_default_and_completes_the_task(ros, 
         # The perception node runs and has seen the room before the instruction goes out.
         seeing = probe.rec["perception"].wait(lambda s: s["fused"] >= 3, timeout=60)
         assert seeing is not None, (tmp_path / "up.log").read_text()
-        assert publishers_of(probe, "/scene") == ["perception"] and publishers_of(probe, "/ground_truth/scene") == ["sim_bridge"]
+        # (a node's name reaches other processes a little after its topics do)
+        publishers = lambda: (publishers_of(probe, "/scene"), publishers_of(probe, "/ground_truth/scene"))  # noqa: E731
+        assert wait_for(lambda: publishers() == (["perception"], ["sim_bridge"]), 10), publishers()
         assert wait_for(lambda: probe.pub["instruction"].get_subscription_count() > 0, 30)
         assert probe.rec["status"].wait(timeout=30) is not None
         probe.publish("instruction", String(data=task["instruction"]))
