@@ -49,7 +49,7 @@ from envs.backend import (
 from envs.navmap import NavMap
 from envs.plan import Step
 from envs.plan_runner import PlanRunner
-from envs.scene import ROBOT_RADIUS, SceneSpec
+from envs.scene import SceneSpec
 from envs.skills import SkillContext
 from ros_nodes.conversions import (
     arm_trajectory_msg,
@@ -64,10 +64,8 @@ from ros_nodes.params import declare
 from ros_nodes.qos import ANY, LATCHED, PLAN, STREAM
 from ros_nodes.spin import go_realtime
 
-INFLATION = ROBOT_RADIUS + 0.04  # m kept between the base centre and an occupied cell (as perception's own map)
 
-
-def occupancy_navmap(values: np.ndarray, origin: tuple[float, float], resolution: float, inflation: float = INFLATION) -> NavMap:
+def occupancy_navmap(values: np.ndarray, origin: tuple[float, float], resolution: float) -> NavMap:
     """A NavMap from occupancy values indexed [x cell, y cell] (-1 unknown, 0..100; >= 50 is occupied). A map
     that is not square about one origin is padded to one."""
     ox, oy = origin
@@ -76,7 +74,7 @@ def occupancy_navmap(values: np.ndarray, origin: tuple[float, float], resolution
     n = max(shift[0] + values.shape[0], shift[1] + values.shape[1])
     occupied = np.zeros((n, n), bool)
     occupied[shift[0] : shift[0] + values.shape[0], shift[1] : shift[1] + values.shape[1]] = values >= 50
-    return NavMap.from_occupancy(occupied, start, resolution, inflation)
+    return NavMap.from_occupancy(occupied, start, resolution)
 
 
 class Controller(Node):

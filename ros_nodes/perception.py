@@ -227,8 +227,7 @@ class PerceptionNode(Node):
         elif self.odom and self.joints:  # the object nearest the gripper rides with it (as the next frame would do)
             joints = self.joints[-1][1]
             robot = RobotState(*self.odom[-1][1], joints["lift"], joints["extend"], joints["gripper"] >= 0.5, "held")
-            if not self.perception.memory.held():
-                self.perception.memory.grasp(robot.grasp_point)
+            self.perception.track_gripper(robot)
             self.grasped = self.perception.world_state(robot).robot.holding or ""
         self.pub_grasped.publish(String(data=self.grasped))
         self.report()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from embodied.perception.camera import Frame
 from embodied.perception.naming import ObjectNamer
-from embodied.perception.pipeline import FrameReport, Perception, PerceptionConfig
+from embodied.perception.pipeline import Perception, PerceptionConfig
 from envs.backend import HEAD_CAMERA, RobotState, WorldState
 from envs.env import EmbodiedEnv
 from envs.executor import execute_plan
@@ -28,11 +28,10 @@ class PerceivedWorld:
         self.namer = namer if namer is not None else ObjectNamer()
         self.size, self.every, self.config = size, every, config
         self.perception: Perception | None = None
-        self.reports: list[FrameReport] = []
         self._steps = 0
 
     def reset(self, env: EmbodiedEnv) -> None:
-        self.perception, self.reports, self._steps = Perception(self.config, self.namer), [], 0
+        self.perception, self._steps = Perception(self.config, self.namer), 0
         self.observe(env)
 
     def observe(self, env: EmbodiedEnv) -> None:
@@ -41,7 +40,7 @@ class PerceivedWorld:
             return
         robot = env.robot_state()
         frame = env.backend.render(HEAD_CAMERA, self.size, self.size)
-        self.reports.append(self.perception.update(Frame(frame.rgb, frame.depth, (robot.x, robot.y, robot.yaw)), robot))
+        self.perception.update(Frame(frame.rgb, frame.depth, (robot.x, robot.y, robot.yaw)), robot)
 
     def world_state(self, robot: RobotState, time: float) -> WorldState:
         return self.perception.world_state(robot, time)

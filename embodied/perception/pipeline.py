@@ -50,10 +50,14 @@ class Perception:
         self.grid = OccupancyGrid(config.grid_resolution, config.grid_half_extent)
         self.frames = 0
         self._last_pose: tuple[float, float, float] | None = None
+        # what the skills read between frames (every control step): the named objects' centres, the held
+        # one's name and the scene, worked out once per change of the memory
+        self._view: tuple[dict[str, np.ndarray], str | None, SceneSpec] | None = None
 
     def update(self, frame: Frame, robot: RobotState) -> FrameReport:
         """Fuse one frame taken at ``robot``'s odometry; ``robot.holding`` says only whether the gripper
         holds something (a real gripper knows that much, not what)."""
+        self._view = None
         depth, rgb = np.asarray(frame.depth), np.asarray(frame.rgb)
         if depth.ndim != 2 or rgb.shape != (*depth.shape, 3):
             return FrameReport(skipped=f"bad frame: depth {depth.shape} and rgb {rgb.shape} do not match")
@@ -63,7 +67,7 @@ class Perception:
         self._last_pose = tuple(frame.pose)
         if jumped:
             return FrameReport(skipped=f"odometry jump: more than {MAX_JUMP} m since the last frame; frame not fused")
-        self._track_gripper(robot)
+        self.track_gripper(robot)
         xyz, colours, pixels = frame_points(frame, self.mount, self.config.max_depth)
         if len(xyz) == 0:
             return FrameReport(skipped="no depth: the frame has no valid depth")
@@ -84,19 +88,17 @@ class Perception:
     # -- what the skills, the planner and the ROS node read ------------------------------------------
 
     def scene(self) -> SceneSpec:
-        pose = self._last_pose or (0.0, 0.0, 0.0)
-        return SceneSpec(-1, self.config.grid_half_extent, tuple(self.memory.table_specs()), tuple(self.memory.object_specs()), tuple(pose))
+        return self._current()[2]
 
     def world_state(self, robot: RobotState, time: float = 0.0) -> WorldState:
         """The robot from odometry, the named objects where perception puts them; ``holding`` names the
         object riding in the gripper."""
-        named = self.memory.named()
-        held = next((name for name, t in named.items() if t.held_offset is not None), None)
+        centres, held, _ = self._current()
         robot = dataclasses.replace(robot, holding=held if robot.holding is not None else None)
-        return WorldState(robot, {name: t.centre() for name, t in named.items()}, time)
+        return WorldState(robot, dict(centres), time)
 
     def known_objects(self) -> list[str]:
-        return list(self.memory.named())
+        return list(self._current()[0])
 
     def navmap(self) -> NavMap:
         return self.grid.navmap()
@@ -106,14 +108,26 @@ class Perception:
     def _focal(self, height: int) -> float:
         return 0.5 * height / np.tan(np.radians(self.mount.fovy_deg) / 2)
 
-    def _track_gripper(self, robot: RobotState) -> None:
+    def track_gripper(self, robot: RobotState) -> None:
+        """The gripper closed on something (the object nearest it rides with it from now on) or let go (the
+        object drops into the container under it, or onto the nearest table top below)."""
+        self._view = None
         held = self.memory.held()
         if robot.holding is not None and not held:
             self.memory.grasp(robot.grasp_point)
         elif robot.holding is None and held:
             below = [t.height for t in self.memory.tables if t.height < robot.lift]
-            self.memory.release(max(below, default=None))  # the nearest table top below the gripper
+            self.memory.release(max(below, default=None))
         self.memory.carry(robot.grasp_point)
+
+    def _current(self) -> tuple[dict[str, np.ndarray], str | None, SceneSpec]:
+        if self._view is None:
+            named = self.memory.named()
+            held = next((name for name, t in named.items() if t.held_offset is not None), None)
+            pose = self._last_pose or (0.0, 0.0, 0.0)
+            scene = SceneSpec(-1, self.config.grid_half_extent, tuple(self.memory.table_specs()), tuple(self.memory.object_specs()), tuple(pose))
+            self._view = ({name: t.centre() for name, t in named.items()}, held, scene)
+        return self._view
 
     def _seen_through(self, frame: Frame, seen: set[int]) -> list[Track]:
         """Confirmed objects not seen in this frame although their place is in view and the depth there

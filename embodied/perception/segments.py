@@ -14,7 +14,6 @@ import open3d as o3d
 
 from envs.backend import RobotState
 
-FLOOR_BAND = 0.04  # m: points this close to z = 0 belong to the floor
 MIN_TABLE_POINTS = 40  # a horizontal plane with fewer inliers is noise, not a table top
 MIN_TABLE_WIDTH = 0.04  # m: the inliers' spread across their narrow direction (a wall's level strip has none)
 FOOTPRINT_CELL = 0.03  # m, the grid a table top's footprint is measured on

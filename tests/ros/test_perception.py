@@ -232,8 +232,8 @@ def test_hardware_graph_plans_and_moves_on_sensor_topics_only(ros, torch_threads
     the robot drives."""
     specs = {s.name: s for s in graph("hardware", {"planner": "oracle"})}
     remap = [arg for topic, target in HARDWARE_TOPICS.items() for arg in ("-r", f"{topic}:={target}")]
-    bridge = ros.start(SimBridge, parameter_overrides=params(task="pick_place", seed=SEED, perception="none"),
-                       cli_args=["--ros-args", *remap])  # fmt: skip
+    ros.start(SimBridge, parameter_overrides=params(task="pick_place", seed=SEED, perception="none"),
+              cli_args=["--ros-args", *remap])  # fmt: skip
     ros.start(PerceptionNode, cli_args=node_command(specs["perception"])[3:])
     planner = ros.start(Planner, cli_args=node_command(specs["planner"])[3:])
     controller = ros.start(Controller, cli_args=node_command(specs["controller"])[3:])
