@@ -27,8 +27,8 @@ GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
 RUN_FILE = "config.json"  # the run a folder holds, written as it starts: resuming checks it
 OUTPUTS = ("episodes", "gifs", "summary.json", RUN_FILE)  # what a rollout writes, and all that overwriting removes
-SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world")
-WORLDS = ("perceived", "privileged")  # what decides an episode: a resumed run keeps these
+SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world")  # what decides an episode: a resumed run keeps these
+WORLDS = ("perceived", "privileged")
 
 
 @dataclass(frozen=True)

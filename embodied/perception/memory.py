@@ -5,7 +5,7 @@ past it. Tables are fused the same way, from their top planes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,15 +79,20 @@ class Track:
 
 @dataclass
 class TableTrack:
-    height: float
-    cells: set[tuple[int, int]] = field(default_factory=set)
+    """A table top's height and footprint, as a box of ``FOOTPRINT_CELL`` cells (tables are axis-aligned)."""
 
-    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        cells = np.array(sorted(self.cells))
-        return cells.min(axis=0) * FOOTPRINT_CELL, (cells.max(axis=0) + 1) * FOOTPRINT_CELL
+    height: float
+    low: np.ndarray  # (2,) lowest cell index on x and y
+    high: np.ndarray  # (2,) highest
+
+    def near(self, low: np.ndarray, high: np.ndarray, cells: int = 2) -> bool:
+        return bool(np.all(np.maximum(self.low - high, low - self.high) <= cells))
+
+    def join(self, low: np.ndarray, high: np.ndarray) -> None:
+        self.low, self.high = np.minimum(self.low, low), np.maximum(self.high, high)
 
     def spec(self, name: str) -> TableSpec:
-        low, high = self.bounds()
+        low, high = self.low * FOOTPRINT_CELL, (self.high + 1) * FOOTPRINT_CELL
         centre, half = (low + high) / 2, (high - low) / 2
         return TableSpec(name, float(centre[0]), float(centre[1]), float(half[0]), float(half[1]), self.height)
 
@@ -102,16 +107,17 @@ class ObjectMemory:
 
     def add_planes(self, planes: list[SupportPlane]) -> None:
         for plane in planes:
-            cells = set(map(tuple, np.unique(np.floor(plane.xy / FOOTPRINT_CELL).astype(np.int64), axis=0).tolist()))
-            same = [t for t in self.tables if abs(t.height - plane.height) < 0.02 and _near(t.cells, cells)]
+            cells = np.floor(plane.xy / FOOTPRINT_CELL).astype(np.int64)
+            low, high = cells.min(axis=0), cells.max(axis=0)
+            same = [t for t in self.tables if abs(t.height - plane.height) < 0.02 and t.near(low, high)]
             if not same:
-                self.tables.append(TableTrack(plane.height, cells))
+                self.tables.append(TableTrack(plane.height, low, high))
                 continue
             keep = same[0]
             for other in same[1:]:  # one table seen in pieces, now joined
-                keep.cells |= other.cells
+                keep.join(other.low, other.high)
                 self.tables.remove(other)
-            keep.cells |= cells
+            keep.join(low, high)
 
     # -- objects --------------------------------------------------------------------------------------
 
@@ -245,13 +251,6 @@ class ObjectMemory:
             table = min(tables, key=lambda t: abs(t.height - track.support) + 10 * (not t.contains_xy(x, y, 0.05)), default=None)
             specs.append(ObjectSpec(name, track.label.shape, track.label.colour, size, float(x), float(y), float(z), half, table.name if table else ""))
         return specs
-
-
-def _near(a: set, b: set) -> bool:
-    if a & b:
-        return True
-    ca, cb = np.array(sorted(a)), np.array(sorted(b))
-    return bool(np.all(np.maximum(ca.min(axis=0) - cb.max(axis=0), cb.min(axis=0) - ca.max(axis=0)) <= 2))
 
 
 def _fuse(points: np.ndarray) -> np.ndarray:
