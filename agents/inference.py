@@ -10,6 +10,7 @@ replicas behind one named handle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from functools import partial
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from embodied.decoding import PLAN_TOKENS
+from embodied.decoding import DECODINGS, PLAN_TOKENS
 from embodied.prompts import PlanRequest
 
 ROUTER_NAME = "inference"
@@ -37,13 +38,20 @@ class InferenceConfig:
     max_wait: float = 0.02  # seconds a batch waits for more requests after its first
     max_queue: int = 64  # waiting requests per replica
     max_new_tokens: int = PLAN_TOKENS
-    threads: int = 0  # torch threads per replica; 0: every core (Ray would otherwise give an actor one)
+    # torch threads per replica; 0: every core. One decodes a plan as fast as two (a token is memory-bound)
+    # and never stalls when another process holds the other core.
+    threads: int = 1
+    decoding: str = "fast"  # or "reference": the plain decoding path (embodied.decoding.DECODINGS)
 
     def __post_init__(self):
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
             raise ValueError(f"checkpoint must name a folder, 'default', 'tiny' or 'untrained', got {self.checkpoint!r}")
         if self.max_batch < 1 or self.max_queue < 1 or self.max_wait < 0 or self.max_new_tokens < 1:
             raise ValueError("max_batch, max_queue and max_new_tokens must be positive, max_wait >= 0")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0 (0: every core), got {self.threads}")
+        if self.decoding not in DECODINGS:
+            raise ValueError(f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODINGS)}")
 
 
 @ray.remote(max_restarts=-1)
@@ -59,7 +67,8 @@ class InferenceReplica:
         self.config = InferenceConfig(**config)
         torch.set_num_threads(self.config.threads or os.cpu_count() or 1)
         self.model = load_model(self.config.checkpoint).to("cuda" if torch.cuda.is_available() else "cpu")
-        self.planner = ModelPlanner(model=self.model, max_new_tokens=self.config.max_new_tokens)
+        decoding = dataclasses.replace(DECODINGS[self.config.decoding], threads=self.config.threads or None)
+        self.planner = ModelPlanner(model=self.model, max_new_tokens=self.config.max_new_tokens, decoding=decoding)
         self.queue: asyncio.Queue | None = None
         self.worker = ThreadPoolExecutor(max_workers=1)  # the model runs off the event loop, which keeps queueing
         self.batch_sizes: list[int] = []

@@ -7,10 +7,12 @@ safetensors (``$EMBODIED_CACHE``, default ``~/.cache/embodied``) and later loads
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -107,3 +109,86 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: int, dropout: float, targ
     """Wrap the frozen backbone with trainable LoRA adapters."""
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
     return get_peft_model(model, config)
+
+
+class Int8Linear(torch.nn.Module):
+    """A linear layer with int8 weights (one scale per output channel, packed for fbgemm) whose input is
+    quantized to int8 as if one row at a time. fbgemm quantizes a whole input with one range, so each row
+    is divided by its own peak and a guard row pins the range to [-1, 1]; the rows are multiplied back
+    after. A row's result then never depends on the rest of the batch, and one token's outlier
+    activations cost only that token's precision."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        zeros = torch.zeros(len(scale), dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are to leave torch for torchao; the torch pin keeps them
+            warnings.filterwarnings("ignore", "torch.quantize_per_tensor, torch.quantize_per_channel", UserWarning)
+            quantized = torch.quantize_per_channel(weight, scale.double(), zeros, 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        guard = torch.zeros(1, linear.in_features)
+        guard[0, :2] = torch.tensor([1.0, -1.0])
+        self.register_buffer("guard", guard)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        peak = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+        out = torch.ops.quantized.linear_dynamic(torch.cat([rows / peak, self.guard]), self.packed, True)[:-1] * peak  # True: fbgemm's 7-bit input range
+        out = out.reshape(*x.shape[:-1], out.shape[-1])
+        return out if self.bias is None else out + self.bias
+
+
+class SharedInput(torch.nn.Module):
+    """Linear layers that read the same input (a layer's q, k and v projections; its gate and up
+    projections) as one ``Int8Linear``: each of them is a ``SharedInput.Part``, and the first part called
+    with an input computes all of them."""
+
+    class Part(torch.nn.Module):
+        def __init__(self, shared: SharedInput, index: int):
+            super().__init__()
+            self.shared, self.index = [shared], index  # a list, so the shared module is not a child of each part
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.shared[0].output(x, self.index)
+
+    def __init__(self, linears: list[torch.nn.Linear]):
+        super().__init__()
+        fused = torch.nn.Linear(linears[0].in_features, sum(lin.out_features for lin in linears), bias=False)
+        fused.weight.data = torch.cat([lin.weight.detach() for lin in linears])
+        self.linear = Int8Linear(fused)
+        self.sizes = [lin.out_features for lin in linears]
+        self._input: torch.Tensor | None = None
+        self._outputs: tuple[torch.Tensor, ...] = ()
+
+    def output(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        if x is not self._input:
+            self._input, self._outputs = x, self.linear(x).split(self.sizes, dim=-1)
+        out = self._outputs[index]
+        if index == len(self.sizes) - 1:  # the last reader: let go of the input
+            self._input, self._outputs = None, ()
+        return out
+
+
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # Llama's layers
+
+
+def int8_backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the backbone for decoding on CPU: LoRA merged in, every linear layer ``Int8Linear`` (a
+    token reads each weight once, so a quarter of the bytes is most of its cost gone), and those that read
+    the same input fused into one (fewer, larger calls). The SmolLM2 weights come from a 4-bit GGUF, so 8
+    bits keep what they hold."""
+    plain = copy.deepcopy(model)
+    if hasattr(plain, "merge_and_unload"):
+        plain = plain.merge_and_unload()
+    for module in list(plain.modules()):
+        for names in SHARED_INPUTS:
+            if all(isinstance(getattr(module, n, None), torch.nn.Linear) and getattr(module, n).bias is None for n in names):
+                shared = SharedInput([getattr(module, n) for n in names])
+                for index, name in enumerate(names):
+                    setattr(module, name, SharedInput.Part(shared, index))
+        for name, layer in list(module.named_children()):
+            if isinstance(layer, torch.nn.Linear):
+                setattr(module, name, Int8Linear(layer))
+    return plain.eval()

@@ -13,6 +13,7 @@ from rich.table import Table
 from embodied.errors import InputError
 
 CHECKPOINT_HELP = "a checkpoint folder, default (the shipped checkpoint), or tiny / untrained (random weights)"
+DECODING_HELP = "fast: jump-forward over grammar-forced tokens, int8 weights after the prompt; reference: the plain path"
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -33,6 +34,7 @@ def _rollout(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         world=args.world,
+        decoding=args.decoding,
     )
     if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
         from agents.rollout_workers import parallel_rollout
@@ -70,6 +72,28 @@ def _rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from embodied.decoding import DECODINGS
+    from embodied.model import load_model
+    from embodied.plan_timing import scene_requests, time_plan
+
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be >= 1, got {args.repeat}")
+    model = load_model(args.checkpoint)
+    (request,) = scene_requests(args.task, args.seed, 1, args.world, args.instruction)
+    console = Console()
+    console.print(f"[bold]{request.instruction}[/bold]\nobjects the robot knows of ({args.world}): {', '.join(request.objects) or 'none'}")
+    table = Table(title=f"plan latency, median of {args.repeat} (image and cloud encoding and the prompt included)")
+    for column in ("decoding", "seconds", "tokens", "tokens / s"):
+        table.add_column(column, justify="right")
+    for name in args.decoding:
+        timing = time_plan(model, request, DECODINGS[name], args.repeat)
+        console.print(f"\n[bold]{name}[/bold]\n{timing.plan}")
+        table.add_row(name, f"{timing.seconds:.2f}", str(timing.tokens), f"{timing.tokens_per_second:.0f}")
+    console.print(table)
+    return 0
+
+
 def _ros_up(args: argparse.Namespace) -> int:
     from ros_nodes.graph import graph
     from ros_nodes.up import run_graph
@@ -87,7 +111,7 @@ def _serve(args: argparse.Namespace) -> int:
     from agents import runtime
     from agents.inference import InferenceConfig, start_inference
 
-    config = InferenceConfig(checkpoint=args.checkpoint, max_batch=args.max_batch)
+    config = InferenceConfig(checkpoint=args.checkpoint, max_batch=args.max_batch, decoding=args.decoding)
     if args.replicas < 1:  # checked before Ray starts
         raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
     if args.gpus_per_replica < 0:
@@ -180,7 +204,9 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         from embodied.eval.plan import PLAN_METRICS, evaluate_plans
 
-        rows = evaluate_plans(args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet, tuple(args.worlds))
+        rows = evaluate_plans(
+            args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet, tuple(args.worlds), tuple(args.decodings)
+        )
         metrics = PLAN_METRICS + (["of_privileged"] if len(set(args.worlds)) == 2 else [])
         group = "task"
     table = Table(title=f"{args.eval_command} evaluation ({args.out}/report.md)")
@@ -202,7 +228,7 @@ def _pair(item: str, separator: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     from embodied.data.generate import DataConfig
     from embodied.eval.plan import EVAL_SEED
-    from embodied.rollout import POLICIES
+    from embodied.rollout import DECODING_NAMES, POLICIES
     from envs import ENV_IDS
 
     parser = argparse.ArgumentParser(prog="embodied", description="Embodied-agent stack: rollouts, evaluation, training.")
@@ -223,13 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--world", choices=["perceived", "privileged"],
         help="what the skills and planner see: the robot's own perception (default for model, blind, random) or the simulator's state (default for oracle)",
     )  # fmt: skip
+    ro.add_argument("--decoding", choices=list(DECODING_NAMES), help=f"model policies (default fast): {DECODING_HELP}")
     ro.add_argument("--quiet", action="store_true", help="no progress bar")
     ro.set_defaults(run=_rollout)
+
+    pn = commands.add_parser("plan", help="plan one simulated scene with the model and print the plan and its latency")
+    pn.add_argument("--task", choices=list(ENV_IDS), default="pick_place")
+    pn.add_argument("--seed", type=int, default=EVAL_SEED, help="the scene (default: the first held-out evaluation scene)")
+    pn.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)
+    pn.add_argument("--instruction", help="ask this instead of the task's instruction")
+    pn.add_argument("--world", choices=["perceived", "privileged"], default="perceived", help="perceived: the robot looks around first and plans over what it found")
+    pn.add_argument("--decoding", nargs="+", choices=list(DECODING_NAMES), default=["fast", "reference"], help=DECODING_HELP)
+    pn.add_argument("--repeat", type=int, default=3, help="timed calls per decoding path (the median is shown)")
+    pn.set_defaults(run=_plan)
 
     serve = commands.add_parser("serve", help="run model replicas behind a Ray inference router")
     serve.add_argument("--replicas", type=int, default=1)
     serve.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)
     serve.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    serve.add_argument("--decoding", choices=list(DECODING_NAMES), default="fast", help=DECODING_HELP)
     serve.add_argument("--gpus-per-replica", type=float, default=0.0)
     serve.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
     serve.add_argument("--address", help="join this Ray cluster (HOST:PORT) instead of starting one on loopback")
@@ -273,6 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--worlds", nargs="+", default=["privileged"], choices=["perceived", "privileged"],
         help="what the skills and planners see; with both, each policy's perceived success is also given as a share of its privileged",
+    )  # fmt: skip
+    pl.add_argument(
+        "--decodings", nargs="+", default=["fast"], choices=list(DECODING_NAMES),
+        help="how the model policies decode; with both, the fast path's success is shown beside the reference's",
     )  # fmt: skip
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     pl.set_defaults(run=_eval)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
+from os.path import commonprefix
 
 import torch
 from transformers import DynamicCache
@@ -140,6 +142,47 @@ class PlanConstraint:
             options = [*names, ")", ", ", *FREE_CHARS]
         return [o for o in options if self.valid(text + o)]
 
+    def forced(self, text: str) -> str:
+        """What every legal continuation of ``text`` begins with (``1.`` after a newline, ``(`` after a
+        skill's name, the rest of the one object a prefix names, ``)``...): jump-forward decoding feeds it
+        without asking the model. It stops before a space that starts the next word, so it tokenizes as
+        the plans the model was tuned on (``1.`` then `` navigate``, ``,`` then `` green``)."""
+        out = ""
+        while not self.complete(text + out) and (more := self._forced_piece(text + out)):
+            out += more
+        return out
+
+    def _forced_piece(self, text: str) -> str:
+        line = text.split("\n")[-1]
+        number = text.count("\n")
+        if number == 0:
+            return THOUGHT[len(line) :] if len(line) < len(THOUGHT) else ""
+        prefix = f"{number}. "
+        if len(line) < len(prefix):
+            return prefix[len(line) : -1]  # "N." (its space comes with the skill's name)
+        call = line[len(prefix) :]
+        if "(" not in call:
+            names = [name for name in SKILLS if name.startswith(call)]
+            return names[0][len(call) :] + "(" if call and len(names) == 1 else ""
+        name, args = call.split("(", 1)
+        kinds = SKILLS[name].args
+        if args.endswith(")"):
+            return "" if SKILLS[name].terminal else "\n"
+        if not kinds:
+            return ")"
+        parts = args.split(",")
+        index, part = len(parts) - 1, parts[-1]
+        if kinds[index] != "object" or self.objects is None:
+            return ""  # free text
+        space = " " if index and not part.startswith(" ") else ""
+        partial = part[1:] if index and part.startswith(" ") else part
+        rests = [o[len(partial) :] for o in self.objects if o.startswith(partial)]
+        if len(rests) == 1:
+            return space + rests[0] + (")" if index == len(kinds) - 1 else ",")
+        shared = commonprefix(rests)
+        shared = shared[: shared.rfind(" ")] if " " in shared else ""  # whole words only
+        return space + shared if shared else ""
+
     # -- choosing the next token ---------------------------------------------------------------------
 
     def choose(self, text: str, logits: torch.Tensor) -> int:
@@ -187,6 +230,53 @@ class DecodingInterrupted(RuntimeError):
     """``decode()`` was asked to stop (its ``stop`` returned true) before the replies were finished."""
 
 
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How plans and answers are decoded. The default is the fast path every planner uses; ``REFERENCE``
+    is the plain one it is checked against (same greedy plans when ``int8`` is off)."""
+
+    jump_forward: bool = True  # grammar-forced tokens go into one forward pass, not one pass each
+    drafts: bool = True  # tokens guessed from earlier replies ride along and are kept where the model agrees
+    int8: bool = True  # after the prompt, the backbone's linear layers in int8 (CPU only; a GPU ignores it)
+    system_cache: bool = True  # the system prompt's keys and values computed once, not in every prompt
+    threads: int | None = 1  # torch threads while decoding; None leaves the process's setting
+
+    def __post_init__(self):
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or None, got {self.threads}")
+
+
+REFERENCE = DecodingConfig(jump_forward=False, drafts=False, int8=False, system_cache=False, threads=None)
+DECODINGS = {"fast": DecodingConfig(), "reference": REFERENCE}  # by name, for configs and the command line
+DRAFT_TOKENS = 8
+DRAFT_CONTEXT = 3  # tokens of the reply a draft is looked up by (fewer when those are not found)
+DRAFT_TABLE = 50_000  # entries before the table starts afresh
+
+
+class EarlierReplies:
+    """Drafts for speculative decoding, looked up in earlier replies (prompt-lookup decoding): what followed
+    the last time a reply ended in the same few tokens. Plans repeat themselves ("thought: on table 1:",
+    an object's name after its first word), so most drafted tokens are kept, and a wrong one costs only
+    a row of a forward pass that runs anyway."""
+
+    def __init__(self):
+        self._following: dict[tuple[int, ...], list[int]] = {}
+
+    def add(self, reply: list[int]) -> None:
+        if len(self._following) > DRAFT_TABLE:
+            self._following.clear()
+        for n in range(1, DRAFT_CONTEXT + 1):
+            for end in range(n, len(reply)):
+                self._following[tuple(reply[end - n : end])] = reply[end : end + DRAFT_TOKENS]
+
+    def draft(self, reply: list[int]) -> list[int]:
+        for n in range(min(DRAFT_CONTEXT, len(reply)), 0, -1):
+            found = self._following.get(tuple(reply[-n:]))
+            if found:
+                return list(found)
+        return []
+
+
 @torch.no_grad()
 def decode(
     llm,
@@ -196,60 +286,126 @@ def decode(
     constraints: list,
     max_new_tokens: int,
     stop: Callable[[], bool] | None = None,
+    jump_forward: bool = False,
+    prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    step_llm=None,
+    drafts: EarlierReplies | None = None,
 ) -> list[str]:
-    """Greedy (or constrained) replies to a left-padded batch of prompt embeddings, sharing one KV cache; a
+    """Greedy (or constrained) replies to a left-padded batch of prompt embeddings, sharing one KV cache
+    (which may start from ``prefix``, the per-layer keys and values of a prompt start every row shares); a
     finished reply leaves the batch, so the others decode at its cost no longer. ``stop`` (a callable such
-    as ``threading.Event().is_set``) is asked before the prompt and before every token: once it returns
-    true, decoding ends with ``DecodingInterrupted`` within one forward pass (a node shutting down)."""
+    as ``threading.Event().is_set``) is asked before the prompt and before every forward pass: once it
+    returns true, decoding ends with ``DecodingInterrupted`` within one pass (a node shutting down).
+
+    A forward pass reads every weight once, however many tokens it takes, so a pass may carry more than the
+    token just chosen: with ``jump_forward``, the grammar-forced text after it (``PlanConstraint.forced``);
+    with ``drafts``, guessed tokens after that, each kept only if the model, reading the tokens before it,
+    chooses it itself (the first it does not choose is replaced by its choice, the rest are dropped). The
+    replies are the ones one token per pass would give. Rows feeding fewer tokens than others are padded;
+    padding and dropped guesses stay in the cache, masked out of attention for good.
+
+    ``step_llm`` (default ``llm``) reads the tokens after the prompt: an int8 copy, while the prompt, whose
+    first token carries activations hundreds of times larger than the rest, is read at full precision."""
     if stop is not None and stop():
         raise DecodingInterrupted("decoding stopped before it began")
-    device = embeds.device
+    device, pad, eos = embeds.device, tokenizer.pad_token_id, tokenizer.eos_token_id
     batch = len(embeds)
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -1:]
-    cache = DynamicCache()
-    out = llm(
-        inputs_embeds=embeds,
-        attention_mask=mask,
-        position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    eos = tokenizer.eos_token_id
+    if prefix:
+        cache = DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix])
+        mask = torch.cat([mask.new_ones(batch, prefix[0][0].shape[2]), mask], dim=1)
+    else:
+        cache = DynamicCache()
     replies: list[list[int]] = [[] for _ in range(batch)]
     texts = [""] * batch
     active = list(range(batch))  # rows of the original batch still decoding, in cache order
-    for step in range(max_new_tokens):
-        if stop is not None and stop():
-            raise DecodingInterrupted(f"decoding stopped after {step} of at most {max_new_tokens} tokens")
-        logits = out.logits[:, -1].float()
-        tokens, keep = [], []
-        for slot, row in enumerate(active):
-            rule = constraints[row]
-            token = rule.choose(texts[row], logits[slot]) if rule else int(logits[slot].argmax())
+
+    def forced(row: int) -> list[int]:
+        rule = constraints[row]
+        text = rule.forced(texts[row]) if jump_forward and rule else ""
+        ids = tokenizer(text, add_special_tokens=False).input_ids[: max_new_tokens - len(replies[row])] if text else []
+        replies[row] += ids
+        texts[row] += "".join(rule.piece(t) for t in ids)
+        return ids
+
+    def run(model, chunks: list[list[int]], guesses: list[list[int]], prompt: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Feed each row its chunk (after the prompt, if given) to ``model``: per row, the logits after
+        each of its guesses' places (the last given token, then each guess)."""
+        nonlocal mask
+        width = max(map(len, chunks))
+        ids = torch.tensor([c + [pad] * (width - len(c)) for c in chunks], dtype=torch.long, device=device)
+        real = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunks], dtype=torch.long, device=device)
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        body = causal.get_decoder()
+        inputs = body.get_input_embeddings()(ids)
+        if prompt is not None:
+            inputs = torch.cat([prompt.to(inputs.dtype), inputs], dim=1)
+        mask = torch.cat([mask, real], dim=1)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -inputs.shape[1] :]
+        hidden = body(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+        end = hidden.shape[1] - width
+        rows = [torch.arange(end + len(c) - 1 - len(g), end + len(c), device=device) for c, g in zip(chunks, guesses)]
+        picked = hidden[torch.cat([torch.full_like(r, slot) for slot, r in enumerate(rows)]), torch.cat(rows)]
+        return list(causal.get_output_embeddings()(picked).float().split([len(r) for r in rows]))
+
+    def finished(row: int) -> bool:
+        rule = constraints[row]
+        return bool(rule and rule.complete(texts[row])) or len(replies[row]) >= max_new_tokens
+
+    def choose(row: int, scores: list[torch.Tensor], guess: list[int]) -> tuple[int | None, int]:
+        """Take the row's tokens from the logits of each place of its last chunk: kept guesses, then the
+        first token the pass has not read (None: the reply ended). Also how many guesses were dropped."""
+        rule = constraints[row]
+        for place, logits in enumerate(scores):
+            if finished(row):
+                return None, len(guess) - place
+            token = rule.choose(texts[row], logits) if rule else int(logits.argmax())
             if token in (-1, eos):
-                continue
+                return None, len(guess) - place
             replies[row].append(token)
-            if rule:
-                texts[row] += rule.piece(token)
-                if rule.complete(texts[row]):
+            texts[row] += rule.piece(token) if rule else ""
+            if place == len(guess) or token != guess[place]:
+                return (None if finished(row) else token), len(guess) - place
+        raise AssertionError("the last place has no guess to match")
+
+    chunks = [forced(row) for row in active]
+    guesses: list[list[int]] = [[] for _ in active]
+    logits = run(llm, chunks, guesses, prompt=embeds)
+    while True:
+        if stop is not None and stop():
+            raise DecodingInterrupted(f"decoding stopped after {max(map(len, replies))} of at most {max_new_tokens} tokens")
+        width = max(map(len, chunks))
+        next_chunks, next_guesses, keep = [], [], []
+        for slot, row in enumerate(active):
+            token, dropped = choose(row, logits[slot], guesses[slot])
+            if dropped:  # out of attention for good: the dropped guesses end the row's part of the last pass
+                end = mask.shape[1] - width + len(chunks[slot])
+                mask[slot, end - dropped : end] = 0
+            if token is not None:
+                chunk = [token, *forced(row)]
+                if not finished(row):
+                    guess = drafts.draft(replies[row])[: max_new_tokens - len(replies[row]) - 1] if drafts else []
+                    next_chunks.append(chunk + guess)
+                    next_guesses.append(guess)
+                    keep.append(slot)
                     continue
-            tokens.append(token)
-            keep.append(slot)
-        if not keep or step == max_new_tokens - 1:
+            if drafts:
+                drafts.add(replies[row])
+        if not keep:
             break
         if len(keep) < len(active):
             index = torch.tensor(keep, device=device)
             cache.batch_select_indices(index)
-            mask, positions = mask[index], positions[index]
+            mask = mask[index]
             active = [active[slot] for slot in keep]
-        mask = torch.cat([mask, torch.ones(len(active), 1, dtype=torch.long, device=device)], dim=1)
-        positions = positions + 1
-        out = llm(
-            input_ids=torch.tensor(tokens, device=device)[:, None],
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        chunks, guesses = next_chunks, next_guesses
+        logits = run(step_llm or llm, chunks, guesses)
     return [tokenizer.decode(r, skip_special_tokens=True).strip() for r in replies]
+
+
+@torch.no_grad()
+def prefix_cache(llm, embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the keys and values of a prompt start (1, T, D) that ``decode`` can begin from."""
+    causal = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    cache = DynamicCache()
+    causal.get_decoder()(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]

@@ -11,7 +11,7 @@ Checkpoints are folders of ``config.json`` + ``model.safetensors`` holding only 
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,9 +20,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from embodied.backbone import SMOLLM2, TINY, add_lora, load_backbone
+from embodied.backbone import SMOLLM2, TINY, add_lora, int8_backbone, load_backbone
 from embodied.config import config_from_dict
-from embodied.decoding import PLAN_TOKENS, PlanConstraint, decode, repair_plan
+from embodied.decoding import PLAN_TOKENS, DecodingConfig, EarlierReplies, PlanConstraint, decode, prefix_cache, repair_plan
 from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
 from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud
 from embodied.errors import CheckpointError
@@ -30,6 +30,7 @@ from embodied.inputs import as_image, check_tokens
 from embodied.io import atomic_dir
 from embodied.projectors import ProjectorConfig, build_projector
 from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample
+from embodied.threads import torch_threads
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -99,6 +100,8 @@ class EmbodiedModel(nn.Module):
         self.point_encoder = PointEncoder(config.points)
         self.image_projector = build_projector(config.image_projector, self.image_encoder.out_dim, width)
         self.point_projector = build_projector(config.point_projector, self.point_encoder.out_dim, width)
+        self._derived: dict[str, tuple] = {}  # decoding's int8 copy and system-prompt cache, with the adapters they hold
+        self._earlier = EarlierReplies()  # drafts for the fast decoding path
 
     @property
     def device(self) -> torch.device:
@@ -193,23 +196,61 @@ class EmbodiedModel(nn.Module):
         if merge:
             self.llm.merge_adapter()
         try:
-            yield
+            yield self.llm
         finally:
             if merge:
                 self.llm.unmerge_adapter()
 
+    def _adapters(self) -> tuple:
+        """Changes whenever training or loading changes the adapters (every in-place write bumps a tensor's
+        version), so whatever is derived from them is made again."""
+        return tuple((name, p._version) for name, p in self.llm.named_parameters() if "lora_" in name)
+
+    def _int8_copy(self) -> nn.Module:
+        key = self._adapters()
+        if self._derived.get("int8", (None,))[0] != key:
+            self._derived.pop("int8", None)  # the stale copy goes before the new one is made
+            self._derived["int8"] = (key, int8_backbone(self.llm))
+        return self._derived["int8"][1]
+
+    def _system_prefix(self, samples: list[Sample], llm) -> tuple[list | None, int]:
+        """The keys and values of the system prompt all ``samples`` share (computed once per prompt and
+        adapters), and how many tokens it spans; (None, 0) when they do not share one."""
+        firsts = {s.segments()[0][0] if s.system else None for s in samples}
+        if len(firsts) != 1 or None in firsts:
+            return None, 0
+        (text,) = firsts
+        key = (text, self._adapters())
+        if self._derived.get("prefix", (None,))[0] != key:
+            ids = torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, device=self.device)
+            self._derived["prefix"] = (key, prefix_cache(llm, self.llm.get_input_embeddings()(ids)[None]))
+        kv = self._derived["prefix"][1]
+        return kv, kv[0][0].shape[2]
+
     @torch.no_grad()
     def generate(
-        self, samples: list[Sample], max_new_tokens: int = 64, constraints: list | None = None, stop=None
+        self,
+        samples: list[Sample],
+        max_new_tokens: int = 64,
+        constraints: list | None = None,
+        stop=None,
+        decoding: DecodingConfig = DecodingConfig(),
     ) -> list[str]:
         """Greedy replies for a batch (``decoding.decode``: one KV cache, LoRA merged); ``constraints`` (one
-        ``PlanConstraint`` or None per sample) restrict the tokens each reply may take."""
+        ``PlanConstraint`` or None per sample) restrict the tokens each reply may take; ``decoding`` says how
+        (``decoding.REFERENCE``: the plain path the fast default is checked against)."""
         if not samples:
             return []
         constraints = constraints or [None] * len(samples)
-        embeds, mask, _ = self._pad(self._sequences(samples), left=True)
-        with self._merged_lora():
-            return decode(self.llm, self.tokenizer, embeds, mask, constraints, max_new_tokens, stop=stop)
+        steps = self._int8_copy() if decoding.int8 and self.device.type == "cpu" else None
+        # With an int8 copy for the steps, the prompt is read through the adapters as they are: merging and
+        # unmerging them all costs more than their small matmuls on one prompt.
+        with torch_threads(decoding.threads), (nullcontext(self.llm) if steps else self._merged_lora()) as llm:
+            sequences = self._sequences(samples)
+            prefix, skip = self._system_prefix(samples, llm) if decoding.system_cache else (None, 0)
+            embeds, mask, _ = self._pad([(e[skip:], labels[skip:]) for e, labels in sequences], left=True)
+            drafts = self._earlier if decoding.drafts else None
+            return decode(llm, self.tokenizer, embeds, mask, constraints, max_new_tokens, stop, decoding.jump_forward, prefix, steps, drafts)
 
     def plan(
         self,
@@ -219,6 +260,7 @@ class EmbodiedModel(nn.Module):
         temperature: float | list[float] = 0.0,
         seeds: list | None = None,
         stop=None,
+        decoding: DecodingConfig = DecodingConfig(),
     ) -> list[str]:
         """Plans that always parse: grammar-constrained decoding, then repair if the token limit cut one off.
         ``objects`` (a list of names per sample, or None) limits the objects a plan may name; a
@@ -233,7 +275,7 @@ class EmbodiedModel(nn.Module):
         constraints = [
             PlanConstraint(self.tokenizer, names, temperature=t, seed=seed) for names, t, seed in zip(objects, temperatures, seeds)
         ]
-        texts = self.generate(samples, max_new_tokens, constraints, stop=stop)  # stop: see decoding.decode
+        texts = self.generate(samples, max_new_tokens, constraints, stop, decoding)  # stop: see decoding.decode
         return [text if rule.complete(text) else repair_plan(text, rule.objects) for text, rule in zip(texts, constraints)]
 
     # -- checkpoints ---------------------------------------------------------------------------------

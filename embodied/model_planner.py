@@ -7,20 +7,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from embodied.decoding import PLAN_TOKENS
+from embodied.decoding import PLAN_TOKENS, DecodingConfig
 from embodied.model import EmbodiedModel, load_model
 from embodied.prompts import PlanRequest
 
 
 class ModelPlanner:
     """``checkpoint`` as ``load_model`` reads it (None: the shipped checkpoint), or an already loaded
-    ``model``."""
+    ``model``; ``decoding``: the fast path by default (``embodied.decoding.REFERENCE``: the plain one)."""
 
     def __init__(
-        self, checkpoint: str | None = None, blind: bool = False, max_new_tokens: int = PLAN_TOKENS, model: EmbodiedModel | None = None
+        self,
+        checkpoint: str | None = None,
+        blind: bool = False,
+        max_new_tokens: int = PLAN_TOKENS,
+        model: EmbodiedModel | None = None,
+        decoding: DecodingConfig = DecodingConfig(),
     ):
         self.model = model if model is not None else load_model(checkpoint)
         self.max_new_tokens = max_new_tokens
+        self.decoding = decoding
         self.blind = blind
         self.name = "blind" if blind else "model"
         self.sensors: tuple[str, ...] = () if blind else ("rgb", "points")
@@ -38,6 +44,7 @@ class ModelPlanner:
             [r.temperature for r in requests],
             [r.seed for r in requests],
             stop=stop,
+            decoding=self.decoding,
         )
 
     def plan(self, observation: dict, env) -> str:

@@ -27,8 +27,9 @@ GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
 RUN_FILE = "config.json"  # the run a folder holds, written as it starts: resuming checks it
 OUTPUTS = ("episodes", "gifs", "summary.json", RUN_FILE)  # what a rollout writes, and all that overwriting removes
-SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world")  # what decides an episode: a resumed run keeps these
+SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world", "decoding")  # what decides an episode: a resumed run keeps these
 WORLDS = ("perceived", "privileged")
+DECODING_NAMES = ("fast", "reference")  # embodied.decoding.DECODINGS, named here without importing torch
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,14 @@ class RolloutConfig:
     # what the skills and the planner see: "perceived" (the robot's own camera and odometry, the default for
     # the model and random policies) or "privileged" (the simulator's state, the oracle's default); None: the default
     world: str | None = None
+    decoding: str | None = None  # model policies: "fast" (None: the default) or "reference" (embodied.decoding.DECODINGS)
 
     def __post_init__(self):
         """Types and ranges here, so that a wrong value fails in one line before anything loads or runs."""
         for name, kinds, what in (
             ("task", str, "text"), ("policy", str, "text"), ("out", (str, Path), "a path"),
             ("checkpoint", (str, type(None)), "text or None"), ("world", (str, type(None)), "text or None"),
+            ("decoding", (str, type(None)), "text or None"),
         ):  # fmt: skip
             if not isinstance(getattr(self, name), kinds):
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
@@ -70,16 +73,21 @@ class RolloutConfig:
             raise ValueError("overwrite and resume exclude each other: replace the earlier run or continue it")
         if self.world is not None and self.world not in WORLDS:
             raise ValueError(f"unknown world {self.world!r}; choose one of {', '.join(WORLDS)}")
+        if self.decoding is not None and self.decoding not in DECODING_NAMES:
+            raise ValueError(f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODING_NAMES)}")
         # one spelling per run, so records and resumes compare equal: the model's weights, or none
-        object.__setattr__(self, "checkpoint", (self.checkpoint or "default") if self.policy in ("model", "blind") else None)
+        model = self.policy in ("model", "blind")
+        object.__setattr__(self, "checkpoint", (self.checkpoint or "default") if model else None)
+        object.__setattr__(self, "decoding", (self.decoding or "fast") if model else None)
         object.__setattr__(self, "world", self.world or ("privileged" if self.policy == "oracle" else "perceived"))
 
 
 def make_planner(config: RolloutConfig) -> Planner:
     if config.policy in ("model", "blind"):
+        from embodied.decoding import DECODINGS
         from embodied.model_planner import ModelPlanner
 
-        return ModelPlanner(config.checkpoint, blind=config.policy == "blind")
+        return ModelPlanner(config.checkpoint, blind=config.policy == "blind", decoding=DECODINGS[config.decoding])
     return PLANNERS[config.policy](seed=config.seed) if config.policy == "random" else PLANNERS[config.policy]()
 
 

@@ -16,46 +16,53 @@ PLAN_METRICS = ["success", "ci95", "of_oracle", "spl", "plan_valid", "episodes"]
 
 def evaluate_plans(
     checkpoint: str, tasks: list[str], policies: list[str], episodes: int, out: Path, seed: int = EVAL_SEED, progress: bool = True,
-    worlds: tuple[str, ...] = ("privileged",),
+    worlds: tuple[str, ...] = ("privileged",), decodings: tuple[str, ...] = ("fast",),
 ) -> list[dict]:
     """Each policy in each world ("privileged": the simulator's state; "perceived": the robot's own
-    perception, after a scan). With both worlds a row's policy reads "policy/world", and ``of_privileged``
-    is its perceived success over its privileged success."""
+    perception, after a scan), and the model policies with each decoding path ("fast", "reference"). With
+    both worlds a row's policy reads "policy/world", and ``of_privileged`` is its perceived success over
+    its privileged success; with both decodings a model policy reads "policy (decoding)"."""
     rows = []
     for task in tasks:
         for world in worlds:
             for policy in policies:
-                name = policy if len(worlds) == 1 else f"{policy}/{world}"
-                config = RolloutConfig(
-                    task=task, policy=policy, episodes=episodes, seed=seed, out=out / "rollouts" / f"{task}_{name.replace('/', '_')}",
-                    gifs=1 if policy == "model" else 0, checkpoint=checkpoint if policy in ("model", "blind") else None,
-                    overwrite=True,  # each evaluation replaces the rollouts of the last one in these fixed folders
-                    world=world,
-                )  # fmt: skip
-                summary = rollout(config, progress=progress)
-                rows.append(
-                    {
-                        "policy": name,
-                        "task": task,
-                        "world": world,
-                        "success": summary["success_rate"],
-                        "ci95": summary["success_ci95"],
-                        "spl": summary["spl"],
-                        "plan_valid": summary["plan_valid_rate"],
-                        "episodes": summary["episodes"],
-                    }
-                )
-    success = {(r["task"], r["policy"].split("/")[0], r["world"]): r["success"] for r in rows}
+                model = policy in ("model", "blind")
+                for decoding in decodings if model else (None,):
+                    kind = f"{policy} ({decoding})" if model and len(decodings) > 1 else policy
+                    name = kind if len(worlds) == 1 else f"{kind}/{world}"
+                    folder = f"{task}_{name.replace('/', '_').replace(' (', '_').rstrip(')')}"
+                    config = RolloutConfig(
+                        task=task, policy=policy, episodes=episodes, seed=seed, out=out / "rollouts" / folder,
+                        gifs=1 if policy == "model" else 0, checkpoint=checkpoint if model else None,
+                        overwrite=True,  # each evaluation replaces the rollouts of the last one in these fixed folders
+                        world=world, decoding=decoding,
+                    )  # fmt: skip
+                    summary = rollout(config, progress=progress)
+                    rows.append(
+                        {
+                            "policy": name,
+                            "kind": kind,
+                            "task": task,
+                            "world": world,
+                            "success": summary["success_rate"],
+                            "ci95": summary["success_ci95"],
+                            "spl": summary["spl"],
+                            "plan_valid": summary["plan_valid_rate"],
+                            "episodes": summary["episodes"],
+                        }
+                    )
+    success = {(r["task"], r.pop("kind"), r["world"]): r["success"] for r in rows}
     for row in rows:
-        task, policy = row["task"], row["policy"].split("/")[0]
+        task, kind = row["task"], row["policy"].split("/")[0]
         if success.get((task, "oracle", row["world"])):
             row["of_oracle"] = row["success"] / success[(task, "oracle", row["world"])]
-        if row["world"] == "perceived" and success.get((task, policy, "privileged")):
-            row["of_privileged"] = row["success"] / success[(task, policy, "privileged")]
+        if row["world"] == "perceived" and success.get((task, kind, "privileged")):
+            row["of_privileged"] = row["success"] / success[(task, kind, "privileged")]
     names = list(dict.fromkeys(r["policy"] for r in rows))
     rows += [mean_over_tasks(name, [r for r in rows if r["policy"] == name]) for name in names]
     note = (
-        f"{episodes} episodes per task from seed {seed}; checkpoint {checkpoint}; worlds: {', '.join(worlds)}. SPL for object navigation only. "
+        f"{episodes} episodes per task from seed {seed}; checkpoint {checkpoint}; worlds: {', '.join(worlds)}; "
+        f"decoding: {', '.join(decodings)}. SPL for object navigation only. "
         "ci95: half-width of the 95% interval of the success rate (normal approximation; for the mean, tasks independent)."
     )
     columns = PLAN_METRICS + (["of_privileged"] if "perceived" in worlds and "privileged" in worlds else [])

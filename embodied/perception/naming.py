@@ -22,6 +22,7 @@ from embodied.data.phrasing import CLASS_PROMPT
 from embodied.encoders.pointcloud import PointEncoder, prepare_cloud, unit_sphere
 from embodied.errors import CheckpointError
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
+from embodied.threads import torch_threads
 from envs.scene import COLOURS, SHAPES
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "ulip"
@@ -71,13 +72,9 @@ class ObjectNamer:
     def name(self, clouds: list[np.ndarray]) -> list[Label]:
         if not clouds:
             return []
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # a few small clouds: one thread is faster than contending for two busy cores
-        try:
+        with torch_threads(1):  # a few small clouds: one thread is faster than contending for two busy cores
             batch = torch.stack([self._prepare(c) for c in clouds])
             embedded = F.normalize(self.head(self.encoder(batch)[:, 0]), dim=-1)
-        finally:
-            torch.set_num_threads(threads)
         probs = torch.softmax(self.scale * embedded @ self.prompts.T, dim=1)
         best = probs.argmax(dim=1)
         labels = []

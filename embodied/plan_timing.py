@@ -1,0 +1,60 @@
+"""Plan requests from simulated scenes, and one plan timed per decoding path: what ``embodied plan``
+prints, and what the plan-latency benchmark measures."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from embodied.decoding import DecodingConfig
+from embodied.model import EmbodiedModel
+from embodied.prompts import PlanRequest
+from envs.env import EmbodiedEnv
+
+
+def scene_requests(task: str, seed: int, count: int, world: str = "privileged", instruction: str | None = None) -> Iterator[PlanRequest]:
+    """What a rollout's planner is asked at the start of episodes ``seed``, ``seed + 1``...: the task's
+    instruction, the head camera's image and point cloud, and the objects the robot knows of (in a
+    perceived world, what it found looking around first)."""
+    env = EmbodiedEnv(task=task, sensors=("rgb", "points"))
+    if world == "perceived":
+        from embodied.perception.episode import PerceivedWorld
+
+        env.world = PerceivedWorld()
+    try:
+        for episode in range(count):
+            obs, _ = env.reset(seed=seed + episode)
+            if env.world is not None:
+                from embodied.perception.episode import look_around
+
+                look_around(env)
+                obs = env.observation()
+            yield PlanRequest(instruction or obs["instruction"], obs["rgb"], obs["points"], env.known_objects())
+    finally:
+        env.close()
+
+
+@dataclass(frozen=True)
+class Timing:
+    plan: str
+    seconds: float  # median over the repeats
+    tokens: int  # the plan's length in backbone tokens
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def time_plan(model: EmbodiedModel, request: PlanRequest, decoding: DecodingConfig, repeat: int = 3) -> Timing:
+    """The plan for ``request`` and its latency, encoders and prompt included (the first call, which builds
+    the int8 copy and the system prompt's cache, is not counted)."""
+    sample, objects = request.sample(), [None if request.objects is None else list(request.objects)]
+    plan = model.plan([sample], objects, decoding=decoding)[0]
+    seconds = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        model.plan([sample], objects, decoding=decoding)
+        seconds.append(time.perf_counter() - started)
+    return Timing(plan, statistics.median(seconds), len(model.tokenizer(plan, add_special_tokens=False).input_ids))
