@@ -1,5 +1,6 @@
 """Throughput of 8 concurrent planning requests decoded as one batch (shared KV cache, left padding) against
-the same 8 requests planned one after another; real SmolLM2-135M backbone, random-initialised encoders."""
+the same 8 requests planned one after another; real SmolLM2-135M backbone, random-initialised encoders,
+the reference decoding path (bench_inference_actor batches the fast one)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from benchmarks.bench_plan_generation import count_plan_tokens, observation, untrained_model
 from benchmarks.run import Ratio, side_by_side
+from embodied.decoding import REFERENCE
 from embodied.prompts import plan_sample
 
 MAX_NEW_TOKENS = 48
@@ -41,11 +43,11 @@ def run() -> list[Ratio]:
         same = sum(a == b for a, b in zip(batched_plans, sequential_plans))
 
         def batched():
-            model.plan(samples, max_new_tokens=MAX_NEW_TOKENS)
+            model.plan(samples, max_new_tokens=MAX_NEW_TOKENS, decoding=REFERENCE)
 
         def sequential():
             for sample in samples:
-                model.plan([sample], max_new_tokens=MAX_NEW_TOKENS)
+                model.plan([sample], max_new_tokens=MAX_NEW_TOKENS, decoding=REFERENCE)
 
         ratio, batched_rate, sequential_rate = side_by_side(batched, sequential, rounds=ROUNDS, seconds=0.01)
     finally:

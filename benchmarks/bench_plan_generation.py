@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.run import Ratio, side_by_side
 from embodied.backbone import SMOLLM2, load_backbone
-from embodied.decoding import PlanConstraint
+from embodied.decoding import REFERENCE, PlanConstraint
 from embodied.model import EmbodiedModel, load_model
 from embodied.prompts import PLAN_SYSTEM, plan_sample
 
@@ -45,7 +45,7 @@ def count_plan_tokens(model: EmbodiedModel, samples: list, max_new_tokens: int) 
         return token
 
     with mock.patch.object(PlanConstraint, "choose", counting):
-        plans = model.plan(samples, max_new_tokens=max_new_tokens)
+        plans = model.plan(samples, max_new_tokens=max_new_tokens, decoding=REFERENCE)
     return list(counts.values()), plans
 
 
@@ -84,7 +84,7 @@ def run() -> list[Ratio]:
         mask = torch.ones_like(ids)
 
         def plan():
-            model.plan([sample], max_new_tokens=MAX_NEW_TOKENS)
+            model.plan([sample], max_new_tokens=MAX_NEW_TOKENS, decoding=REFERENCE)
 
         def generate():
             out = bare.generate(

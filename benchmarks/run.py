@@ -29,12 +29,14 @@ from pathlib import Path
 class Ratio:
     name: str
     ratio: float
-    target: str  # e.g. ">= 0.7"
+    target: str  # e.g. ">= 0.7"; "report": a figure an issue asks to see, with no bar to clear
     detail: str
     unit: str = "x"  # "x" for a ratio; a few figures the issues ask for in absolute units (e.g. "ms")
 
     @property
     def passed(self) -> bool:
+        if self.target == "report":
+            return True
         op, value = self.target.split()
         return self.ratio >= float(value) if op == ">=" else self.ratio <= float(value)
 

@@ -13,7 +13,10 @@ from rich.table import Table
 from embodied.errors import InputError
 
 CHECKPOINT_HELP = "a checkpoint folder, default (the shipped checkpoint), or tiny / untrained (random weights)"
-DECODING_HELP = "fast: jump-forward over grammar-forced tokens, int8 weights after the prompt; reference: the plain path"
+DECODING_HELP = (
+    "fast: grammar-forced tokens and drafts share forward passes, int8 weights after the prompt; "
+    "exact: the same at full precision (the reference's greedy plans); reference: one token per pass"
+)
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -195,6 +198,11 @@ def _eval(args: argparse.Namespace) -> int:
         rows = evaluate_vqa(args.checkpoint, str(args.data), args.splits, args.policies, args.out, args.limit, args.seed)
         metrics = ("exact_match", "refined_exact_match", "questions")
         group = "split"
+    elif args.eval_command == "decoding":
+        from embodied.eval.decoding import DECODING_METRICS, evaluate_decoding
+
+        rows = evaluate_decoding(args.checkpoint, args.observations, args.out, args.task, args.seed, tuple(args.decodings), not args.quiet)
+        metrics, group = DECODING_METRICS, "task"
     elif args.eval_command == "perception":
         from embodied.eval.perception import PERCEPTION_METRICS, PERCEPTION_SEED, evaluate_perception
 
@@ -318,6 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     pl.set_defaults(run=_eval)
+    de = ev.add_parser("decoding", help="plan held-out scenes with each decoding path: plans the same as the reference's, and latency")
+    de.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)
+    de.add_argument("--observations", type=int, default=200)
+    de.add_argument("--task", choices=list(ENV_IDS), default="pick_place")
+    de.add_argument("--seed", type=int, default=EVAL_SEED, help="observation i is the start of episode seed + i")
+    de.add_argument("--decodings", nargs="+", choices=[n for n in DECODING_NAMES if n != "reference"], default=["fast", "exact"])
+    de.add_argument("--out", type=Path, default=Path("runs/eval/decoding"))
+    de.add_argument("--quiet", action="store_true", help="no progress bar")
+    de.set_defaults(run=_eval)
     pe = ev.add_parser("perception", help="scan held-out scenes with the robot's own camera: recall, precision, labels, centroid error")
     pe.add_argument("--scenes", type=int, default=200)
     pe.add_argument("--seed", type=int, help="scene i uses seed + i (default 3,500,000: held out from the ULIP training scenes)")

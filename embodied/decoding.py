@@ -247,7 +247,8 @@ class DecodingConfig:
 
 
 REFERENCE = DecodingConfig(jump_forward=False, drafts=False, int8=False, system_cache=False, threads=None)
-DECODINGS = {"fast": DecodingConfig(), "reference": REFERENCE}  # by name, for configs and the command line
+# by name, for configs and the command line; "exact": every technique that leaves greedy plans as they are
+DECODINGS = {"fast": DecodingConfig(), "exact": DecodingConfig(int8=False), "reference": REFERENCE}
 DRAFT_TOKENS = 8
 DRAFT_CONTEXT = 3  # tokens of the reply a draft is looked up by (fewer when those are not found)
 DRAFT_TABLE = 50_000  # entries before the table starts afresh

@@ -47,14 +47,15 @@ class Timing:
         return self.tokens / self.seconds
 
 
-def time_plan(model: EmbodiedModel, request: PlanRequest, decoding: DecodingConfig, repeat: int = 3) -> Timing:
-    """The plan for ``request`` and its latency, encoders and prompt included (the first call, which builds
-    the int8 copy and the system prompt's cache, is not counted)."""
+def time_plan(model: EmbodiedModel, request: PlanRequest, decoding: DecodingConfig, repeat: int = 3, warm_up: bool = True) -> Timing:
+    """The plan for ``request`` and its latency, encoders and prompt included; with ``warm_up``, an untimed
+    call first (a path's first call builds its int8 copy and the system prompt's cache)."""
     sample, objects = request.sample(), [None if request.objects is None else list(request.objects)]
-    plan = model.plan([sample], objects, decoding=decoding)[0]
-    seconds = []
+    if warm_up:
+        model.plan([sample], objects, decoding=decoding)
+    plans, seconds = [], []
     for _ in range(repeat):
         started = time.perf_counter()
-        model.plan([sample], objects, decoding=decoding)
+        plans += model.plan([sample], objects, decoding=decoding)
         seconds.append(time.perf_counter() - started)
-    return Timing(plan, statistics.median(seconds), len(model.tokenizer(plan, add_special_tokens=False).input_ids))
+    return Timing(plans[0], statistics.median(seconds), len(model.tokenizer(plans[0], add_special_tokens=False).input_ids))

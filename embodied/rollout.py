@@ -29,7 +29,7 @@ RUN_FILE = "config.json"  # the run a folder holds, written as it starts: resumi
 OUTPUTS = ("episodes", "gifs", "summary.json", RUN_FILE)  # what a rollout writes, and all that overwriting removes
 SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world", "decoding")  # what decides an episode: a resumed run keeps these
 WORLDS = ("perceived", "privileged")
-DECODING_NAMES = ("fast", "reference")  # embodied.decoding.DECODINGS, named here without importing torch
+DECODING_NAMES = ("fast", "exact", "reference")  # embodied.decoding.DECODINGS, named here without importing torch
 
 
 @dataclass(frozen=True)

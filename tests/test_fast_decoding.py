@@ -10,6 +10,7 @@ from transformers import DynamicCache
 from embodied.backbone import SMOLLM2, TINY, Int8Linear, SharedInput, int8_backbone, load_backbone, load_tokenizer
 from embodied.cli import main
 from embodied.decoding import DECODINGS, REFERENCE, DecodingConfig, EarlierReplies, PlanConstraint
+from embodied.eval.decoding import evaluate_decoding
 from embodied.model import EmbodiedModel, ModelConfig, load_model
 from embodied.plan_timing import scene_requests
 from embodied.rollout import DECODING_NAMES, RolloutConfig
@@ -223,3 +224,21 @@ def test_a_batch_decodes_as_its_rows_alone(shipped):
     decoding = dataclasses.replace(DecodingConfig(), drafts=False)  # drafts depend on what was decoded before
     batch = model.plan([r.sample() for r in requests], [list(r.objects) for r in requests], decoding=decoding)
     assert batch == _plans(model, requests, decoding)
+
+
+def test_decoding_evaluation_compares_each_path_with_the_reference(tmp_path):
+    rows = evaluate_decoding("tiny", 2, tmp_path, seed=3, progress=False)
+    assert [r["policy"] for r in rows] == ["reference", "fast", "exact"]
+    assert rows[0]["same_plan"] == 1.0 and rows[0]["speedup"] is None
+    assert all(r["parses"] == 1.0 and r["observations"] == 2 and r["p50_ms"] > 0 for r in rows)
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.png").is_file()
+
+
+def test_inference_config_names_its_decoding():
+    from agents.inference import InferenceConfig
+
+    assert InferenceConfig().decoding == "fast" and InferenceConfig().threads == 1
+    with pytest.raises(ValueError, match="unknown decoding"):
+        InferenceConfig(decoding="quick")
+    with pytest.raises(ValueError, match="threads"):
+        InferenceConfig(threads=-1)
