@@ -187,6 +187,7 @@ def int8_backbone(model: torch.nn.Module) -> torch.nn.Module:
         for names in SHARED_INPUTS:
             if all(isinstance(getattr(module, n, None), torch.nn.Linear) and getattr(module, n).bias is None for n in names):
                 shared = SharedInput([getattr(module, n) for n in names])
+                module.add_module("_".join(names), shared)  # where .to() and .modules() find it
                 for index, name in enumerate(names):
                     setattr(module, name, SharedInput.Part(shared, index))
         for name, layer in list(module.named_children()):
