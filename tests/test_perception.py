@@ -195,6 +195,27 @@ def test_memory_confirms_names_moves_and_forgets():
     assert memory.confirmed() == []
 
 
+def test_an_item_dropped_into_a_container_of_its_colour_stays_an_object():
+    """The container's walls seen apart join into one track; a cube let go into a bowl of its own colour,
+    named apart from it, does not join the bowl (every same-colour place in rearrangement lost its item)."""
+    memory = ObjectMemory()
+    memory.add_segments([segment((1.0, 0.0), n=60, half=0.06)])
+    (bowl,) = memory.confirmed()
+    bowl.label = Label("red", "bowl", 0.9)
+    memory.add_segments([segment((2.0, 0.0), n=60)])
+    cube = next(t for t in memory.confirmed() if t is not bowl)
+    cube.label = Label("red", "cube", 0.9)
+    memory.grasp(cube.centre())
+    memory.carry(np.array([1.0, 0.0, 0.7]))
+    memory.release(table_height=0.42)
+    memory.add_segments([segment((1.0, 0.0), n=60, half=0.06, seed=3)])  # the bowl, with the cube in it
+    assert set(memory.named()) == {"red bowl", "red cube"}
+    # an unnamed piece of the bowl's colour next to it is still taken in
+    memory.add_segments([segment((1.07, 0.0), n=60, half=0.02, seed=4)])
+    memory.add_segments([segment((1.0, 0.0), n=60, half=0.06, seed=5)])
+    assert len(memory.confirmed()) == 2
+
+
 def test_two_touching_objects_of_different_colours_are_two_segments():
     """A red cube inside a blue bin: one cluster, split by colour."""
     rng = np.random.default_rng(0)

@@ -149,11 +149,12 @@ class ObjectMemory:
         return [t for t in seen.values() if t in self.tracks]
 
     def _absorb_pieces(self, track: Track) -> None:
-        """Tracks that turn out to be pieces of one object (a container's walls seen apart at first) join."""
+        """Tracks that turn out to be pieces of one object (a container's walls seen apart at first) join;
+        two objects already named apart do not (a cube dropped into a bowl of its own colour)."""
         if track not in self.tracks or track.held_offset is not None:
             return
         box = (track.xyz[:, :2].min(axis=0), track.xyz[:, :2].max(axis=0))
-        for other in [t for t in self.tracks if t is not track and t.group == track.group and t.held_offset is None]:
+        for other in [t for t in self.tracks if t is not track and t.group == track.group and t.held_offset is None and not _named_apart(t, track)]:
             if abs(other.support - track.support) < 0.03 and one_object(box, (other.xyz[:, :2].min(axis=0), other.xyz[:, :2].max(axis=0))):
                 track.points = _fuse(np.vstack([other.points, track.points]))
                 track.seen = max(track.seen, other.seen)
@@ -251,6 +252,10 @@ class ObjectMemory:
             table = min(tables, key=lambda t: abs(t.height - track.support) + 10 * (not t.contains_xy(x, y, 0.05)), default=None)
             specs.append(ObjectSpec(name, track.label.shape, track.label.colour, size, float(x), float(y), float(z), half, table.name if table else ""))
         return specs
+
+
+def _named_apart(a: Track, b: Track) -> bool:
+    return a.label is not None and b.label is not None and a.label.known and b.label.known and a.label.name != b.label.name
 
 
 def _fuse(points: np.ndarray) -> np.ndarray:
