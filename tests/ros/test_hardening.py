@@ -124,9 +124,10 @@ def tiny_request(seed: int = 0):
 
 
 def test_decoding_stops_at_the_next_token_once_asked(torch_threads):
+    from embodied.decoding import REFERENCE, DecodingConfig
     from embodied.model_planner import ModelPlanner
 
-    planner = ModelPlanner("tiny", max_new_tokens=64)
+    planner = ModelPlanner("tiny", max_new_tokens=64, decoding=REFERENCE)  # one token a pass: the count is exact
     request = tiny_request()
     asked = []
 
@@ -141,9 +142,14 @@ def test_decoding_stops_at_the_next_token_once_asked(torch_threads):
         planner.plan_many([request], stop=lambda: True)
     asked.clear()
     with pytest.raises(DecodingInterrupted, match="after 2 of at most 64 tokens"):
-        planner.plan_many([request], stop=stop_after(3))  # asked before the prompt, then before each token
+        planner.plan_many([request], stop=stop_after(3))  # asked before the prompt, then before each pass
     assert len(asked) == 4
     assert planner.plan_many([request], stop=lambda: False) == planner.plan_many([request])
+    planner.decoding = DecodingConfig()  # the fast path: a pass may write several tokens
+    asked.clear()
+    with pytest.raises(DecodingInterrupted, match=r"after \d+ of at most 64 tokens"):
+        planner.plan_many([request], stop=stop_after(3))
+    assert len(asked) == 4
 
 
 class EndlessModel:
