@@ -105,6 +105,11 @@ def load_backbone(name: str) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     return model, tokenizer
 
 
+def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
+    """The causal LM itself, under peft's wrapper if it has one (its decoder and head are read apart)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def add_lora(model: torch.nn.Module, rank: int, alpha: int, dropout: float, targets: tuple[str, ...]):
     """Wrap the frozen backbone with trainable LoRA adapters."""
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")

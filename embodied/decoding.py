@@ -16,6 +16,7 @@ from os.path import commonprefix
 import torch
 from transformers import DynamicCache
 
+from embodied.backbone import causal_lm
 from envs.plan import PlanError, normalize_arg, parse_plan, parse_step
 from envs.skills import SKILLS
 
@@ -335,7 +336,7 @@ def decode(
         width = max(map(len, chunks))
         ids = torch.tensor([c + [pad] * (width - len(c)) for c in chunks], dtype=torch.long, device=device)
         real = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunks], dtype=torch.long, device=device)
-        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        causal = causal_lm(model)
         body = causal.get_decoder()
         inputs = body.get_input_embeddings()(ids)
         if prompt is not None:
@@ -406,7 +407,7 @@ def decode(
 @torch.no_grad()
 def prefix_cache(llm, embeds: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer, the keys and values of a prompt start (1, T, D) that ``decode`` can begin from."""
-    causal = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    causal = causal_lm(llm)
     cache = DynamicCache()
     causal.get_decoder()(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
     return [(layer.keys, layer.values) for layer in cache.layers]

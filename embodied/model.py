@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from embodied.backbone import SMOLLM2, TINY, add_lora, int8_backbone, load_backbone
+from embodied.backbone import SMOLLM2, TINY, add_lora, causal_lm, int8_backbone, load_backbone
 from embodied.config import config_from_dict
 from embodied.decoding import PLAN_TOKENS, DecodingConfig, EarlierReplies, PlanConstraint, decode, prefix_cache, repair_plan
 from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
@@ -166,7 +166,7 @@ class EmbodiedModel(nn.Module):
         (49k wide for SmolLM2) runs only where the loss looks, on the replies, not the whole sequence:
         what training needs, at a fraction of the head's time and memory."""
         embeds, mask, labels = self._pad(sequences, left=False)
-        causal = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        causal = causal_lm(self.llm)
         hidden = causal.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         targets = labels[:, 1:]
         keep = targets != -100
@@ -206,21 +206,22 @@ class EmbodiedModel(nn.Module):
         version), so whatever is derived from them is made again."""
         return tuple((name, p._version) for name, p in self.llm.named_parameters() if "lora_" in name)
 
-    def _int8_copy(self) -> nn.Module:
-        key = self._adapters()
+    def _int8_copy(self, key: tuple | None = None) -> nn.Module:
+        """The int8 decoding copy of the backbone; ``key``: ``_adapters()``, when the caller has read it."""
+        key = self._adapters() if key is None else key
         if self._derived.get("int8", (None,))[0] != key:
             self._derived.pop("int8", None)  # the stale copy goes before the new one is made
             self._derived["int8"] = (key, int8_backbone(self.llm))
         return self._derived["int8"][1]
 
-    def _system_prefix(self, samples: list[Sample], llm) -> tuple[list | None, int]:
+    def _system_prefix(self, samples: list[Sample], llm, adapters: tuple) -> tuple[list | None, int]:
         """The keys and values of the system prompt all ``samples`` share (computed once per prompt and
-        adapters), and how many tokens it spans; (None, 0) when they do not share one."""
+        adapters version), and how many tokens it spans; (None, 0) when they do not share one."""
         firsts = {s.segments()[0][0] if s.system else None for s in samples}
         if len(firsts) != 1 or None in firsts:
             return None, 0
         (text,) = firsts
-        key = (text, self._adapters())
+        key = (text, adapters)
         if self._derived.get("prefix", (None,))[0] != key:
             ids = torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids, device=self.device)
             self._derived["prefix"] = (key, prefix_cache(llm, self.llm.get_input_embeddings()(ids)[None]))
@@ -242,12 +243,13 @@ class EmbodiedModel(nn.Module):
         if not samples:
             return []
         constraints = constraints or [None] * len(samples)
-        steps = self._int8_copy() if decoding.int8 and self.device.type == "cpu" else None
+        adapters = self._adapters()
+        steps = self._int8_copy(adapters) if decoding.int8 and self.device.type == "cpu" else None
         # With an int8 copy for the steps, the prompt is read through the adapters as they are: merging and
         # unmerging them all costs more than their small matmuls on one prompt.
         with torch_threads(decoding.threads), (nullcontext(self.llm) if steps else self._merged_lora()) as llm:
             sequences = self._sequences(samples)
-            prefix, skip = self._system_prefix(samples, llm) if decoding.system_cache else (None, 0)
+            prefix, skip = self._system_prefix(samples, llm, adapters) if decoding.system_cache else (None, 0)
             embeds, mask, _ = self._pad([(e[skip:], labels[skip:]) for e, labels in sequences], left=True)
             drafts = self._earlier if decoding.drafts else None
             return decode(llm, self.tokenizer, embeds, mask, constraints, max_new_tokens, stop, decoding.jump_forward, prefix, steps, drafts)

@@ -19,16 +19,15 @@ def scene_requests(task: str, seed: int, count: int, world: str = "privileged", 
     instruction, the head camera's image and point cloud, and the objects the robot knows of (in a
     perceived world, what it found looking around first)."""
     env = EmbodiedEnv(task=task, sensors=("rgb", "points"))
-    if world == "perceived":
-        from embodied.perception.episode import PerceivedWorld
+    look_around = None
+    if world == "perceived":  # perception (open3d, the ULIP encoder) loads only when asked for
+        from embodied.perception.episode import PerceivedWorld, look_around
 
         env.world = PerceivedWorld()
     try:
         for episode in range(count):
             obs, _ = env.reset(seed=seed + episode)
-            if env.world is not None:
-                from embodied.perception.episode import look_around
-
+            if look_around is not None:
                 look_around(env)
                 obs = env.observation()
             yield PlanRequest(instruction or obs["instruction"], obs["rgb"], obs["points"], env.known_objects())

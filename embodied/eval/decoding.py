@@ -34,16 +34,17 @@ def evaluate_decoding(
     names = ["reference", *decodings]
     plans: dict[str, list[str]] = {n: [] for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
+    objects = []
     for index, request in enumerate(tqdm(scene_requests(task, seed, observations), total=observations, desc=f"decoding {task}", disable=not progress)):
         for name in names:  # alternated scene by scene: a busy moment of the machine hits every path
             timing = time_plan(model, request, DECODINGS[name], repeat=1, warm_up=index == 0)
             plans[name].append(timing.plan)
             seconds[name].append(timing.seconds)
-        plans.setdefault("objects", []).append(request.objects)
-    reference = [_steps(p, o) for p, o in zip(plans["reference"], plans["objects"])]
+        objects.append(request.objects)
+    reference = [_steps(p, o) for p, o in zip(plans["reference"], objects)]
     rows = []
     for name in names:
-        steps = [_steps(p, o) for p, o in zip(plans[name], plans["objects"])]
+        steps = [_steps(p, o) for p, o in zip(plans[name], objects)]
         rows.append(
             {
                 "policy": name,

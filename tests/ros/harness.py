@@ -5,8 +5,10 @@ and polling helpers. Imported only once conftest.py has set the ROS environment.
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import rclpy
 from rclpy.context import Context
@@ -15,8 +17,25 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 
+ROOT = Path(__file__).resolve().parents[2]
+
 # What /rosout publishes with (transient local, reliable): a subscriber that also sees earlier lines.
 ROSOUT_QOS = QoSProfile(depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def embodied_command() -> list[str]:
+    script = Path(sys.executable).with_name("embodied")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "embodied.cli"]
+
+
+def start_ros_up(tmp_path: Path, *settings: str):
+    """`embodied ros up sim --set SETTING...` in the background, its output in ``tmp_path/up.log``; returns
+    the process and the open log, which the caller closes once it has stopped the process."""
+    log = (tmp_path / "up.log").open("w")
+    args = [*embodied_command(), "ros", "up", "sim", "--log-dir", str(tmp_path / "logs")]
+    for setting in settings:
+        args += ["--set", setting]
+    return subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log
 
 
 def interrupt(process, timeout: float = 30.0) -> tuple[int, float]:

@@ -2,7 +2,6 @@
 against stub launch / launch_ros modules, which PyPI does not ship) and ``embodied ros up`` (processes)."""
 
 import importlib.util
-import subprocess
 import sys
 import time
 import tomllib
@@ -20,11 +19,10 @@ from ros_nodes.planner import Planner
 from ros_nodes.qos import LATCHED
 from ros_nodes.up import node_command
 
-from .harness import interrupt, wait_for
+from .harness import ROOT, interrupt, start_ros_up, wait_for
 
 pytestmark = pytest.mark.ros
 
-ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_DIR = ROOT / "ros_nodes" / "launch"
 
 
@@ -282,11 +280,6 @@ def test_launch_executables_are_installed_with_the_package():
 # -- embodied ros up: the processes -------------------------------------------------------------------------------
 
 
-def embodied_command() -> list[str]:
-    script = Path(sys.executable).with_name("embodied")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "embodied.cli"]
-
-
 @pytest.mark.timeout(120)
 def test_ros_up_starts_the_graph_and_sigint_stops_every_node(ros, tmp_path):
     """With perception=ground_truth (today's graph: the bridge's ground truth, no perception node)."""
@@ -298,12 +291,7 @@ def test_ros_up_starts_the_graph_and_sigint_stops_every_node(ros, tmp_path):
         },
         publishers={"instruction": (String, "instruction", 10)},
     )
-    log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen(
-        [*embodied_command(), "ros", "up", "sim", "--set", "planner=oracle", "--set", "perception=ground_truth",
-         "--log-dir", str(tmp_path / "logs")],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    up, log = start_ros_up(tmp_path, "planner=oracle", "perception=ground_truth")
     children: list[psutil.Process] = []
     try:
         parent = psutil.Process(up.pid)

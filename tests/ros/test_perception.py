@@ -3,7 +3,6 @@ makes of the robot's own camera, odometry, joints and gripper (no simulator grou
 names), and bad sensor input that is skipped with a reason while the node keeps running."""
 
 import math
-import subprocess
 import time
 from types import SimpleNamespace
 
@@ -40,8 +39,7 @@ from ros_nodes.qos import LATCHED, STREAM
 from ros_nodes.sim_bridge import SimBridge
 from ros_nodes.up import node_command
 
-from .harness import interrupt, wait_for
-from .test_graph import ROOT, embodied_command
+from .harness import interrupt, start_ros_up, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -192,12 +190,7 @@ def test_ros_up_runs_the_perception_node_by_default_and_completes_the_task(ros, 
         },
         publishers={"instruction": (String, "instruction", 10)},
     )
-    log = (tmp_path / "up.log").open("w")
-    up = subprocess.Popen(
-        [*embodied_command(), "ros", "up", "sim", "--set", "planner=oracle", "--set", f"seed={SEED}",
-         "--log-dir", str(tmp_path / "logs")],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    up, log = start_ros_up(tmp_path, "planner=oracle", f"seed={SEED}")
     try:
         task = probe.rec["task"].wait(timeout=60)
         assert task is not None, (tmp_path / "up.log").read_text()

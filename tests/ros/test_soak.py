@@ -18,12 +18,10 @@ from std_srvs.srv import Trigger
 
 from ros_nodes.qos import LATCHED, PLAN_LEASE, STREAM
 
-from .harness import interrupt, wait_for
-from .test_graph import embodied_command
+from .harness import interrupt, start_ros_up, wait_for
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 FINAL = ("done", "failed", "rejected", "cancelled")
 NODES = ("sim_bridge", "planner", "controller")
 SOAK_TASKS = int(os.environ.get("SOAK_TASKS", "30"))
@@ -38,11 +36,7 @@ def moving(twist: Twist) -> bool:
 def ros_up(tmp_path: Path, *settings: str):
     """`embodied ros up sim --set ...` in the background; stopped with SIGINT (as Ctrl-C) at the end, which it
     must survive with exit code 0 within a few seconds."""
-    log = (tmp_path / "up.log").open("w")
-    args = [*embodied_command(), "ros", "up", "sim", "--log-dir", str(tmp_path / "logs")]
-    for setting in settings:
-        args += ["--set", setting]
-    up = subprocess.Popen(args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    up, log = start_ros_up(tmp_path, *settings)
     try:
         yield up
     finally:
