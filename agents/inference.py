@@ -113,7 +113,8 @@ class InferenceReplica:
                     reply.set_result(plan)
 
     def stats(self) -> dict:
-        return {"batches": len(self.batch_sizes), "batch_sizes": list(self.batch_sizes)}
+        node = ray.get_runtime_context().get_node_id()
+        return {"batches": len(self.batch_sizes), "batch_sizes": list(self.batch_sizes), "node": node}
 
 
 @ray.remote(max_restarts=-1)
@@ -160,12 +161,14 @@ class InferenceRouter:
 
 
 def start_inference(config: InferenceConfig, replicas: int = 1, gpus_per_replica: float = 0.0, num_cpus: float | None = None):
-    """Start ``replicas`` model actors and the named router in front of them (Ray must be running: see
-    ``agents.runtime.start``; ``num_cpus`` reserves CPUs per replica, Ray's default when None). Other processes find the router with ``connect_inference()``; it lives as
-    long as the returned handle does."""
+    """Start ``replicas`` model actors, spread over the cluster's nodes, and the named router in front of them
+    (Ray must be running: see ``agents.runtime.start``). Each replica reserves ``num_cpus`` CPUs (default: its
+    torch threads, at least one), so that Ray places them where there is room rather than by luck. Other
+    processes find the router with ``connect_inference()``; it lives as long as the returned handle does."""
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
-    options = {"num_gpus": gpus_per_replica} | ({} if num_cpus is None else {"num_cpus": num_cpus})
+    cpus = max(1, config.threads) if num_cpus is None else num_cpus
+    options = {"num_gpus": gpus_per_replica, "num_cpus": cpus, "scheduling_strategy": "SPREAD"}
     actors = [InferenceReplica.options(**options).remote(asdict(config)) for _ in range(replicas)]
     return InferenceRouter.options(name=ROUTER_NAME, max_concurrency=1000).remote(actors)
 

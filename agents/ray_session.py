@@ -71,16 +71,18 @@ def end_session() -> None:
     session, _session = _session, None
     if session is None:
         return
-    _end_processes_and_remove(session.folder, session.ray_dir)
+    end_processes(session.folder, session.ray_dir)
     if session.watchdog is not None:
         session.watchdog.kill()
         session.watchdog.wait()
 
 
-def _end_processes_and_remove(folder: Path, ray_dir: str, grace: float = 1.0) -> None:
+def end_processes(folder: Path, ray_dir: str, grace: float = 1.0, remove: bool = True) -> None:
+    """End the Ray processes using ``folder`` (SIGKILL at once when ``grace`` is 0), then remove it."""
     users = _users([str(folder)])[str(folder)]
     _terminate([pid for pid, args in users.items() if _is_ray_process(args, ray_dir)], grace)
-    shutil.rmtree(folder, ignore_errors=True)
+    if remove:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def clean_stale_folders(root: str | Path | None = None, ray_dir: str | None = None) -> list[Path]:
@@ -193,7 +195,8 @@ def _is_ray_process(args: list[str], ray_dir: str) -> bool:
 
 
 def _terminate(pids: list[int], grace: float) -> None:
-    """SIGTERM, then SIGKILL for what is left after ``grace`` seconds; returns once all are gone (or 5 s).
+    """SIGTERM, then SIGKILL for what is left after ``grace`` seconds (0: SIGKILL only); returns once all are
+    gone (or 5 s).
     Signals go through pidfds where there are any, so a pid reused meanwhile is never hit."""
     handles = {}
     for pid in pids:
@@ -211,7 +214,7 @@ def _terminate(pids: list[int], grace: float) -> None:
 
     left = list(handles)
     try:
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0))[0 if grace > 0 else 1 :]:
             for pid in left:
                 try:
                     if handles[pid] is None:
@@ -243,7 +246,7 @@ def _watch(folder: str, pid: int, ray_dir: str) -> None:
     else:
         select.select([handle], [], [])
     if os.path.isdir(folder):
-        _end_processes_and_remove(Path(folder), ray_dir)
+        end_processes(Path(folder), ray_dir)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--watch"]:

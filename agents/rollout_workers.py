@@ -1,10 +1,12 @@
 """Parallel rollouts on Ray: each worker actor (named ``rollout-RUN-I``) owns an environment and a planner
 and runs episodes by index; results stream back and are written as they arrive.
 
-An episode the infrastructure could not run is not a failed episode. A worker that dies is restarted by
-Ray, and gets no episode until it answers a probe (sent again after a growing backoff), so retries are not
-spent on a worker still restarting; its episode runs again, up to ``MAX_ATTEMPTS`` times (an episode that
-runs past ``episode_timeout`` gets its worker killed and counts the same). A worker that does not come up
+The workers reserve a CPU each and are spread over the cluster's nodes. An episode the infrastructure could
+not run is not a failed episode. A worker that dies, or whose node is lost, is restarted by Ray wherever
+there is room, and gets no episode until it answers a probe (sent again after a growing backoff), so retries
+are not spent on a worker still restarting; its episode runs again on the first healthy worker free, up to
+``MAX_ATTEMPTS`` times (an episode that runs past ``episode_timeout`` gets its worker killed and counts the
+same). A worker that does not come up
 within ``restart_timeout`` is given up. Episodes that never ran are reported in the summary's ``not_run``,
 apart from every rate, and each failed attempt in ``infrastructure_errors``. A record is kept once per
 episode index, so nothing is lost or counted twice.
@@ -17,7 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ObjectLostError, RayActorError
 
 from agents import runtime
 from embodied.rollout import EpisodeRunner, RecordWriter, RolloutConfig
@@ -32,11 +34,12 @@ class RolloutWorker:
     def __init__(self, config: dict):
         self.runner = EpisodeRunner(RolloutConfig(**config))
 
-    def run(self, index: int) -> dict:
+    def run(self, index: int) -> tuple[dict, bytes | None]:
         return self.runner.run(index)
 
-    def ready(self) -> bool:
-        return True
+    def ready(self) -> str:
+        """The worker's node: it answers once its environment and planner are up."""
+        return ray.get_runtime_context().get_node_id()
 
 
 @dataclass
@@ -54,21 +57,26 @@ def parallel_rollout(
     progress: bool = True,
     episode_timeout: float = 600.0,
     restart_timeout: float = RESTART_TIMEOUT,
+    address: str | None = None,
 ) -> dict:
-    """Like ``embodied.rollout.rollout``, over ``workers`` Ray actors (one CPU each). The summary's
-    ``not_run`` lists the episodes that never ran (each attempt the infrastructure brought down is counted
-    in ``infrastructure_errors``); they count in no rate."""
+    """Like ``embodied.rollout.rollout``, over ``workers`` Ray actors (one CPU each, spread over the
+    cluster's nodes; ``address`` joins a cluster, see ``agents.runtime``). The summary's ``not_run`` lists the
+    episodes that never ran (each attempt the infrastructure brought down is counted in
+    ``infrastructure_errors``); they count in no rate. ``episodes_by_node`` says where the episodes ran."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     writer = RecordWriter(config, progress)  # claims the output folder before Ray starts
     todo = writer.todo()[::-1]  # popped from the end: the first episode first, a retried one next
     if not todo:
-        return writer.finish()
-    runtime.start()
+        return writer.finish(episodes_by_node={})
+    runtime.start(runtime.RuntimeConfig(address=address))
     run_id = uuid.uuid4().hex[:8]
     pool = [
-        RolloutWorker.options(num_cpus=1, name=f"rollout-{run_id}-{i}").remote(asdict(config)) for i in range(workers)
+        RolloutWorker.options(num_cpus=1, scheduling_strategy="SPREAD", name=f"rollout-{run_id}-{i}").remote(asdict(config))
+        for i in range(workers)
     ]
+    node_of: dict[int, str] = {}  # worker number -> the node it last answered from
+    by_node: dict[str, int] = {}  # node -> episodes recorded from it
     attempts = dict.fromkeys(todo, 0)
     running: dict = {}  # episode ref -> (episode index, worker number, start time)
     killed: set = set()  # refs whose hung worker was killed, waiting for the failure to arrive
@@ -80,9 +88,11 @@ def parallel_rollout(
 
     def finished(ref, index: int, i: int) -> None:
         try:
-            writer.add(ray.get(ref))
+            writer.add(*ray.get(ref))
+            by_node[node_of[i]] = by_node.get(node_of[i], 0) + 1
             idle.add(i)
-        except RayActorError as exc:  # died or killed as hung: Ray restarts it; probe it before using it again
+        except (RayActorError, ObjectLostError) as exc:  # died, killed as hung, or its node (and result) lost:
+            # Ray restarts it, wherever there is room; it is probed before it gets another episode
             reason = f"ran past {episode_timeout:g} s" if ref in killed else f"worker died: {exc.__class__.__name__}"
             writer.failed_attempt(reason)
             if attempts[index] < MAX_ATTEMPTS:
@@ -94,7 +104,7 @@ def parallel_rollout(
     def answered(ref, i: int) -> None:
         nonlocal began
         try:
-            ray.get(ref)
+            node_of[i] = ray.get(ref)
         except RayActorError as exc:
             if exc.actor_init_failed:  # its constructor raised: a wrong config or checkpoint, not a crash
                 raise
@@ -147,4 +157,4 @@ def parallel_rollout(
     finally:
         for worker in pool:
             ray.kill(worker, no_restart=True)
-    return writer.finish()
+    return writer.finish(episodes_by_node=by_node)

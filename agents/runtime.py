@@ -1,8 +1,13 @@
 """The one place that starts or joins Ray.
 
-Locally Ray binds to 127.0.0.1 with usage statistics off and no dashboard; ``address`` joins an existing
-cluster instead. Everything else in the project calls ``start()`` rather than ``ray.init``. A local Ray's files live in a folder private to the user, cleaned up even when the driver is killed
-(``agents/ray_session.py``).
+A cluster is joined when an address is given (``RuntimeConfig.address``, else the ``RAY_ADDRESS`` variable
+Ray's own tools read); otherwise a private local Ray starts, bound to 127.0.0.1 with usage statistics off
+and no dashboard, its files in a folder private to the user that is cleaned up even when the driver is
+killed (``agents/ray_session.py``). Everything else in the project calls ``start()`` rather than ``ray.init``.
+
+Ray 2.60 clusters started with ``ray start --head`` require a token, but a joining process sends one only
+when ``RAY_AUTH_MODE=token``: where a token is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+``~/.ray/auth_token``) and the mode is unset, joining turns it on, and a refused token is said in one line.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ NAMESPACE = "embodied"
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    address: str | None = None  # "host:port" of a cluster's GCS; None starts a local one on loopback
+    address: str | None = None  # "host:port" of a cluster's GCS; None: $RAY_ADDRESS, else a local one on loopback
     num_cpus: int | None = None  # local only; None: every core
     num_gpus: int | None = None  # local only; None: what Ray detects
     log_to_driver: bool = False  # show the actors' output here (training progress)
@@ -39,8 +44,9 @@ def start(config: RuntimeConfig | None = None):
         return ray
     config = config or RuntimeConfig()
     common = {"namespace": NAMESPACE, "log_to_driver": config.log_to_driver, "configure_logging": False}
-    if config.address:
-        ray.init(address=config.address, **common)
+    cluster = cluster_address(config)
+    if cluster:
+        _join(ray, cluster, common)
         return ray
     ray_session.end_session()  # a local Ray of this process that was shut down without shutdown()
     ray_dir = os.path.dirname(os.path.abspath(ray.__file__))
@@ -59,6 +65,30 @@ def start(config: RuntimeConfig | None = None):
         ray_session.end_session()
         raise
     return ray
+
+
+def cluster_address(config: RuntimeConfig | None = None) -> str | None:
+    """The cluster ``start`` joins: the config's address, else ``$RAY_ADDRESS``; None starts a local Ray."""
+    return (config.address if config else None) or os.environ.get("RAY_ADDRESS") or None
+
+
+def _join(ray, cluster: str, common: dict) -> None:
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    if "RAY_AUTH_MODE" not in os.environ and AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        os.environ["RAY_AUTH_MODE"] = "token"  # inherited by the workers ray.init starts
+        Config.initialize("")  # Ray read the mode when it was imported: read it again
+    try:
+        ray.init(address=cluster, **common)
+    except ConnectionError as exc:
+        refused = "InvalidAuthToken" in repr(exc.__cause__) or "AuthenticationError" in repr(exc.__cause__)
+        why = (
+            "the cluster refused this machine's token: set RAY_AUTH_TOKEN to the output of `ray get-auth-token` "
+            "on the head node"
+            if refused
+            else "nothing answered there: check the address, and that `ray start --head` runs on that host"
+        )
+        raise ValueError(f"cannot join the Ray cluster at {cluster}: {why}") from None
 
 
 def address() -> str:

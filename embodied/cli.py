@@ -13,17 +13,33 @@ from rich.table import Table
 from embodied.errors import InputError
 
 CHECKPOINT_HELP = "a checkpoint folder, default (the shipped checkpoint), or tiny / untrained (random weights)"
+ADDRESS_HELP = "join the Ray cluster at HOST:PORT (default: $RAY_ADDRESS; neither: a private Ray on this machine)"
 DECODING_HELP = (
     "fast: grammar-forced tokens and drafts share forward passes, int8 weights after the prompt; "
     "exact: the same at full precision (the reference's greedy plans); reference: one token per pass"
 )
 
 
-def _rollout(args: argparse.Namespace) -> int:
-    from embodied.rollout import RolloutConfig, rollout
+def _episode_runner(workers: int, address: str | None):
+    """How a command's episodes run: here, or over Ray workers (on a cluster with ``address``, else on
+    $RAY_ADDRESS's or a private local one). Both take a RolloutConfig and ``progress``."""
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if workers == 1 and not address:
+        from embodied.rollout import rollout
 
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        return rollout
+    from functools import partial
+
+    from agents.rollout_workers import parallel_rollout  # agents/ composes rollouts with Ray; embodied/ knows nothing of it
+
+    return partial(parallel_rollout, workers=workers, address=address)
+
+
+def _rollout(args: argparse.Namespace) -> int:
+    from embodied.rollout import RolloutConfig
+
+    run = _episode_runner(args.workers, args.address)
     out = args.out or Path("runs") / f"rollout_{args.task}_{args.policy}_seed{args.seed}"
     config = RolloutConfig(
         task=args.task,
@@ -39,12 +55,7 @@ def _rollout(args: argparse.Namespace) -> int:
         world=args.world,
         decoding=args.decoding,
     )
-    if args.workers > 1:  # Ray actors: agents/ composes the rollout with Ray, embodied/ knows nothing of it
-        from agents.rollout_workers import parallel_rollout
-
-        summary = parallel_rollout(config, args.workers, progress=not args.quiet)
-    else:
-        summary = rollout(config, progress=not args.quiet)
+    summary = run(config, progress=not args.quiet)
 
     def cell(value, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -180,7 +191,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.workers > 0:  # Ray Train: agents/ composes training with Ray, embodied/ knows nothing of it
         from agents.train_workers import train_with_ray
 
-        metrics = train_with_ray(config, args.workers, address=args.address, progress=not args.quiet)
+        metrics = train_with_ray(config, args.workers, address=args.address, progress=not args.quiet, storage=args.storage)
     else:
         from embodied.train.loop import train
 
@@ -213,8 +224,9 @@ def _eval(args: argparse.Namespace) -> int:
         from embodied.eval.plan import PLAN_METRICS, evaluate_plans
 
         rows = evaluate_plans(
-            args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet, tuple(args.worlds), tuple(args.decodings)
-        )
+            args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet, tuple(args.worlds), tuple(args.decodings),
+            run=_episode_runner(args.workers, args.address),
+        )  # fmt: skip
         metrics = PLAN_METRICS + (["of_privileged"] if len(set(args.worlds)) == 2 else [])
         group = "task"
     table = Table(title=f"{args.eval_command} evaluation ({args.out}/report.md)")
@@ -251,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     ro.add_argument("--overwrite", action="store_true", help="replace the earlier run's records and GIFs in --out")
     ro.add_argument("--resume", action="store_true", help="continue the (killed) run in --out; finished episodes stay")
     ro.add_argument("--gifs", type=int, default=2, help="record GIFs of the first N episodes")
-    ro.add_argument("--workers", type=int, default=1, help="parallel rollout workers (Ray actors, one CPU each)")
+    ro.add_argument("--workers", type=int, default=1, help="parallel rollout workers (Ray actors, one CPU each, spread over the nodes)")
+    ro.add_argument("--address", help=ADDRESS_HELP + "; runs the episodes on Ray workers even with --workers 1")
     ro.add_argument("--replans", type=int, default=0, help="closed loop: plan again after a failed skill, up to N times")
     ro.add_argument(
         "--world", choices=["perceived", "privileged"],
@@ -278,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--decoding", choices=list(DECODING_NAMES), default="fast", help=DECODING_HELP)
     serve.add_argument("--gpus-per-replica", type=float, default=0.0)
     serve.add_argument("--num-cpus", type=int, help="CPUs for a local Ray (default: all)")
-    serve.add_argument("--address", help="join this Ray cluster (HOST:PORT) instead of starting one on loopback")
+    serve.add_argument("--address", help=ADDRESS_HELP)
     serve.set_defaults(run=_serve)
 
     data = commands.add_parser("data", help="generate (or resume generating) the training and evaluation dataset")
@@ -295,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", type=Path, required=True, help="YAML file, e.g. configs/train/sft.yaml")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. steps=10")
     tr.add_argument("--workers", type=int, default=1, help="Ray Train data-parallel workers; 0 trains in this process (not rl)")
-    tr.add_argument("--address", help="join this Ray cluster (HOST:PORT) instead of starting one on loopback")
+    tr.add_argument("--address", help=ADDRESS_HELP)
+    tr.add_argument(
+        "--storage",
+        help="Ray Train's storage for checkpoints and metrics: a folder every node reaches, or s3:// and the like (default OUT/ray, right on one machine); the model is copied into OUT at the end",
+    )  # fmt: skip
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(run=_train)
 
@@ -324,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--decodings", nargs="+", default=["fast"], choices=list(DECODING_NAMES),
         help="how the model policies decode; with both, the fast path's success is shown beside the reference's",
     )  # fmt: skip
+    pl.add_argument("--workers", type=int, default=1, help="parallel rollout workers (Ray actors, one CPU each)")
+    pl.add_argument("--address", help=ADDRESS_HELP + "; runs the episodes on Ray workers even with --workers 1")
     pl.add_argument("--quiet", action="store_true", help="no progress bar")
     pl.set_defaults(run=_eval)
     de = ev.add_parser("decoding", help="plan held-out scenes with each decoding path: plans the same as the reference's, and latency")

@@ -129,11 +129,13 @@ class GifRecorder:
         draw.text((6, 16), status[:95], fill=(170, 220, 170))
         return np.asarray(canvas)
 
-    def save(self, path: Path) -> None:
+    def encode(self) -> bytes | None:
+        """The GIF's bytes (None without frames): a worker on another machine sends them to the writer."""
         frames = self.frames[:: max(1, -(-len(self.frames) // GIF_MAX_FRAMES))]
-        if frames:
-            frames[-1:] = frames[-1:] * 8  # hold the last frame, where the verdict is
-            write_atomic(path, lambda tmp: iio.imwrite(tmp, np.stack(frames), extension=".gif", duration=100, loop=0))
+        if not frames:
+            return None
+        frames[-1:] = frames[-1:] * 8  # hold the last frame, where the verdict is
+        return iio.imwrite("<bytes>", np.stack(frames), extension=".gif", duration=100, loop=0)
 
 
 def run_episode(
@@ -235,14 +237,13 @@ class EpisodeRunner:
 
             self.env.unwrapped.world = PerceivedWorld()
 
-    def run(self, index: int) -> dict:
-        """Episode ``index`` (seed ``config.seed + index``); its GIF goes to disk, its record is returned."""
+    def run(self, index: int) -> tuple[dict, bytes | None]:
+        """Episode ``index`` (seed ``config.seed + index``): its record, and its GIF's bytes if it has one. Both
+        go to ``RecordWriter.add``, on the machine that writes the run."""
         config = self.config
         record, recorder = run_episode(self.env, self.planner, config.seed + index, index < config.gifs, config.replans)
         record["episode"] = index
-        if recorder is not None:
-            recorder.save(Path(self.config.out) / "gifs" / f"episode_{index:04d}.gif")
-        return record
+        return record, recorder.encode() if recorder is not None else None
 
     def close(self) -> None:
         self.env.close()
@@ -325,7 +326,9 @@ class RecordWriter:
         """The episodes left to run, in order."""
         return [index for index in range(self.config.episodes) if index not in self.records]
 
-    def add(self, record: dict) -> None:
+    def add(self, record: dict, gif: bytes | None = None) -> None:
+        if gif is not None:
+            write_atomic(self.out / "gifs" / f"episode_{record['episode']:04d}.gif", lambda tmp: tmp.write_bytes(gif))
         write_json(self.out / "episodes" / f"episode_{record['episode']:04d}.json", record)
         self.records[record["episode"]] = record
         self.ran += 1
@@ -342,9 +345,10 @@ class RecordWriter:
         self.not_run[index] = reason
         self.bar.update(1)
 
-    def finish(self) -> dict:
+    def finish(self, **extra) -> dict:
+        """The summary, written to ``summary.json``; ``extra`` adds what a runner knows (where episodes ran)."""
         self.bar.close()
-        summary = summarize([self.records[i] for i in sorted(self.records)], self.config)
+        summary = summarize([self.records[i] for i in sorted(self.records)], self.config) | extra
         summary["infrastructure_errors"] = self.infrastructure_errors
         seed = self.config.seed
         summary["not_run"] = [{"episode": i, "seed": seed + i, "error": e} for i, e in sorted(self.not_run.items())]
@@ -364,7 +368,7 @@ def rollout(config: RolloutConfig, progress: bool = True) -> dict:
         writer.begin()
         try:
             for index in todo:
-                writer.add(runner.run(index))
+                writer.add(*runner.run(index))
         finally:
             runner.close()
     return writer.finish()

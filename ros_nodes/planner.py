@@ -102,9 +102,10 @@ class Planner(Node):
         from agents import runtime
         from agents.inference import connect_inference
 
-        if not self.param["ray_address"]:
-            raise ValueError("inference:=ray needs ray_address:=HOST:PORT (printed by `embodied serve`)")
-        runtime.start(runtime.RuntimeConfig(address=self.param["ray_address"]))
+        config = runtime.RuntimeConfig(address=self.param["ray_address"] or None)
+        if not runtime.cluster_address(config):  # a private local Ray would hold no router
+            raise ValueError("inference:=ray needs ray_address:=HOST:PORT (printed by `embodied serve`) or RAY_ADDRESS")
+        runtime.start(config)
         return connect_inference()
 
     def _load_model(self):

@@ -67,7 +67,7 @@ def test_a_rollout_config_with_no_checkpoint_runs_the_shipped_model(tmp_path):
     runner = EpisodeRunner(RolloutConfig(task="object_nav", policy="model", episodes=2, seed=500_000, out=tmp_path, gifs=0))
     try:
         assert _is_shipped(runner.planner.model)
-        records = [runner.run(i) for i in range(2)]
+        records = [runner.run(i)[0] for i in range(2)]
     finally:
         runner.close()
     assert all(r["plan_valid"] and r["success"] for r in records), records

@@ -5,6 +5,7 @@ are reported side by side."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from embodied.eval.report import write_report
@@ -16,12 +17,13 @@ PLAN_METRICS = ["success", "ci95", "of_oracle", "spl", "plan_valid", "episodes"]
 
 def evaluate_plans(
     checkpoint: str, tasks: list[str], policies: list[str], episodes: int, out: Path, seed: int = EVAL_SEED, progress: bool = True,
-    worlds: tuple[str, ...] = ("privileged",), decodings: tuple[str, ...] = ("fast",),
+    worlds: tuple[str, ...] = ("privileged",), decodings: tuple[str, ...] = ("fast",), run: Callable[..., dict] = rollout,
 ) -> list[dict]:
     """Each policy in each world ("privileged": the simulator's state; "perceived": the robot's own
     perception, after a scan), and the model policies with each decoding path ("fast", "reference"). With
     both worlds a row's policy reads "policy/world", and ``of_privileged`` is its perceived success over
-    its privileged success; with both decodings a model policy reads "policy (decoding)"."""
+    its privileged success; with both decodings a model policy reads "policy (decoding)". ``run`` runs a
+    RolloutConfig's episodes: here by default, or over Ray workers (``agents.rollout_workers``)."""
     rows = []
     for task in tasks:
         for world in worlds:
@@ -37,7 +39,7 @@ def evaluate_plans(
                         overwrite=True,  # each evaluation replaces the rollouts of the last one in these fixed folders
                         world=world, decoding=decoding,
                     )  # fmt: skip
-                    summary = rollout(config, progress=progress)
+                    summary = run(config, progress=progress)
                     rows.append(
                         {
                             "policy": name,
