@@ -132,3 +132,13 @@ def test_two_worker_training_lands_its_model_in_out(cluster, tiny_dataset, tmp_p
     assert (out / "model" / "model.safetensors").is_file() and (out / "curves.png").is_file()
     assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()][-1] == 2
     assert any(storage.rglob("*.safetensors"))  # the checkpoints went through Ray Train's storage
+
+
+def test_a_wrong_token_is_refused_in_one_line(cluster, tmp_path):
+    env = os.environ | {"PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 32}
+    done = subprocess.run(
+        [sys.executable, "-m", "embodied.cli", "rollout", "--address", cluster.address, "--out", str(tmp_path / "r"), "--quiet"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"cannot join the Ray cluster at {cluster.address}: the cluster refused this machine's token" in done.stderr

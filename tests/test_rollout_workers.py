@@ -167,3 +167,14 @@ def test_parallel_resume_runs_only_the_missing_episodes(cluster, tmp_path):
     records = _records(tmp_path)
     assert sorted(records) == [0, 1, 2] and records[1]["marker"] == "kept" and records[2]["seed"] == 5
     assert summary["episodes"] == 3 and summary["success_rate"] == 1.0
+
+
+def test_episodes_run_here_unless_workers_or_an_address_ask_for_ray():
+    from embodied.cli import _episode_runner
+
+    assert _episode_runner(1, None) is rollout
+    for workers, address in ((2, None), (1, "127.0.0.1:6379")):
+        runner = _episode_runner(workers, address)
+        assert runner.func is parallel_rollout and runner.keywords == {"workers": workers, "address": address}
+    with pytest.raises(ValueError, match="--workers must be >= 1"):
+        _episode_runner(0, None)

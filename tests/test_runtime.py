@@ -171,3 +171,15 @@ def test_folders_are_judged_by_their_owner_and_by_who_uses_them(tmp_path):
         for child in children:
             child.kill()
             child.wait()
+
+
+def test_a_cluster_is_joined_by_the_configs_address_else_by_ray_address(monkeypatch):
+    from agents import runtime
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert runtime.cluster_address(runtime.RuntimeConfig()) is None  # a private local Ray
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert runtime.cluster_address(runtime.RuntimeConfig()) == "10.0.0.5:6379"
+    assert runtime.cluster_address(runtime.RuntimeConfig(address="10.0.0.6:6379")) == "10.0.0.6:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "")
+    assert runtime.cluster_address(None) is None
