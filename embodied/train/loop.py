@@ -47,9 +47,12 @@ def train(
     progress: bool = True,
     rank: int = 0,
     wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    saved: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Run (or resume) one stage; returns the last metrics. ``wrap`` makes the module data-parallel
-    (Ray Train passes its ``prepare_model``); only rank 0 writes files."""
+    (Ray Train passes its ``prepare_model``); only rank 0 writes files. ``saved(step, metrics)`` runs on every
+    rank once the folder holds a new checkpoint, the last time with the final model, so that Ray Train can
+    persist the folder where the driver reaches it."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
     out = Path(config.out)
@@ -100,10 +103,14 @@ def train(
             plot_curves(out / METRICS, out / CURVES, title=f"{config.stage}: {out.name}")
         if rank == 0 and (done % config.save_every == 0 or done == config.steps):
             _save(out, config, stage, optimizer, done)
+        if saved and done % config.save_every == 0 and done < config.steps:  # the last one waits for the model
+            saved(done, last)
     bar.close()
     if rank == 0:
         stage.export(out / FINAL)
         plot_curves(out / METRICS, out / CURVES, title=f"{config.stage}: {out.name}")
+    if saved:
+        saved(max(start, config.steps), last)
     return last
 
 
