@@ -55,7 +55,9 @@ class LoopbackCluster:
         index = len(self.folders)
         folder = Path(tempfile.mkdtemp(prefix=f"embodied_node{index}_", dir="/tmp"))  # short: unix sockets live in it
         self.folders.append(folder)
-        where = ["--head", f"--port={self.address.rsplit(':', 1)[1]}", "--include-dashboard=false"] if index == 0 else [f"--address={self.address}"]
+        port = self.address.rsplit(":", 1)[1]
+        head = ["--head", f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}"]
+        where = head if index == 0 else [f"--address={self.address}"]
         command = [
             self._ray, "start", *where, "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--num-gpus=0",
             f"--temp-dir={folder}", "--disable-usage-stats",

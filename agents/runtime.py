@@ -2,7 +2,7 @@
 
 A cluster is joined when an address is given (``RuntimeConfig.address``, else the ``RAY_ADDRESS`` variable
 Ray's own tools read); otherwise a private local Ray starts, bound to 127.0.0.1 with usage statistics off
-and no dashboard, its files in a folder private to the user that is cleaned up even when the driver is
+and no dashboard unless asked for, its files in a folder private to the user that is cleaned up even when the driver is
 killed (``agents/ray_session.py``). Everything else in the project calls ``start()`` rather than ``ray.init``.
 
 Ray 2.60 clusters started with ``ray start --head`` require a token, but a joining process sends one only
@@ -27,6 +27,7 @@ class RuntimeConfig:
     num_cpus: int | None = None  # local only; None: every core
     num_gpus: int | None = None  # local only; None: what Ray detects
     log_to_driver: bool = False  # show the actors' output here (training progress)
+    dashboard: bool = False  # local only, on 127.0.0.1: serves Ray's state API, which Ray Train's cleanup polls
 
     def __post_init__(self):
         for name in ("num_cpus", "num_gpus"):
@@ -56,7 +57,9 @@ def start(config: RuntimeConfig | None = None):
         ray.init(
             num_cpus=config.num_cpus,
             num_gpus=config.num_gpus,
-            include_dashboard=False,
+            include_dashboard=config.dashboard,
+            dashboard_host="127.0.0.1",
+            dashboard_port=0,  # any free port: several local Rays may run at once
             _node_ip_address="127.0.0.1",
             _temp_dir=str(folder / "ray"),
             **common,

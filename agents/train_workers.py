@@ -88,7 +88,7 @@ def train_with_ray(
         storage = str(Path(storage).expanduser().resolve())
     filesystem, root = pyarrow.fs.FileSystem.from_uri(storage)
     experiment = Path(root, config.stage).as_posix()  # where Ray Train keeps this run (RunConfig.name)
-    runtime.start(runtime.RuntimeConfig(address=address, log_to_driver=progress))
+    runtime.start(runtime.RuntimeConfig(address=address, log_to_driver=progress, dashboard=True))
     try:
         seed, stale = _seed_from_out(out, filesystem, experiment)
         trainer = TorchTrainer(
