@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tqdm import tqdm
 
 from agents import runtime
@@ -209,7 +210,9 @@ def train_rl(config: RLConfig, address: str | None = None, progress: bool = True
     write_json(out / "config.json", asdict(config))
     runtime.start(runtime.RuntimeConfig(address=address))
     try:
-        learner = Learner.options(num_cpus=0).remote(asdict(config))
+        # on the driver's node: its checkpoints and model are written where the user asked (``out``), on any cluster
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        learner = Learner.options(num_cpus=0, scheduling_strategy=here).remote(asdict(config))
         start = ray.get(learner.iteration.remote())
         truncate_metrics(out / METRICS, start)
         inference = InferenceConfig(checkpoint=config.init, max_batch=config.episodes * config.group, threads=config.threads, max_new_tokens=config.max_new_tokens)

@@ -142,3 +142,21 @@ def test_a_wrong_token_is_refused_in_one_line(cluster, tmp_path):
     )  # fmt: skip
     assert done.returncode == 2
     assert f"cannot join the Ray cluster at {cluster.address}: the cluster refused this machine's token" in done.stderr
+
+
+def test_rl_fine_tuning_joins_the_cluster_and_its_model_lands_in_out(cluster, tiny_checkpoint, tmp_path):
+    from dataclasses import asdict
+
+    from agents.rl import RLConfig
+
+    config = asdict(RLConfig(
+        init=str(tiny_checkpoint), out=str(tmp_path / "rl"), tasks=("object_nav",), iterations=1, episodes=2, group=2,
+        eval_every=1, eval_episodes=1, save_every=1, workers=1, max_new_tokens=24,
+    ))  # fmt: skip
+    path = tmp_path / "rl.yaml"
+    path.write_text(yaml.safe_dump({**config, "tasks": list(config["tasks"])}))
+    trainer = _embodied("train", "rl", "--config", str(path), "--address", cluster.address, "--quiet", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = trainer.communicate(timeout=600)
+    assert trainer.returncode == 0, stderr[-3000:]
+    assert "held-out success by iteration: 0:" in stdout
+    assert (tmp_path / "rl" / "model").is_dir() and (tmp_path / "rl" / "curves.png").is_file()

@@ -125,8 +125,9 @@ def test_tiny_model_planner_publishes_a_parseable_plan(ros, torch_threads):
 
 
 @pytest.mark.timeout(150)
-def test_planner_plans_through_the_ray_inference_router(ros, torch_threads):
-    """inference:=ray: the planner sends the camera's image and cloud to the router `embodied serve` runs."""
+def test_planner_plans_through_the_ray_inference_router(ros, torch_threads, monkeypatch):
+    """inference:=ray: the planner sends the camera's image and cloud to the router `embodied serve` runs, on
+    the cluster RAY_ADDRESS names (no ray_address:= given)."""
     from agents import runtime
     from agents.inference import InferenceConfig, start_inference
 
@@ -134,9 +135,8 @@ def test_planner_plans_through_the_ray_inference_router(ros, torch_threads):
     try:
         router = start_inference(InferenceConfig(checkpoint="tiny", max_new_tokens=32), replicas=1)
         bridge = ros.start(SimBridge, parameter_overrides=params(task="object_nav", seed=0))
-        planner = ros.start(
-            Planner, parameter_overrides=params(planner="model", inference="ray", ray_address=runtime.address())
-        )
+        monkeypatch.setenv("RAY_ADDRESS", runtime.address())
+        planner = ros.start(Planner, parameter_overrides=params(planner="model", inference="ray"))
         assert planner.model is None and planner.router is not None  # nothing loaded in the node itself
         probe = ros.probe(
             topics={"task": (String, "task", LATCHED, "json"), "plan": (String, "plan", LATCHED, "json")},
