@@ -17,7 +17,7 @@ from envs.env import EmbodiedEnv
 def scene_requests(task: str, seed: int, count: int, world: str = "privileged", instruction: str | None = None) -> Iterator[PlanRequest]:
     """What a rollout's planner is asked at the start of episodes ``seed``, ``seed + 1``...: the task's
     instruction, the head camera's image and point cloud, and the objects the robot knows of (in a
-    perceived world, what it found looking around first)."""
+    perceived world, what it found looking around, and for what the instruction names, first)."""
     env = EmbodiedEnv(task=task, sensors=("rgb", "points"))
     look_around = None
     if world == "perceived":  # perception (open3d, the ULIP encoder) loads only when asked for
@@ -27,10 +27,11 @@ def scene_requests(task: str, seed: int, count: int, world: str = "privileged", 
     try:
         for episode in range(count):
             obs, _ = env.reset(seed=seed + episode)
+            asked = instruction or obs["instruction"]
             if look_around is not None:
-                look_around(env)
+                look_around(env, instruction=asked)
                 obs = env.observation()
-            yield PlanRequest(instruction or obs["instruction"], obs["rgb"], obs["points"], env.known_objects())
+            yield PlanRequest(asked, obs["rgb"], obs["points"], env.known_objects())
     finally:
         env.close()
 

@@ -155,7 +155,7 @@ def run_episode(
     if base.world is not None:  # a perceived world starts empty: look around before planning
         from embodied.perception.episode import look_around
 
-        outcomes += look_around(base, recorder)
+        outcomes += look_around(base, recorder, instruction)
         record["perceived_objects"] = base.known_objects()
         obs = base.observation()
     for attempt in range(replans + 1):

@@ -4,7 +4,10 @@ then read only what it perceived (``EmbodiedEnv.world``)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+
+import numpy as np
 
 from embodied.perception.camera import Frame
 from embodied.perception.naming import ObjectNamer
@@ -15,10 +18,13 @@ from envs.executor import execute_plan
 from envs.navmap import NavMap
 from envs.plan import Plan, Step
 from envs.plan_runner import StepOutcome
-from envs.scene import SceneSpec
+from envs.scene import COLOURS, SHAPES, SceneSpec, TableSpec
 
 CAMERA_SIZE = 256  # px a side: objects cover ~4x the pixels they do at 128 (a real RGB-D gives 640x480)
 EVERY = 3  # perceive every third control step (3.3 Hz at 10 Hz control); every step while looking around
+FAR_M = 1.5  # a table whose nearest edge is farther than this from where the robot scanned was seen only from afar
+SURVEY_RESERVE = 150  # control steps a survey leaves the episode at least, for the plan itself
+_NAMES = re.compile(rf"\b(?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)})\b")
 
 
 class PerceivedWorld:
@@ -55,15 +61,47 @@ class PerceivedWorld:
         return self.perception.known_objects()
 
 
-def look_around(env: EmbodiedEnv, on_step: Callable | None = None) -> list[StepOutcome]:
+def look_around(env: EmbodiedEnv, on_step: Callable | None = None, instruction: str | None = None) -> list[StepOutcome]:
     """The episode's first move in a perceived world: a ``scan`` on the spot, perceiving every frame, so the
-    memory holds the room before anything is planned."""
+    memory holds the room before anything is planned; given the ``instruction``, then ``look_for`` what it
+    names and the scan did not find."""
+    outcomes = _perceiving_every_frame(env, Plan("look around.", (Step("scan"),)), on_step)
+    return outcomes + look_for(env, instruction, on_step) if instruction else outcomes
+
+
+def look_for(env: EmbodiedEnv, instruction: str, on_step: Callable | None = None) -> list[StepOutcome]:
+    """After ``look_around``: while the instruction names an object perception has not found, go and look at
+    the tables seen only from afar, nearest first (navigate to an object known on it, scan there). Small
+    objects on a far table cover a few pixels even at 256 x 256; from arm's reach they are plain. Stops once
+    every named object is known, or when the episode could not afford another survey."""
+    robot = env.robot_state()
+    far = sorted((t for t in env.world.scene().tables if _gap(t, robot.x, robot.y) > FAR_M), key=lambda t: _gap(t, robot.x, robot.y))
+    outcomes: list[StepOutcome] = []
+    for table in far:
+        if not set(_NAMES.findall(instruction.lower())) - set(env.known_objects()):
+            break
+        if env.max_steps - env.steps < SURVEY_RESERVE:
+            break
+        on_table = [o for o in env.world.scene().objects if table.contains_xy(o.x, o.y)]
+        if on_table:
+            anchor = min(on_table, key=lambda o: np.hypot(o.x - table.x, o.y - table.y)).name
+            survey = Plan(f"look closer at {table.name}.", (Step("navigate", (anchor,)), Step("scan")))
+            outcomes += _perceiving_every_frame(env, survey, on_step)
+    return outcomes
+
+
+def _gap(table: TableSpec, x: float, y: float) -> float:
+    """Distance from (x, y) to the table's footprint."""
+    return float(np.hypot(max(abs(x - table.x) - table.half_x, 0.0), max(abs(y - table.y) - table.half_y, 0.0)))
+
+
+def _perceiving_every_frame(env: EmbodiedEnv, plan: Plan, on_step: Callable | None) -> list[StepOutcome]:
     world = env.world
     every = getattr(world, "every", None)
     if every is not None:
         world.every = 1
     try:
-        outcomes, _ = execute_plan(env, Plan("look around.", (Step("scan"),)), on_step=on_step, finish=False)
+        outcomes, _ = execute_plan(env, plan, on_step=on_step, finish=False)
     finally:
         if every is not None:
             world.every = every

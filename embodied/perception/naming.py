@@ -9,7 +9,7 @@ only the point encoder and its projection head are read.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ class Label:
     colour: str
     shape: str
     confidence: float  # the softmax probability of the chosen prompt
+    scores: np.ndarray | None = field(default=None, compare=False, repr=False)  # every prompt's, to fuse views
 
     @property
     def name(self) -> str:
@@ -50,7 +51,7 @@ class Label:
 class ObjectNamer:
     """Names point clouds of objects (world-frame xyz + rgb in [0, 1], any size)."""
 
-    def __init__(self, checkpoint: str | Path | None = None, min_confidence: float = MIN_CONFIDENCE):
+    def __init__(self, checkpoint: str | Path | None = None):
         folder = Path(checkpoint) if checkpoint else SHIPPED
         if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise CheckpointError(f"no ULIP checkpoint in {folder}: train one with `embodied train ulip` or pass its model folder")
@@ -66,7 +67,6 @@ class ObjectNamer:
         self.encoder.eval()
         self.head.eval()
         self.prompts = _prompt_embeddings()
-        self.min_confidence = min_confidence
 
     @torch.no_grad()
     def name(self, clouds: list[np.ndarray]) -> list[Label]:
@@ -76,13 +76,7 @@ class ObjectNamer:
             batch = torch.stack([self._prepare(c) for c in clouds])
             embedded = F.normalize(self.head(self.encoder(batch)[:, 0]), dim=-1)
         probs = torch.softmax(self.scale * embedded @ self.prompts.T, dim=1)
-        best = probs.argmax(dim=1)
-        labels = []
-        for p, k in zip(probs, best):
-            confidence = float(p[k])
-            colour, shape = CLASSES[int(k)] if confidence >= self.min_confidence else (UNKNOWN, UNKNOWN)
-            labels.append(Label(colour, shape, confidence))
-        return labels
+        return [label_of(p) for p in probs.numpy()]
 
     def _prepare(self, cloud: np.ndarray) -> torch.Tensor:
         """As the ULIP stage trained: a fixed count of points in the unit sphere (``ulip.object_clouds``)."""
@@ -92,6 +86,14 @@ class ObjectNamer:
         elif 0 < len(cloud) < self.points.group_size:  # a small segment: its points repeated fill a group
             cloud = np.resize(cloud, (self.points.group_size, cloud.shape[1]))
         return unit_sphere(prepare_cloud(torch.from_numpy(cloud), CLOUD_POINTS, self.points.group_size, self.points.in_channels, "object segment"))
+
+
+def label_of(scores: np.ndarray) -> Label:
+    """The most probable class of ``scores`` (one probability per prompt), "unknown" below ``MIN_CONFIDENCE``."""
+    k = int(np.argmax(scores))
+    confidence = float(scores[k])
+    colour, shape = CLASSES[k] if confidence >= MIN_CONFIDENCE else (UNKNOWN, UNKNOWN)
+    return Label(colour, shape, confidence, scores)
 
 
 _PROMPTS: torch.Tensor | None = None

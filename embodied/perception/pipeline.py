@@ -155,4 +155,4 @@ class Perception:
     def _name(self) -> None:
         tracks = self.memory.to_name()
         for track, label in zip(tracks, self.namer.name([t.points for t in tracks])):
-            track.label, track.named_at = label, len(track.points)
+            track.name(label)
