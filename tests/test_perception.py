@@ -9,11 +9,11 @@ import pytest
 
 from embodied.perception.camera import Frame, HeadMount, frame_points
 from embodied.perception.episode import PerceivedWorld, look_around, look_for
-from embodied.perception.memory import FORGET_FRAMES, ObjectMemory, Track
+from embodied.perception.memory import FORGET_FRAMES, ObjectMemory, TableTrack, Track
 from embodied.perception.naming import CLASSES, Label, ObjectNamer, label_of
 from embodied.perception.occupancy import OccupancyGrid
 from embodied.perception.pipeline import Perception
-from embodied.perception.segments import MIN_SEGMENT_POINTS, Segment, object_segments, self_mask, support_planes
+from embodied.perception.segments import FOOTPRINT_CELL, MIN_SEGMENT_POINTS, Segment, SupportPlane, object_segments, self_mask, support_planes
 from envs.backend import HEAD_CAMERA, RobotState
 from envs.executor import execute_plan
 from envs.plan import Plan, Step, parse_plan
@@ -285,3 +285,16 @@ def test_a_name_given_surely_from_afar_is_not_flipped_by_one_vaguer_look():
     assert track.label.name == "red sphere"
     track.name(label_of(_scores(red_sphere=0.05, red_cylinder=0.9)))
     assert track.label.name == "red cylinder"
+
+
+def test_two_pieces_of_a_table_join_beside_another_table_of_its_height():
+    """A survey sees a table's two ends apart, then the middle that joins them, while another table of the
+    same height is remembered first: the join once compared the tables' cell arrays and crashed the episode."""
+    memory = ObjectMemory()
+    cell = lambda *xy: np.array(xy, np.int64)  # noqa: E731
+    memory.tables = [TableTrack(0.42, cell(50, 50), cell(60, 60)), TableTrack(0.42, cell(0, 0), cell(10, 10)), TableTrack(0.42, cell(14, 0), cell(24, 10))]
+    bridge = np.array([[9, 5], [15, 5]], float) * FOOTPRINT_CELL
+    memory.add_planes([SupportPlane(0.42, bridge)])
+    assert len(memory.tables) == 2
+    joined = memory.tables[1]
+    assert list(joined.low) == [0, 0] and list(joined.high) == [24, 10]

@@ -26,7 +26,7 @@ RENAME_GROWTH = 1.5  # ...and again when the cloud has grown this much since (mo
 SETTLED = (0.95, 256)  # ...unless its name is this sure, from at least this many points
 
 
-@dataclass
+@dataclass(eq=False)  # a tracked thing is itself, not its values: list.remove must not compare point arrays
 class Track:
     id: int
     points: np.ndarray  # (N, 6) fused world xyz + rgb
@@ -105,7 +105,7 @@ class Track:
         return np.array([xy[0], xy[1], z])
 
 
-@dataclass
+@dataclass(eq=False)
 class TableTrack:
     """A table top's height and footprint, as a box of ``FOOTPRINT_CELL`` cells (tables are axis-aligned)."""
 
