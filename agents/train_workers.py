@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agents import runtime
 from embodied.errors import InputError
-from embodied.io import previous_dir, write_json
+from embodied.io import previous_dir, replace_dir, write_json
 from embodied.train.checkpoints import CHECKPOINT, STATE_FILE, has_checkpoint
 from embodied.train.config import TrainConfig
 from embodied.train.metrics import METRICS, read_metrics
@@ -163,24 +163,14 @@ def _bring_back(checkpoint, out: Path) -> None:
     try:
         checkpoint.to_directory(str(download))
         for entry in sorted(download.iterdir()):
-            if not entry.name.startswith("."):
-                _replace(entry, out / entry.name)
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # as atomic_dir swaps one: the old kept whole until the new is in place
+                replace_dir(entry, out / entry.name)
+            else:
+                os.replace(entry, out / entry.name)
     finally:
         shutil.rmtree(download, ignore_errors=True)
-
-
-def _replace(source: Path, target: Path) -> None:
-    """A file in one rename; a folder in two, the old one kept as ``previous_dir`` (which resuming falls
-    back to) until the new one is in place, as ``embodied.io.atomic_dir`` does."""
-    if not source.is_dir():
-        os.replace(source, target)
-        return
-    old = previous_dir(target)
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(source, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _delete(filesystem, path: str) -> None:

@@ -62,15 +62,22 @@ def atomic_dir(path: str | Path):
         for file in tmp.iterdir():
             os.chmod(file, 0o666 & ~umask)
             _fsync(file)  # on disk before the renames: a power cut must not leave truncated files behind them
-        old = previous_dir(path)
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync(path.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(new: str | Path, path: str | Path) -> None:
+    """Put folder ``new`` (on ``path``'s file system) in ``path``'s place, the old one kept whole as
+    ``previous_dir(path)`` until the new one is there (see ``atomic_dir``)."""
+    path = Path(path)
+    old = previous_dir(path)
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(new, path)
+    _fsync(path.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync(path: Path) -> None:

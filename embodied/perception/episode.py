@@ -75,12 +75,11 @@ def look_for(env: EmbodiedEnv, instruction: str, on_step: Callable | None = None
     objects on a far table cover a few pixels even at 256 x 256; from arm's reach they are plain. Stops once
     every named object is known, or when the episode could not afford another survey."""
     robot = env.robot_state()
-    far = sorted((t for t in env.world.scene().tables if _gap(t, robot.x, robot.y) > FAR_M), key=lambda t: _gap(t, robot.x, robot.y))
+    gaps = {table: _gap(table, robot.x, robot.y) for table in env.world.scene().tables}
+    wanted = set(_NAMES.findall(instruction.lower()))
     outcomes: list[StepOutcome] = []
-    for table in far:
-        if not set(_NAMES.findall(instruction.lower())) - set(env.known_objects()):
-            break
-        if env.max_steps - env.steps < SURVEY_RESERVE:
+    for table in sorted((t for t, gap in gaps.items() if gap > FAR_M), key=gaps.get):
+        if not wanted - set(env.known_objects()) or env.max_steps - env.steps < SURVEY_RESERVE:
             break
         on_table = [o for o in env.world.scene().objects if table.contains_xy(o.x, o.y)]
         if on_table:

@@ -44,18 +44,15 @@ class Track:
 
     def name(self, label: Label) -> None:
         """One more naming of the (grown) cloud, averaged with the earlier ones, each weighing as many points
-        as its cloud had (a naming of 16 points counts little): a view from closer is not always surer (a sphere named at 0.97 from afar, then "cylinder" at 0.8 from near), and a name the
-        plan relies on should not flip on one vaguer look. A naming without scores (a cloud the namer could
-        not take) changes nothing already named."""
+        as its cloud had (a naming of 16 points counts little): a view from closer is not always surer (a
+        sphere named at 0.97 from afar, then "cylinder" at 0.8 from near), and a name the plan relies on
+        should not flip on one vaguer look. A naming without scores (a cloud the namer could not take)
+        changes nothing already named."""
         self.named_at = len(self.points)
-        if label.scores is None:
-            if self.evidence is None:
-                self.label = label
-            return
-        scores = self.named_at * label.scores
-        self.evidence = scores if self.evidence is None else self.evidence + scores
-        self.weight += self.named_at
-        self.label = label_of(self.evidence / self.weight)
+        if label.scores is not None:
+            self._add_evidence(self.named_at * label.scores, self.named_at)
+        elif self.evidence is None:
+            self.label = label
 
     def absorb(self, piece: Track) -> None:
         """Join a piece of this object seen apart; both namings still count, and the whole is named again
@@ -63,10 +60,13 @@ class Track:
         self.points = _fuse(np.vstack([piece.points, self.points]))
         self.seen = max(self.seen, piece.seen)
         if piece.evidence is not None:
-            self.evidence = piece.evidence if self.evidence is None else self.evidence + piece.evidence
-            self.weight += piece.weight
-            self.label = label_of(self.evidence / self.weight)
+            self._add_evidence(piece.evidence, piece.weight)
         self.named_at = 0
+
+    def _add_evidence(self, evidence: np.ndarray, weight: int) -> None:
+        self.evidence = evidence if self.evidence is None else self.evidence + evidence
+        self.weight += weight
+        self.label = label_of(self.evidence / self.weight)
 
     @property
     def xyz(self) -> np.ndarray:
