@@ -248,6 +248,23 @@ def test_point_encoder_does_not_depend_on_point_order():
         torch.testing.assert_close(encoder(cloud[None]), encoder(shuffled[None]), atol=1e-5, rtol=1e-4)
 
 
+def test_point_tokens_are_the_mini_pointnet_over_each_point_beside_its_groups_pooled_feature():
+    """The second MLP's first layer takes [pooled, point] per point (the checkpoints' layout); the encoder
+    adds its pooled half once per group. Both must give the same tokens, gradients included."""
+    torch.manual_seed(0)
+    encoder = PointEncoder(PointEncoderConfig(num_groups=4, group_size=8, hidden_size=32, layers=1, heads=2)).eval()
+    cloud = _cloud(64, 6, seed=3)[None]
+    centres, groups = group_points(cloud, 4, 8)
+    features = encoder.first(groups)
+    pooled = features.max(dim=2, keepdim=True).values.expand_as(features)
+    expected = encoder.second(torch.cat([pooled, features], dim=-1)).max(dim=2).values
+    tokens = encoder(cloud)
+    reference = torch.cat([encoder.cls_token, expected], dim=1) + torch.cat([encoder.cls_position, encoder.position(centres)], dim=1)
+    torch.testing.assert_close(tokens, encoder.norm(encoder.transformer(reference)), atol=1e-5, rtol=1e-4)
+    tokens.sum().backward()
+    assert encoder.second[0].weight.grad.abs().sum() > 0
+
+
 def _image_encoder():
     torch.manual_seed(0)
     return ImageEncoder(ImageEncoderConfig(image_size=32, patch_size=8, hidden_size=32, layers=1, heads=2)).eval()

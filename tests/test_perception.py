@@ -7,8 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from embodied.perception.camera import Frame, HeadMount, frame_points
-from embodied.perception.episode import PerceivedWorld, look_around, look_for
+from embodied.eval.perception import PERCEPTION_SEED, evaluate_perception
+from embodied.perception.camera import Frame, HeadMount, frame_points, pixel_colours
+from embodied.perception.episode import STILL_EVERY, PerceivedWorld, look_around, look_for
 from embodied.perception.memory import FORGET_FRAMES, ObjectMemory, TableTrack, Track
 from embodied.perception.naming import CLASSES, Label, ObjectNamer, label_of
 from embodied.perception.occupancy import OccupancyGrid
@@ -60,16 +61,56 @@ def test_segments_are_single_objects_and_tables_are_level(make_env):
     env = make_env("pick_place").unwrapped
     mount, pure, total, heights = HeadMount(), 0, 0, set()
     for frame, truth, robot in scan_frames(env):
-        xyz, rgb, pixels = frame_points(frame, mount, 6.0)
+        xyz, pixels = frame_points(frame, mount, 6.0)
         keep = ~self_mask(xyz, robot)
-        planes = support_planes(xyz[keep])
+        xyz, pixels = xyz[keep], pixels[keep]
+        planes = support_planes(xyz)
         heights |= {round(p.height, 2) for p in planes}
-        for segment in object_segments(xyz[keep], rgb[keep], pixels[keep], planes, mount.pose(*frame.pose)[0], 0.5 * 256 / np.tan(np.radians(30))):
+        for segment in object_segments(xyz, pixel_colours(frame, pixels), pixels, planes, mount.pose(*frame.pose)[0], 0.5 * 256 / np.tan(np.radians(30))):
             ids, counts = np.unique(truth[segment.pixels], return_counts=True)
             total += 1
             pure += ids[np.argmax(counts)] >= 0 and counts.max() >= 0.95 * len(segment.pixels)
     assert total >= 10 and pure / total >= 0.95, f"{pure} of {total} segments are one object"
     assert heights <= {t.height for t in env.scene.tables} and heights, heights
+
+
+def test_points_of_a_height_band_are_those_of_the_full_frame(make_env):
+    """The band is chosen from each ray's height before the points are made: exactly the full frame's points
+    there, with their pixels and colours."""
+    env = make_env("pick_place").unwrapped
+    env.reset(seed=SEED)
+    raw, robot = env.backend.render(HEAD_CAMERA, 96, 96), env.robot_state()
+    depth = raw.depth.copy()
+    depth[:8] = np.nan  # unknown depth is left out of every selection
+    frame, mount = Frame(raw.rgb, depth, (robot.x, robot.y, robot.yaw)), HeadMount()
+    xyz, pixels = frame_points(frame, mount, 6.0)
+    assert len(xyz) == 88 * 96 and pixels.min() == 8 * 96
+    band, band_pixels = frame_points(frame, mount, 6.0, heights=(0.3, 0.9))
+    inside = (xyz[:, 2] > 0.3) & (xyz[:, 2] < 0.9)
+    assert 0 < len(band) < len(xyz) and np.array_equal(band_pixels, pixels[inside]) and np.allclose(band, xyz[inside], atol=1e-5)
+    assert np.allclose(pixel_colours(frame, band_pixels) * 255, raw.rgb.reshape(-1, 3)[band_pixels], atol=1e-3)
+
+
+def test_a_frame_is_perceived_when_the_view_changes_and_the_gripper_is_tracked_every_step(make_env):
+    env = make_env("pick_place").unwrapped
+    env.world = PerceivedWorld(NoNamer())
+    env.reset(seed=SEED)
+    frames = lambda: env.world.perception.frames  # noqa: E731
+    assert frames() == 1
+    for _ in range(STILL_EVERY - 1):
+        env.step(np.array([0, 0, 0, 0.3, 0.25, -1.0]))  # standing still
+    assert frames() == 1
+    env.step(np.array([0, 0, 0, 0.3, 0.25, -1.0]))
+    assert frames() == 2  # still, but a while since the last look
+    for _ in range(6):
+        env.step(np.array([0, 0, 1.0, 0.3, 0.25, -1.0]))  # turning: a new view every third step
+    assert frames() == 4
+    robot = env.robot_state()
+    holding = dataclasses.replace(robot, holding="something")
+    perception = env.world.perception
+    perception.memory.add_segments([segment(robot.grasp_point[:2], z0=float(robot.grasp_point[2]) - 0.03, n=80)])
+    perception.track_gripper(holding)  # closing on it between frames: it rides with the gripper at once
+    assert perception.memory.held()
 
 
 def test_scan_finds_names_and_locates_the_objects(make_env, namer):
@@ -298,3 +339,14 @@ def test_two_pieces_of_a_table_join_beside_another_table_of_its_height():
     assert len(memory.tables) == 2
     joined = memory.tables[1]
     assert list(joined.low) == [0, 0] and list(joined.high) == [24, 10]
+
+
+def test_perception_evaluation_scores_scans_against_the_ground_truth(tmp_path, namer):
+    """`embodied eval perception` on two held-out scenes: every metric present, in range, and a report."""
+    result = evaluate_perception(scenes=2, out=tmp_path, namer=namer, progress=False)
+    summary, scenes = result["summary"], result["scenes"]
+    assert summary["scenes"] == 2 and [s["seed"] for s in scenes] == [PERCEPTION_SEED, PERCEPTION_SEED + 1]
+    assert summary["objects_in_view"] >= 4 and all(s["recalled"] <= s["objects_in_view"] and s["true_positives"] <= s["tracks"] for s in scenes)
+    assert summary["recall"] >= 0.75 and summary["precision"] >= 0.75 and summary["tables_found"] == 1.0
+    assert summary["median_centroid_error_mm"] < 20
+    assert (tmp_path / "report.md").is_file()

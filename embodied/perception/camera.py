@@ -5,6 +5,7 @@ the mount are all there is."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -24,11 +25,15 @@ class HeadMount:
     def pose(self, x: float, y: float, yaw: float) -> tuple[np.ndarray, np.ndarray]:
         """Camera centre and camera-to-world rotation (OpenGL axes: looking along -z, +y up)."""
         c, s = np.cos(yaw), np.sin(yaw)
-        pitch = np.radians(self.pitch_deg)
-        base = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-        right, up = np.array([0.0, -1.0, 0.0]), np.array([np.sin(pitch), 0.0, np.cos(pitch)])
-        rotation = base @ np.column_stack([right, up, np.cross(right, up)])
+        rotation = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ self.tilt
         return np.array([x + c * self.offset, y + s * self.offset, self.height]), rotation
+
+    @cached_property
+    def tilt(self) -> np.ndarray:
+        """The camera's axes in the base frame (right, up, back), the same at any yaw."""
+        pitch = np.radians(self.pitch_deg)
+        right, up = np.array([0.0, -1.0, 0.0]), np.array([np.sin(pitch), 0.0, np.cos(pitch)])
+        return np.column_stack([right, up, np.cross(right, up)])
 
 
 @dataclass
@@ -40,21 +45,31 @@ class Frame:
     pose: tuple[float, float, float]  # x, y, yaw of the base when the frame was taken
 
 
-def frame_points(frame: Frame, mount: HeadMount, max_depth: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """World-frame xyz (N, 3), colour in [0, 1] (N, 3) and the flat pixel index (N,) of every pixel with a
-    valid depth, at full resolution."""
+def frame_points(frame: Frame, mount: HeadMount, max_depth: float, heights: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame xyz (N, 3) and flat pixel index (N,) of every pixel with a valid depth, at full
+    resolution; given ``heights`` (low, high), only of those whose point lies between. The heights come
+    first, from each ray's height gain alone, so only the points kept are transformed."""
     depth = np.asarray(frame.depth, np.float32)
     height, width = depth.shape[:2]
-    depth = depth.reshape(-1)
     position, rotation = mount.pose(*frame.pose)
-    rays = pixel_rays(height, width, mount.fovy_deg, 1) @ rotation.T.astype(np.float32)  # world directions
-    rgb = np.asarray(frame.rgb).reshape(-1, 3)
-    valid = np.isfinite(depth) & (depth > 0) & (depth < max_depth)
-    if valid.all():  # the usual indoor frame: no gathering needed
+    rays = pixel_rays(height, width, mount.fovy_deg, 1)
+    depth = depth.reshape(-1)
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(depth) & (depth > 0) & (depth < max_depth)
+    keep = None if valid.all() else np.flatnonzero(valid)  # the usual indoor frame: no gathering needed
+    if heights is not None:
+        rise = (depth if keep is None else depth[keep]) * ((rays if keep is None else rays[keep]) @ rotation[2].astype(np.float32))
+        inside = np.flatnonzero((rise > heights[0] - position[2]) & (rise < heights[1] - position[2]))
+        keep = inside if keep is None else keep[inside]
+    if keep is None:
         keep = np.arange(len(depth))
     else:
-        keep = np.flatnonzero(valid)
-        rays, depth, rgb = rays[keep], depth[keep], rgb[keep]
-    xyz = rays * depth[:, None]
+        rays, depth = rays[keep], depth[keep]
+    xyz = (rays * depth[:, None]) @ rotation.T.astype(np.float32)
     xyz += position.astype(np.float32)
-    return xyz, rgb.astype(np.float32) * np.float32(1 / 255), keep
+    return xyz, keep
+
+
+def pixel_colours(frame: Frame, pixels: np.ndarray) -> np.ndarray:
+    """The colour in [0, 1] (N, 3) of flat pixel indices."""
+    return np.asarray(frame.rgb).reshape(-1, 3)[pixels].astype(np.float32) * np.float32(1 / 255)

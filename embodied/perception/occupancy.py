@@ -26,14 +26,17 @@ class OccupancyGrid:
         self._navmap: tuple[tuple, NavMap] | None = None
 
     def add(self, xyz: np.ndarray) -> None:
-        if len(xyz) == 0:
-            return
-        cells = np.floor((xyz[:, :2] - self.origin) / self.resolution).astype(np.int64)
-        inside = np.all((cells >= 0) & (cells < self.size), axis=1)
-        flat = cells[:, 0] * self.size + cells[:, 1]
+        """Count each point in its cell: as floor below ``FLOOR_HEIGHT``, as a hit up to ``ROBOT_TOP`` (one
+        count over both layers at once; cell coordinates stay floats until they are known to be inside,
+        where truncating is flooring)."""
+        scale, n = np.float32(1 / self.resolution), self.size
+        i, j = ((xyz[:, k] - np.float32(self.origin)) * scale for k in (0, 1))
         z = xyz[:, 2]
-        for mask, counts in ((z < FLOOR_HEIGHT, self.floor), ((z >= FLOOR_HEIGHT) & (z < ROBOT_TOP), self.hits)):
-            counts += np.bincount(flat[inside & mask], minlength=self.size * self.size).reshape(self.size, self.size).astype(np.int32)
+        keep = np.flatnonzero((i >= 0) & (i < n) & (j >= 0) & (j < n) & (z < ROBOT_TOP))
+        index = i[keep].astype(np.int32) * n + j[keep].astype(np.int32) + (z[keep] >= FLOOR_HEIGHT) * (n * n)
+        counts = np.bincount(index, minlength=2 * n * n).astype(np.int32)
+        self.floor += counts[: n * n].reshape(n, n)
+        self.hits += counts[n * n :].reshape(n, n)
 
     def values(self) -> np.ndarray:
         """(size, size) int8, indexed [x cell, y cell]."""

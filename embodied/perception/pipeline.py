@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embodied.perception.camera import Frame, HeadMount, frame_points
+from embodied.perception.camera import Frame, HeadMount, frame_points, pixel_colours
 from embodied.perception.memory import ObjectMemory, Track
 from embodied.perception.naming import ObjectNamer
 from embodied.perception.occupancy import OccupancyGrid
-from embodied.perception.segments import object_segments, self_mask, support_planes
+from embodied.perception.segments import ABOVE_SUPPORT, MAX_OBJECT_HEIGHT, Segment, SupportPlane, object_segments, self_mask, support_planes
 from envs.backend import RobotState, WorldState
 from envs.navmap import NavMap
 from envs.scene import SceneSpec
@@ -68,22 +68,31 @@ class Perception:
         if jumped:
             return FrameReport(skipped=f"odometry jump: more than {MAX_JUMP} m since the last frame; frame not fused")
         self.track_gripper(robot)
-        xyz, colours, pixels = frame_points(frame, self.mount, self.config.max_depth)
+        xyz, _ = frame_points(frame, self.mount, self.config.max_depth)
         if len(xyz) == 0:
             return FrameReport(skipped="no depth: the frame has no valid depth")
-        held = self.memory.held()
-        keep = ~self_mask(xyz, robot, max((t.extent_half() for t in held), default=0.0))
-        xyz, colours, pixels = xyz[keep], colours[keep], pixels[keep]
+        held_half = max((t.extent_half() for t in self.memory.held()), default=0.0)
+        xyz = xyz[~self_mask(xyz, robot, held_half)]
         self.frames += 1
         self.grid.add(xyz)
         planes = support_planes(xyz)
         self.memory.add_planes(planes)
-        position, _ = self.mount.pose(*frame.pose)
-        segments = object_segments(xyz, colours, pixels, planes, position, self._focal(depth.shape[0]))
+        segments = self._segments(frame, robot, planes, held_half) if planes else []
         seen = self.memory.add_segments(segments)
         self.memory.forget_unseen(self._seen_through(frame, {t.id for t in seen}))
         self._name()
         return FrameReport(len(segments), len(seen))
+
+    def _segments(self, frame: Frame, robot: RobotState, planes: list[SupportPlane], held_half: float) -> list[Segment]:
+        """Objects at the camera's full resolution, from only the pixels whose points stand on a table top's
+        height band (a far object covers a few pixels; the floor and the walls above need none of them)."""
+        heights = [p.height for p in planes]
+        band = (min(heights) + ABOVE_SUPPORT, max(heights) + MAX_OBJECT_HEIGHT)
+        xyz, pixels = frame_points(frame, self.mount, self.config.max_depth, band)
+        keep = ~self_mask(xyz, robot, held_half)
+        xyz, pixels = xyz[keep], pixels[keep]
+        position, _ = self.mount.pose(*frame.pose)
+        return object_segments(xyz, pixel_colours(frame, pixels), pixels, planes, position, self._focal(np.shape(frame.depth)[0]))
 
     # -- what the skills, the planner and the ROS node read ------------------------------------------
 
@@ -111,8 +120,10 @@ class Perception:
     def track_gripper(self, robot: RobotState) -> None:
         """The gripper closed on something (the object nearest it rides with it from now on) or let go (the
         object drops into the container under it, or onto the nearest table top below)."""
-        self._view = None
         held = self.memory.held()
+        if robot.holding is None and not held:
+            return  # nothing held, nothing let go: what the skills read stands
+        self._view = None
         if robot.holding is not None and not held:
             self.memory.grasp(robot.grasp_point)
         elif robot.holding is None and held:

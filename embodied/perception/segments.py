@@ -50,17 +50,20 @@ class Segment:
 
 
 def self_mask(xyz: np.ndarray, robot: RobotState, held_half: float = 0.0) -> np.ndarray:
-    """Points on the robot's own arm and gripper, or on what it holds (from its joint positions)."""
-    c, s = np.cos(robot.yaw), np.sin(robot.yaw)
+    """Points on the robot's own arm and gripper, or on what it holds (from its joint positions); only the
+    points within the arm's reach of the base are tested."""
     dx, dy = xyz[:, 0] - robot.x, xyz[:, 1] - robot.y
+    near = np.flatnonzero(dx * dx + dy * dy < (robot.extend + 0.35 + 1.5 * held_half) ** 2)
+    dx, dy, z = dx[near], dy[near], xyz[near, 2]
+    c, s = np.cos(robot.yaw), np.sin(robot.yaw)
     along, across = c * dx + s * dy, -s * dx + c * dy
-    z = xyz[:, 2]
-    arm = (np.abs(across) < 0.09) & (along > -0.3) & (along < robot.extend + 0.06) & (z > robot.lift - 0.03) & (z < robot.lift + 0.17)
-    body = np.hypot(dx, dy) < 0.26
+    mine = (np.abs(across) < 0.09) & (along > -0.3) & (along < robot.extend + 0.06) & (z > robot.lift - 0.03) & (z < robot.lift + 0.17)
+    mine |= dx * dx + dy * dy < 0.26**2  # the body
     if held_half > 0:
-        grasp = robot.grasp_point
-        arm |= np.linalg.norm(xyz - grasp, axis=1) < 1.5 * held_half + 0.03
-    return arm | body
+        mine |= np.linalg.norm(xyz[near] - robot.grasp_point, axis=1) < 1.5 * held_half + 0.03
+    mask = np.zeros(len(xyz), bool)
+    mask[near[mine]] = True
+    return mask
 
 
 def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
@@ -71,16 +74,17 @@ def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
     raised = np.flatnonzero((z > 0.15) & (z < 1.2))
     if len(raised) < MIN_TABLE_POINTS:
         return []
-    counts, edges = np.histogram(z[raised], bins=np.arange(0.15, 1.2, 0.01))
+    lifted = z[raised]
+    counts = np.bincount(((lifted - 0.15) * 100).astype(np.int64))  # 1 cm bins
     planes: list[SupportPlane] = []
     heights: list[float] = []
     for peak in np.argsort(counts)[::-1][:4]:
         if counts[peak] < MIN_TABLE_POINTS:
             break
-        centre = (edges[peak] + edges[peak + 1]) / 2
+        centre = 0.15 + (peak + 0.5) / 100
         if heights and min(abs(h - centre) for h in heights) < 0.03:
             continue
-        band = raised[np.abs(z[raised] - centre) < 0.02]
+        band = raised[np.abs(lifted - centre) < 0.02]
         sample = band[:: max(1, len(band) // RANSAC_POINTS)]  # the plane from a sample, its inliers from all
         cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[sample].astype(np.float64)))
         (_, _, c, _), inliers = cloud.segment_plane(PLANE_TOLERANCE, 3, 60)
@@ -120,9 +124,11 @@ def _is_surface(xy: np.ndarray, cell: float = 0.08) -> bool:
         return False
     if np.sqrt(np.linalg.eigvalsh(np.cov(xy.T))[0]) < MIN_TABLE_WIDTH:
         return False
-    cells = np.unique(np.floor((xy - xy.min(axis=0)) / cell).astype(np.int64), axis=0)
+    cells = np.floor((xy - xy.min(axis=0)) / cell).astype(np.int64)
     extent = cells.max(axis=0) + 1
-    return len(cells) >= MIN_SURFACE_FILL * extent[0] * extent[1]
+    filled = np.zeros(extent, bool)
+    filled[cells[:, 0], cells[:, 1]] = True
+    return filled.sum() >= MIN_SURFACE_FILL * extent[0] * extent[1]
 
 
 # palette colours as chromaticity (r, g, b) / (r + g + b); greys are told apart by brightness
