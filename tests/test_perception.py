@@ -9,7 +9,7 @@ import pytest
 
 from embodied.eval.perception import PERCEPTION_SEED, evaluate_perception
 from embodied.perception.camera import Frame, HeadMount, frame_points, pixel_colours
-from embodied.perception.episode import STILL_EVERY, PerceivedWorld, look_around, look_for
+from embodied.perception.episode import PerceivedWorld, look_around, look_for
 from embodied.perception.memory import FORGET_FRAMES, ObjectMemory, TableTrack, Track
 from embodied.perception.naming import CLASSES, Label, ObjectNamer, label_of
 from embodied.perception.occupancy import OccupancyGrid
@@ -89,28 +89,6 @@ def test_points_of_a_height_band_are_those_of_the_full_frame(make_env):
     inside = (xyz[:, 2] > 0.3) & (xyz[:, 2] < 0.9)
     assert 0 < len(band) < len(xyz) and np.array_equal(band_pixels, pixels[inside]) and np.allclose(band, xyz[inside], atol=1e-5)
     assert np.allclose(pixel_colours(frame, band_pixels) * 255, raw.rgb.reshape(-1, 3)[band_pixels], atol=1e-3)
-
-
-def test_a_frame_is_perceived_when_the_view_changes_and_the_gripper_is_tracked_every_step(make_env):
-    env = make_env("pick_place").unwrapped
-    env.world = PerceivedWorld(NoNamer())
-    env.reset(seed=SEED)
-    frames = lambda: env.world.perception.frames  # noqa: E731
-    assert frames() == 1
-    for _ in range(STILL_EVERY - 1):
-        env.step(np.array([0, 0, 0, 0.3, 0.25, -1.0]))  # standing still
-    assert frames() == 1
-    env.step(np.array([0, 0, 0, 0.3, 0.25, -1.0]))
-    assert frames() == 2  # still, but a while since the last look
-    for _ in range(6):
-        env.step(np.array([0, 0, 1.0, 0.3, 0.25, -1.0]))  # turning: a new view every third step
-    assert frames() == 4
-    robot = env.robot_state()
-    holding = dataclasses.replace(robot, holding="something")
-    perception = env.world.perception
-    perception.memory.add_segments([segment(robot.grasp_point[:2], z0=float(robot.grasp_point[2]) - 0.03, n=80)])
-    perception.track_gripper(holding)  # closing on it between frames: it rides with the gripper at once
-    assert perception.memory.held()
 
 
 def test_scan_finds_names_and_locates_the_objects(make_env, namer):

@@ -29,13 +29,15 @@ class _VisibilityWorld(PerceivedWorld):
         self.visible: dict[str, int] = {}
         super().reset(env)
 
-    def perceive(self, env, robot):
-        super().perceive(env, robot)
-        seg = env.backend.render(HEAD_CAMERA, self.size, self.size, True).segmentation
-        ids, counts = np.unique(seg[seg >= 0], return_counts=True)
-        for i, n in zip(ids, counts):
-            name = env.scene.objects[i].name
-            self.visible[name] = max(self.visible.get(name, 0), int(n))
+    def observe(self, env):
+        perceives = self._steps % self.every == 0
+        super().observe(env)
+        if perceives:
+            seg = env.backend.render(HEAD_CAMERA, self.size, self.size, True).segmentation
+            ids, counts = np.unique(seg[seg >= 0], return_counts=True)
+            for i, n in zip(ids, counts):
+                name = env.scene.objects[i].name
+                self.visible[name] = max(self.visible.get(name, 0), int(n))
 
 
 def score_scene(env: EmbodiedEnv, world: _VisibilityWorld) -> dict:

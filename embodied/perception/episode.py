@@ -21,50 +21,32 @@ from envs.plan_runner import StepOutcome
 from envs.scene import COLOURS, SHAPES, SceneSpec, TableSpec
 
 CAMERA_SIZE = 256  # px a side: objects cover ~4x the pixels they do at 128 (a real RGB-D gives 640x480)
-EVERY = 3  # perceive at most every third control step (3.3 Hz at 10 Hz control); every step while looking around...
-NEW_VIEW_M, NEW_VIEW_RAD = 0.05, np.radians(5)  # ...when the camera has moved or turned this much since the last frame...
-STILL_EVERY = 12  # ...or, standing still, every this many steps (the arm moves things in front of a still camera)
+EVERY = 3  # perceive every third control step (3.3 Hz at 10 Hz control); every step while looking around
 FAR_M = 1.5  # a table whose nearest edge is farther than this from where the robot scanned was seen only from afar
 SURVEY_RESERVE = 150  # control steps a survey leaves the episode at least, for the plan itself
 _NAMES = re.compile(rf"\b(?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)})\b")
 
 
 class PerceivedWorld:
-    """An ``envs.env.World``: a fresh memory each episode, fed from the robot's own camera and odometry.
-
-    A frame is perceived when it shows something new: the camera moved or turned enough, the gripper closed or
-    opened, or the robot stood still for a while; consecutive frames of a still camera are nearly the same."""
+    """An ``envs.env.World``: a fresh memory each episode, fed from the robot's own camera and odometry."""
 
     def __init__(self, namer: ObjectNamer | None = None, size: int = CAMERA_SIZE, every: int = EVERY, config: PerceptionConfig = PerceptionConfig()):
         self.namer = namer if namer is not None else ObjectNamer()
         self.size, self.every, self.config = size, every, config
         self.perception: Perception | None = None
-        self._since = 0  # control steps since the last perceived frame
-        self._last: RobotState | None = None  # the robot at the last perceived frame
+        self._steps = 0
 
     def reset(self, env: EmbodiedEnv) -> None:
-        self.perception, self._last = Perception(self.config, self.namer), None
+        self.perception, self._steps = Perception(self.config, self.namer), 0
         self.observe(env)
 
     def observe(self, env: EmbodiedEnv) -> None:
-        robot = env.robot_state()
-        self.perception.track_gripper(robot)  # every step: a held object rides with the gripper
-        self._since += 1
-        if not self._new_view(robot):
+        self._steps += 1
+        if (self._steps - 1) % self.every:
             return
-        self._since, self._last = 0, robot
-        self.perceive(env, robot)
-
-    def perceive(self, env: EmbodiedEnv, robot: RobotState) -> None:
+        robot = env.robot_state()
         frame = env.backend.render(HEAD_CAMERA, self.size, self.size)
         self.perception.update(Frame(frame.rgb, frame.depth, (robot.x, robot.y, robot.yaw)), robot)
-
-    def _new_view(self, robot: RobotState) -> bool:
-        last = self._last
-        if last is None or (robot.holding is None) != (last.holding is None) or self._since >= STILL_EVERY:
-            return True
-        turned = abs((robot.yaw - last.yaw + np.pi) % (2 * np.pi) - np.pi)
-        return self._since >= self.every and (np.hypot(robot.x - last.x, robot.y - last.y) >= NEW_VIEW_M or turned >= NEW_VIEW_RAD)
 
     def world_state(self, robot: RobotState, time: float) -> WorldState:
         return self.perception.world_state(robot, time)
@@ -80,10 +62,10 @@ class PerceivedWorld:
 
 
 def look_around(env: EmbodiedEnv, on_step: Callable | None = None, instruction: str | None = None) -> list[StepOutcome]:
-    """The episode's first move in a perceived world: a ``scan`` on the spot, perceiving every new view, so the
+    """The episode's first move in a perceived world: a ``scan`` on the spot, perceiving every frame, so the
     memory holds the room before anything is planned; given the ``instruction``, then ``look_for`` what it
     names and the scan did not find."""
-    outcomes = _perceiving_every_view(env, Plan("look around.", (Step("scan"),)), on_step)
+    outcomes = _perceiving_every_frame(env, Plan("look around.", (Step("scan"),)), on_step)
     return outcomes + look_for(env, instruction, on_step) if instruction else outcomes
 
 
@@ -103,7 +85,7 @@ def look_for(env: EmbodiedEnv, instruction: str, on_step: Callable | None = None
         if on_table:
             anchor = min(on_table, key=lambda o: np.hypot(o.x - table.x, o.y - table.y)).name
             survey = Plan(f"look closer at {table.name}.", (Step("navigate", (anchor,)), Step("scan")))
-            outcomes += _perceiving_every_view(env, survey, on_step)
+            outcomes += _perceiving_every_frame(env, survey, on_step)
     return outcomes
 
 
@@ -112,7 +94,7 @@ def _gap(table: TableSpec, x: float, y: float) -> float:
     return float(np.hypot(max(abs(x - table.x) - table.half_x, 0.0), max(abs(y - table.y) - table.half_y, 0.0)))
 
 
-def _perceiving_every_view(env: EmbodiedEnv, plan: Plan, on_step: Callable | None) -> list[StepOutcome]:
+def _perceiving_every_frame(env: EmbodiedEnv, plan: Plan, on_step: Callable | None) -> list[StepOutcome]:
     world = env.world
     every = getattr(world, "every", None)
     if every is not None:
