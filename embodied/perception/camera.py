@@ -56,15 +56,14 @@ def frame_points(frame: Frame, mount: HeadMount, max_depth: float, heights: tupl
     depth = depth.reshape(-1)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(depth) & (depth > 0) & (depth < max_depth)
-    keep = None if valid.all() else np.flatnonzero(valid)  # the usual indoor frame: no gathering needed
-    if heights is not None:
-        rise = (depth if keep is None else depth[keep]) * ((rays if keep is None else rays[keep]) @ rotation[2].astype(np.float32))
-        inside = np.flatnonzero((rise > heights[0] - position[2]) & (rise < heights[1] - position[2]))
-        keep = inside if keep is None else keep[inside]
-    if keep is None:
-        keep = np.arange(len(depth))
-    else:
+    keep = np.arange(len(depth))
+    if not valid.all():  # the usual indoor frame is all valid: no gathering needed
+        keep = np.flatnonzero(valid)
         rays, depth = rays[keep], depth[keep]
+    if heights is not None:
+        rise = depth * (rays @ rotation[2].astype(np.float32))
+        inside = np.flatnonzero((rise > heights[0] - position[2]) & (rise < heights[1] - position[2]))
+        keep, rays, depth = keep[inside], rays[inside], depth[inside]
     xyz = (rays * depth[:, None]) @ rotation.T.astype(np.float32)
     xyz += position.astype(np.float32)
     return xyz, keep
