@@ -31,8 +31,8 @@ BACKOFF = (0.25, 2.0)  # the first and the longest wait between probes of a work
 
 @ray.remote(max_restarts=-1)
 class RolloutWorker:
-    def __init__(self, config: dict):
-        self.runner = EpisodeRunner(RolloutConfig(**config))
+    def __init__(self, config: dict, recording=None):
+        self.runner = EpisodeRunner(RolloutConfig(**config), recording)
 
     def run(self, index: int) -> tuple[dict, bytes | None]:
         return self.runner.run(index)
@@ -58,9 +58,11 @@ def parallel_rollout(
     episode_timeout: float = 600.0,
     restart_timeout: float = RESTART_TIMEOUT,
     address: str | None = None,
+    recording=None,
 ) -> dict:
     """Like ``embodied.rollout.rollout``, over ``workers`` Ray actors (one CPU each, spread over the
-    cluster's nodes; ``address`` joins a cluster, see ``agents.runtime``). The summary's ``not_run`` lists the
+    cluster's nodes; ``address`` joins a cluster, see ``agents.runtime``; each worker writes its episodes'
+    ``recording`` files itself, on its own machine). The summary's ``not_run`` lists the
     episodes that never ran (each attempt the infrastructure brought down is counted in
     ``infrastructure_errors``); they count in no rate. ``episodes_by_node`` says where the episodes ran."""
     if workers < 1:
@@ -72,7 +74,7 @@ def parallel_rollout(
     runtime.start(runtime.RuntimeConfig(address=address))
     run_id = uuid.uuid4().hex[:8]
     pool = [
-        RolloutWorker.options(num_cpus=1, scheduling_strategy="SPREAD", name=f"rollout-{run_id}-{i}").remote(asdict(config))
+        RolloutWorker.options(num_cpus=1, scheduling_strategy="SPREAD", name=f"rollout-{run_id}-{i}").remote(asdict(config), recording)
         for i in range(workers)
     ]
     node_of: dict[int, str] = {}  # worker number -> the node it last answered from

@@ -55,7 +55,12 @@ def _rollout(args: argparse.Namespace) -> int:
         world=args.world,
         decoding=args.decoding,
     )
-    summary = run(config, progress=not args.quiet)
+    recording = None
+    if args.record:
+        from ros_nodes.episode_recording import EpisodeRecording  # the ROS 2 message packages: the [ros] extra
+
+        recording = EpisodeRecording
+    summary = run(config, progress=not args.quiet, recording=recording)
 
     def cell(value, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -78,7 +83,8 @@ def _rollout(args: argparse.Namespace) -> int:
     if summary["infrastructure_errors"]:
         errors = ", ".join(f"{k} x{v}" for k, v in summary["infrastructure_errors"].items())
         console.print(f"attempts the infrastructure brought down (not counted as failures): {errors}")
-    console.print(f"records in {out}/episodes, GIFs in {out}/gifs, summary in {out}/summary.json")
+    recordings = f", MCAP recordings in {out}/recordings" if args.record else ""
+    console.print(f"records in {out}/episodes, GIFs in {out}/gifs{recordings}, summary in {out}/summary.json")
     if summary["not_run"]:  # not failures of the policy, but the run is incomplete: say so in the exit status
         missing = ", ".join(str(e["episode"]) for e in summary["not_run"])
         console.print(f"[red]{len(summary['not_run'])} episode(s) never ran: {missing}; rerun with --resume[/red]")
@@ -117,6 +123,27 @@ def _ros_up(args: argparse.Namespace) -> int:
 
     specs = graph(args.mode, pairs(args.set, "="), pairs(args.remap, ":="))
     return run_graph(specs, Path(args.log_dir))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from ros_nodes.recording import summary
+
+    console = Console()
+    if args.info:
+        info = summary(args.file)
+        table = Table(title=f"{info['path']}: {info['bytes'] / 1e6:.1f} MB, {info['seconds']:.1f} s of simulated time")
+        for column in ("topic", "type", "messages"):
+            table.add_column(column, justify="right" if column == "messages" else "left")
+        for topic, entry in sorted(info["topics"].items()):
+            table.add_row(topic, entry["type"], str(entry["messages"]))
+        console.print(table)
+        return 0
+    from ros_nodes.replay import load, play, select
+
+    messages = select(load(args.file, args.salvage, console.print), args.topics)
+    published = play(messages, args.rate, not args.no_clock, args.delay, progress=not args.quiet)
+    console.print(f"published {sum(published.values())} messages on {len(published)} topics from {args.file}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -271,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the skills and planner see: the robot's own perception (default for model, blind, random) or the simulator's state (default for oracle)",
     )  # fmt: skip
     ro.add_argument("--decoding", choices=list(DECODING_NAMES), help=f"model policies (default fast): {DECODING_HELP}")
+    ro.add_argument(
+        "--record", action="store_true",
+        help="write each episode as an MCAP file of ROS 2 messages (sensors, perception, plan, commands) to OUT/recordings; `embodied replay` plays one",
+    )  # fmt: skip
     ro.add_argument("--quiet", action="store_true", help="no progress bar")
     ro.set_defaults(run=_rollout)
 
@@ -368,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--remap", action="append", default=[], metavar="FROM:=TO", help="a topic remapping")
     up.add_argument("--log-dir", default="runs/ros_logs")
     up.set_defaults(run=_ros_up)
+
+    rp = commands.add_parser(
+        "replay", help="publish a recording (embodied rollout --record) into a running ROS 2 graph, no simulator",
+        description="Nodes started with use_sim_time:=true follow the recording's time on /clock.",
+    )  # fmt: skip
+    rp.add_argument("file", type=Path, help="an MCAP recording")
+    rp.add_argument("--rate", type=float, default=1.0, help="times faster than recorded")
+    rp.add_argument("--topics", nargs="+", help="only these topics (default: all), e.g. camera/image camera/depth odom")
+    rp.add_argument("--delay", type=float, default=1.0, help="seconds to wait for subscribers before the first message")
+    rp.add_argument("--no-clock", action="store_true", help="do not publish the recorded time on /clock")
+    rp.add_argument("--salvage", action="store_true", help="replay what comes before the damage in a cut-short or damaged file")
+    rp.add_argument("--info", action="store_true", help="list the topics, types and message counts, and publish nothing")
+    rp.add_argument("--quiet", action="store_true", help="no progress bar")
+    rp.set_defaults(run=_replay)
     return parser
 
 

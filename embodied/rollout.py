@@ -26,7 +26,7 @@ GIF_EVERY = 3  # keep every third control step (0.3 s of simulated time per fram
 GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
 RUN_FILE = "config.json"  # the run a folder holds, written as it starts: resuming checks it
-OUTPUTS = ("episodes", "gifs", "summary.json", RUN_FILE)  # what a rollout writes, and all that overwriting removes
+OUTPUTS = ("episodes", "gifs", "recordings", "summary.json", RUN_FILE)  # what a rollout writes, and all that overwriting removes
 SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world", "decoding")  # what decides an episode: a resumed run keeps these
 WORLDS = ("perceived", "privileged")
 DECODING_NAMES = ("fast", "exact", "reference")  # embodied.decoding.DECODINGS, named here without importing torch
@@ -139,23 +139,25 @@ class GifRecorder:
 
 
 def run_episode(
-    env: gym.Env, planner: Planner, seed: int, gif: bool = False, replans: int = 0
+    env: gym.Env, planner: Planner, seed: int, gif: bool = False, replans: int = 0, recording=None
 ) -> tuple[dict, GifRecorder | None]:
     """One episode: reset, plan, parse, execute, measure, closed loop: when a skill fails (or a plan does
     not parse) and ``replans`` remain, the planner plans again from the current observation with the
     failure in its instruction (PaLM-E / SayCan style). It never raises for a bad plan or a failing skill.
-    With ``gif``, also its frames."""
+    With ``gif``, also its frames. A ``recording`` (made before the reset: ros_nodes/episode_recording.py)
+    hears every step and every plan."""
     started = time.perf_counter()
     obs, info = env.reset(seed=seed)
     base = env.unwrapped
     instruction = base.task.instruction
     record = {"seed": seed, "task": base.task.name, "instruction": instruction, "goal": base.task.goal()}
     recorder = GifRecorder(env, instruction) if gif else None
+    on_step = _every(recorder, recording)
     plans, outcomes, feedback = [], [], ""
     if base.world is not None:  # a perceived world starts empty: look around before planning
         from embodied.perception.episode import look_around
 
-        outcomes += look_around(base, recorder, instruction)
+        outcomes += look_around(base, on_step, instruction)
         record["perceived_objects"] = base.known_objects()
         obs = base.observation()
     for attempt in range(replans + 1):
@@ -166,10 +168,14 @@ def run_episode(
             plan = parse_plan(text, base.known_objects())
         except PlanError as exc:
             record.setdefault("plan_error", str(exc))
+            if recording is not None:
+                recording.plan(instruction + feedback, text, str(exc))
             feedback = f"\nyour plan did not parse ({exc}); write it again."
             continue
+        if recording is not None:
+            recording.plan(instruction + feedback, text)
         record.setdefault("plan_valid", attempt == 0)
-        done, info = execute_plan(env, plan, on_step=recorder, finish=last)
+        done, info = execute_plan(env, plan, on_step=on_step, finish=last)
         outcomes += done
         if base.ended or base.steps >= base.max_steps or not done or done[-1].success:
             break
@@ -177,7 +183,9 @@ def run_episode(
         obs = base.observation()
     record.setdefault("plan_valid", False)
     if not base.ended:
-        *_, info = base.submit(None)
+        obs, _, _, _, info = base.submit(None)
+        if on_step is not None:
+            on_step(obs, info, Step("done"))
     record.update(
         plan=plans[0],
         steps=[o.to_dict() for o in outcomes],
@@ -191,6 +199,19 @@ def run_episode(
     if replans:
         record["plans"] = plans
     return record, recorder
+
+
+def _every(*callbacks):
+    """One ``on_step`` callback calling each of ``callbacks`` that is not None (None when none is)."""
+    callbacks = [c for c in callbacks if c is not None]
+    if not callbacks:
+        return None
+
+    def on_step(obs: dict, info: dict, step: Step) -> None:
+        for callback in callbacks:
+            callback(obs, info, step)
+
+    return on_step
 
 
 def summarize(records: list[dict], config: RolloutConfig) -> dict:
@@ -227,8 +248,10 @@ class EpisodeRunner:
     """One environment and one planner, running the episodes of a rollout by index: the serial loop
     below and each parallel rollout worker (agents/rollout_workers.py) hold one."""
 
-    def __init__(self, config: RolloutConfig):
-        self.config = config
+    def __init__(self, config: RolloutConfig, recording=None):
+        """``recording(env, path, policy)``: makes an episode's recording (``--record``:
+        ros_nodes.episode_recording.EpisodeRecording, handed down by the command line)."""
+        self.config, self.recording = config, recording
         self.planner = make_planner(config)
         render = "rgb_array" if config.gifs else None
         self.env = gym.make(ENV_IDS[config.task], sensors=self.planner.sensors, render_mode=render)
@@ -241,7 +264,14 @@ class EpisodeRunner:
         """Episode ``index`` (seed ``config.seed + index``): its record, and its GIF's bytes if it has one. Both
         go to ``RecordWriter.add``, on the machine that writes the run."""
         config = self.config
-        record, recorder = run_episode(self.env, self.planner, config.seed + index, index < config.gifs, config.replans)
+        recording = None
+        if self.recording is not None:
+            recording = self.recording(self.env, Path(config.out) / "recordings" / f"episode_{index:04d}.mcap", config.policy)
+        try:
+            record, recorder = run_episode(self.env, self.planner, config.seed + index, index < config.gifs, config.replans, recording)
+        finally:
+            if recording is not None:
+                recording.close()
         record["episode"] = index
         return record, recorder.encode() if recorder is not None else None
 
@@ -357,14 +387,14 @@ class RecordWriter:
         return summary
 
 
-def rollout(config: RolloutConfig, progress: bool = True) -> dict:
+def rollout(config: RolloutConfig, progress: bool = True, recording=None) -> dict:
     """Run ``config.episodes`` seeded episodes; write one JSON per episode as it ends, GIFs of the
     first ``config.gifs``, and ``summary.json``. Returns the summary. With ``config.resume`` the episodes
-    already recorded in ``config.out`` are read back, not run again."""
+    already recorded in ``config.out`` are read back, not run again. ``recording``: see ``EpisodeRunner``."""
     writer = RecordWriter(config, progress)  # claims the output folder before anything loads
     todo = writer.todo()
     if todo:
-        runner = EpisodeRunner(config)
+        runner = EpisodeRunner(config, recording)
         writer.begin()
         try:
             for index in todo:

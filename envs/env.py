@@ -159,6 +159,7 @@ class EmbodiedEnv(gym.Env):
         self._lift, self._extend, self._closed = LIFT_RANGE[0], EXTEND_RANGE[0], False
         self._cloud_rng = np.random.default_rng(episode_seed)
         self._state = self.backend.state()
+        self.command: RobotCommand | None = None  # the last command the robot was given (recordings log it)
         if self.world is not None:
             self.world.reset(self)
         return self._observation(), self.info()
@@ -244,7 +245,7 @@ class EmbodiedEnv(gym.Env):
         )
 
     def _act(self, command: RobotCommand) -> None:
-        before = self._state.robot
+        before, self.command = self._state.robot, command
         self._lift, self._extend = command.lift, command.extend
         if command.close_gripper and not self._closed:
             self._grasp_nearest()
@@ -283,6 +284,11 @@ class EmbodiedEnv(gym.Env):
         if self.world is None:
             return self._state
         return self.world.world_state(self._state.robot, self._state.time)
+
+    @property
+    def time(self) -> float:
+        """Simulated seconds since the episode began."""
+        return self._state.time
 
     def robot_state(self) -> RobotState:
         """The robot's own sensing: odometry, joint positions, and whether the gripper holds something."""

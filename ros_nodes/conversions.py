@@ -13,7 +13,7 @@ from nav_msgs.msg import OccupancyGrid, Odometry
 from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2, PointField
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
-from visualization_msgs.msg import Marker
+from visualization_msgs.msg import Marker, MarkerArray
 
 from envs.plan import Plan, parse_plan, parse_step
 from envs.scene import SceneSpec
@@ -273,6 +273,14 @@ def object_marker(name: str, xyz, half: float, shape: str, rgb, stamp: Time, fra
     seconds = max(0.0, float(lifetime))
     marker.lifetime = Duration(sec=int(seconds), nanosec=int(round((seconds % 1) * 1e9)) % 1_000_000_000)
     return marker
+
+
+def scene_markers(scene: SceneSpec, positions: dict, stamp: Time, frame: str) -> MarkerArray:
+    """The simulator's objects where they are (``positions``: name -> centre): perfect perception."""
+    markers = MarkerArray()
+    for i, obj in enumerate(scene.objects):
+        markers.markers.append(object_marker(obj.name, positions[obj.name], obj.half, obj.shape, obj.rgb, stamp, frame, i))
+    return markers
 
 
 def validate_plan(text: str, objects) -> Plan:

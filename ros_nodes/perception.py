@@ -100,6 +100,26 @@ def _rounded(value, digits: int = 2):
     return value
 
 
+def scene_key(scene: dict) -> str:
+    """What "the scene changed" compares: the robot's pose alone does not make a new scene."""
+    return json.dumps(_rounded({k: v for k, v in scene.items() if k != "robot_start"}), sort_keys=True)
+
+
+def object_markers(perception: Perception, stamp, frame: str, lifetime: float) -> tuple[MarkerArray, list[str]]:
+    """One marker per named object (``text``: its name and naming confidence), and why any was left out."""
+    markers, left_out = MarkerArray(), []
+    for name, track in perception.memory.named().items():
+        label = track.label
+        try:
+            markers.markers.append(
+                object_marker(name, track.centre(), track.extent_half(), label.shape, COLOURS.get(label.colour, GREY),
+                              stamp, frame, track.id, f"{name} {label.confidence:.2f}", lifetime)
+            )
+        except ValueError as exc:
+            left_out.append(str(exc))
+    return markers, left_out
+
+
 class PerceptionNode(Node):
     """``namer``: an object with ``name(clouds) -> list[Label]`` instead of the ULIP checkpoint (tests)."""
 
@@ -311,22 +331,15 @@ class PerceptionNode(Node):
 
     def publish_world(self, robot: RobotState, stamp, report: FrameReport) -> None:
         frame, perception = self.param["odom_frame"], self.perception
-        markers = MarkerArray()
-        for name, track in perception.memory.named().items():
-            label = track.label
-            try:
-                markers.markers.append(
-                    object_marker(name, track.centre(), track.extent_half(), label.shape, COLOURS.get(label.colour, GREY),
-                                  stamp, frame, track.id, f"{name} {label.confidence:.2f}", self.param["marker_lifetime"])
-                )
-            except ValueError as exc:
-                self.get_logger().warning(f"left out an object marker: {exc}", throttle_duration_sec=1.0)
+        markers, left_out = object_markers(perception, stamp, frame, self.param["marker_lifetime"])
+        for reason in left_out:
+            self.get_logger().warning(f"left out an object marker: {reason}", throttle_duration_sec=1.0)
         self.pub_objects.publish(markers)
         self.grasped = perception.world_state(robot).robot.holding or ""
         self.pub_grasped.publish(String(data=self.grasped))
         scene = perception.scene().to_dict()
-        key = json.dumps(_rounded({k: v for k, v in scene.items() if k != "robot_start"}), sort_keys=True)
-        if key != self.scene_key:  # the robot's pose alone does not make a new scene
+        key = scene_key(scene)
+        if key != self.scene_key:
             self.scene_key = key
             self.pub_scene.publish(String(data=json.dumps(scene)))
         grid = perception.grid

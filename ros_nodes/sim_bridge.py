@@ -43,8 +43,8 @@ from ros_nodes.conversions import (
     cloud_msg,
     image_msg,
     joint_state_msg,
-    object_marker,
     odometry_msg,
+    scene_markers,
     twist_velocity,
 )
 from ros_nodes.params import declare
@@ -193,12 +193,7 @@ class SimBridge(Node):
         self.pub_holding.publish(Bool(data=robot.holding is not None))
         if self.pub_objects is not None:
             self.pub_grasped.publish(String(data=robot.holding or ""))
-            markers = MarkerArray()
-            for i, obj in enumerate(base.scene.objects):
-                markers.markers.append(
-                    object_marker(obj.name, state.objects[obj.name], obj.half, obj.shape, obj.rgb, stamp, self.odom_frame, i)
-                )
-            self.pub_objects.publish(markers)
+            self.pub_objects.publish(scene_markers(base.scene, state.objects, stamp, self.odom_frame))
         self.pub_odom.publish(odometry_msg(robot.x, robot.y, robot.yaw, stamp, self.odom_frame))
 
     def publish_camera(self) -> None:

@@ -35,6 +35,7 @@ class PerceivedWorld:
         self.size, self.every, self.config = size, every, config
         self.perception: Perception | None = None
         self._steps = 0
+        self.on_frame: Callable[[Frame, RobotState], None] | None = None  # hears each frame after it is fused
 
     def reset(self, env: EmbodiedEnv) -> None:
         self.perception, self._steps = Perception(self.config, self.namer), 0
@@ -45,8 +46,11 @@ class PerceivedWorld:
         if (self._steps - 1) % self.every:
             return
         robot = env.robot_state()
-        frame = env.backend.render(HEAD_CAMERA, self.size, self.size)
-        self.perception.update(Frame(frame.rgb, frame.depth, (robot.x, robot.y, robot.yaw)), robot)
+        rendered = env.backend.render(HEAD_CAMERA, self.size, self.size)
+        frame = Frame(rendered.rgb, rendered.depth, (robot.x, robot.y, robot.yaw))
+        self.perception.update(frame, robot)
+        if self.on_frame is not None:
+            self.on_frame(frame, robot)
 
     def world_state(self, robot: RobotState, time: float) -> WorldState:
         return self.perception.world_state(robot, time)
