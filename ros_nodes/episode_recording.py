@@ -6,7 +6,7 @@ Topics: task, instruction, plan, task/status (std_msgs/String, JSON as the nodes
 camera/depth, camera/camera_info (the frames perception fused); camera/points (the model's cloud, when the
 policy looks at one); odom, joint_states, gripper/holding; cmd_vel and arm_command (what the robot was told
 to do each step); objects (MarkerArray), grasped, scene and map: perception's after each frame in a perceived
-world, the simulator's objects in a privileged one.
+world, the simulator's objects (whenever one moves) in a privileged one.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from ros_nodes.conversions import (
     twist_msg,
 )
 from ros_nodes.perception import object_markers, scene_key
+from ros_nodes.recorder import LATCHED_TOPICS
 from ros_nodes.recording import RecordingWriter
 
-LATCHED_TOPICS = ("task", "plan", "scene", "map")  # what the nodes publish latched
 ODOM, CAMERA = "odom", "head_camera"  # frame ids, as the sim bridge names them
 
 
@@ -47,6 +47,7 @@ class EpisodeRecording:
         self.out = RecordingWriter(path, LATCHED_TOPICS)
         self.started = False
         self.scene_key: str | None = None
+        self.truth: tuple | None = None  # the simulator's objects as last written (privileged world)
         world = self.env.world
         if world is not None:
             world.on_frame = self.frame
@@ -90,10 +91,13 @@ class EpisodeRecording:
         self._robot(base.robot_state())
         if "points" in obs:
             self.out.write("/camera/points", cloud_msg(obs["points"], stamp, ODOM), ns)
-        if base.world is None:  # the simulator's objects: what the skills see in a privileged world
+        if base.world is None:  # the simulator's objects, what the skills see in a privileged world: when they move
             state = base.world_state()
-            self.out.write("/objects", scene_markers(base.scene, state.objects, stamp, ODOM), ns)
-            self.out.write("/grasped", String(data=state.robot.holding or ""), ns)
+            where = (state.robot.holding, *(tuple(np.round(xyz, 3)) for xyz in state.objects.values()))
+            if where != self.truth:
+                self.truth = where
+                self.out.write("/objects", scene_markers(base.scene, state.objects, stamp, ODOM), ns)
+                self.out.write("/grasped", String(data=state.robot.holding or ""), ns)
         status = {k: info[k] for k in ("success", "holding", "steps") if k in info}
         self.out.write("/task/status", String(data=json.dumps(status)), ns)
 

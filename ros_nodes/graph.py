@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 PACKAGE = "embodied_agent"  # the ament package name the launch files resolve executables in
-LAUNCH_ARGUMENTS = ("task", "seed", "planner", "checkpoint", "perception")  # exposed as launch arguments
+LAUNCH_ARGUMENTS = ("task", "seed", "planner", "checkpoint", "perception", "record")  # exposed as launch arguments
 # Where the planner and the controller get the world: the perception node (from the robot's camera and
 # odometry), or the ground truth: in simulation the sim bridge's, on a robot whatever node the user starts
 # to publish scene, objects and grasped (no perception node then).
@@ -44,11 +44,13 @@ class NodeSpec:
         return self.module.rsplit(".", 1)[-1]
 
 
-def graph(mode: str, parameters: dict | None = None, remappings: dict | None = None) -> list[NodeSpec]:
+def graph(mode: str, parameters: dict | None = None, remappings: dict | None = None, every_node: bool = False) -> list[NodeSpec]:
     """The nodes for ``sim`` (bridge + perception + planner + controller) or ``hardware`` (perception + planner
     + controller on the robot's topics). ``parameters`` and ``remappings`` go to every node: each node reads
     the parameters it declares and ignores the rest. ``perception=ground_truth`` leaves the perception node
-    out: the sim bridge then publishes its ground truth on scene, objects and grasped."""
+    out: the sim bridge then publishes its ground truth on scene, objects and grasped. ``record=true`` adds
+    the recorder (every topic into an MCAP file at ``record_path``). ``every_node``: also the nodes the
+    parameters leave out (the launch files start them on conditions)."""
     if mode not in ("sim", "hardware"):
         raise ValueError(f"mode must be 'sim' or 'hardware', got {mode!r}")
     parameters = parameters or {}
@@ -60,11 +62,12 @@ def graph(mode: str, parameters: dict | None = None, remappings: dict | None = N
         NodeSpec("perception", "ros_nodes.perception", {"perception_rate": 5.0}, unless=("perception", "ground_truth")),
         NodeSpec("planner", "ros_nodes.planner", {"planner": "model", "checkpoint": "default", "perception": "node"}, respawn=True),
         NodeSpec("controller", "ros_nodes.controller", {"rate": 50.0}),
+        NodeSpec("recorder", "ros_nodes.recorder", {"record": "false", "record_path": ""}, unless=("record", "false")),
     ]
     if mode == "sim":
         nodes.insert(0, NodeSpec("sim_bridge", "ros_nodes.sim_bridge", {"task": "pick_place", "seed": 0, "perception": "node"}))
     return [
         replace(n, parameters={**n.parameters, **parameters}, remappings=topics)
         for n in nodes
-        if n.started(parameters)
+        if every_node or n.started({**n.parameters, **parameters})
     ]

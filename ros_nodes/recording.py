@@ -115,10 +115,14 @@ class RecordingWriter:
         self.counts: dict[str, int] = {}
 
     def write(self, topic: str, msg, stamp_ns: int) -> None:
+        self.write_serialized(topic, type_name(msg), serialize_message(msg), stamp_ns)
+
+    def write_serialized(self, topic: str, kind: str, data: bytes, stamp_ns: int) -> None:
+        """A message already in CDR (what a raw subscription hands over), of type ``kind``."""
         channel = self._channels.get(topic)
         if channel is None:
-            channel = self._channels[topic] = self._channel(topic, type_name(msg))
-        self._mcap.add_message(channel, int(stamp_ns), serialize_message(msg), int(stamp_ns), self.counts.get(topic, 0))
+            channel = self._channels[topic] = self._channel(topic, kind)
+        self._mcap.add_message(channel, int(stamp_ns), data, int(stamp_ns), self.counts.get(topic, 0))
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
     def _channel(self, topic: str, kind: str) -> int:

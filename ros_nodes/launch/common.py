@@ -21,13 +21,13 @@ except ImportError:  # `ros2 launch` runs on the ROS 2 install's Python, which n
 
 
 def launch_description(mode: str) -> LaunchDescription:
-    specs = graph(mode)
+    specs = graph(mode, every_node=True)  # each on its condition: perception:=ground_truth, record:=true
     defaults = {k: v for spec in specs for k, v in spec.parameters.items() if k in LAUNCH_ARGUMENTS}
     actions = [DeclareLaunchArgument(name, default_value=str(value)) for name, value in defaults.items()]
     for spec in specs:
         parameters = {k: LaunchConfiguration(k) if k in LAUNCH_ARGUMENTS else v for k, v in spec.parameters.items()}
         options = {}
-        if spec.unless is not None:  # e.g. no perception node with perception:=ground_truth
+        if spec.unless is not None:  # e.g. no perception node with perception:=ground_truth, no recorder by default
             argument, value = spec.unless
             options["condition"] = IfCondition(NotEqualsSubstitution(LaunchConfiguration(argument), value))
         actions.append(

@@ -53,6 +53,17 @@ def test_ground_truth_perception_leaves_the_perception_node_out(mode):
         graph(mode, {"perception": "oracle"})
 
 
+@pytest.mark.parametrize("mode", ["sim", "hardware"])
+def test_record_true_adds_the_recorder_on_the_same_topics(mode):
+    assert "recorder" not in [s.name for s in graph(mode)]
+    assert "recorder" not in [s.name for s in graph(mode, {"record": "false"})]
+    specs = graph(mode, {"record": "true", "record_path": "runs/r.mcap"})
+    recorder = specs[-1]
+    assert recorder.name == "recorder" and recorder.module == "ros_nodes.recorder"
+    assert recorder.parameters["record_path"] == "runs/r.mcap"
+    assert recorder.remappings == specs[0].remappings  # it hears the robot's topics where the others do
+
+
 def test_hardware_graph_has_no_bridge_and_uses_the_robots_topics():
     specs = graph("hardware")
     assert [s.name for s in specs] == ["perception", "planner", "controller"]
@@ -207,7 +218,7 @@ def load_launch_file(monkeypatch):
 def test_launch_file_starts_the_same_graph(load_launch_file, filename, mode):
     description = load_launch_file(filename)
     assert isinstance(description, LaunchDescription)
-    specs = graph(mode)
+    specs = graph(mode, every_node=True)
     arguments = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]
     nodes = [e for e in description.entities if isinstance(e, LaunchNode)]
     assert len(arguments) + len(nodes) == len(description.entities)
@@ -237,7 +248,7 @@ def test_launch_file_starts_the_same_graph(load_launch_file, filename, mode):
             assert isinstance(kw["condition"], IfCondition) and isinstance(test, NotEqualsSubstitution)
             argument, value = test.args
             assert isinstance(argument, LaunchConfiguration) and (argument.name, value) == spec.unless
-    assert [n.kwargs["name"] for n in nodes if "condition" in n.kwargs] == ["perception"]
+    assert [n.kwargs["name"] for n in nodes if "condition" in n.kwargs] == ["perception", "recorder"]
     if mode == "hardware":
         assert all(n.kwargs["remappings"] == list(HARDWARE_TOPICS.items()) for n in nodes)
 
@@ -260,7 +271,7 @@ def test_installed_launch_files_find_the_graph_without_this_environment(load_lau
         sys.modules.pop("graph", None)
     nodes = [e for e in description.entities if isinstance(e, LaunchNode)]
     assert [(n.kwargs["executable"], n.kwargs["respawn"]) for n in nodes] == [
-        ("sim_bridge", False), ("perception", False), ("planner", True), ("controller", False)]  # fmt: skip
+        ("sim_bridge", False), ("perception", False), ("planner", True), ("controller", False), ("recorder", False)]  # fmt: skip
 
 
 def test_launch_executables_are_installed_with_the_package():
@@ -270,7 +281,7 @@ def test_launch_executables_are_installed_with_the_package():
     installed = {Path(p).name for p in data_files[f"lib/{PACKAGE}"]}
     launch_files = {Path(p).name for p in data_files[f"share/{PACKAGE}/launch"]}
     assert {"sim_agent.launch.py", "hardware_agent.launch.py", "common.py"} <= launch_files
-    for spec in graph("sim"):
+    for spec in graph("sim", every_node=True):
         script = ROOT / "ros_nodes" / "ament" / "bin" / spec.executable
         assert spec.executable in installed and script.is_file()
         assert script.stat().st_mode & 0o111, f"{script} is not executable"
