@@ -138,6 +138,16 @@ def _replay(args: argparse.Namespace) -> int:
             table.add_row(topic, entry["type"], str(entry["messages"]))
         console.print(table)
         return 0
+    if args.snapshot:
+        from PIL import Image
+
+        from embodied.io import write_atomic
+        from ros_nodes.snapshot import snapshot
+
+        picture = Image.fromarray(snapshot(args.file, args.at))
+        write_atomic(args.snapshot, lambda tmp: picture.save(tmp, format="PNG"))
+        console.print(f"wrote {args.snapshot}")
+        return 0
     from ros_nodes.replay import load, play, select
 
     messages = select(load(args.file, args.salvage, console.print), args.topics)
@@ -411,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--no-clock", action="store_true", help="do not publish the recorded time on /clock")
     rp.add_argument("--salvage", action="store_true", help="replay what comes before the damage in a cut-short or damaged file")
     rp.add_argument("--info", action="store_true", help="list the topics, types and message counts, and publish nothing")
+    rp.add_argument("--snapshot", type=Path, help="draw the camera frame (with perception's objects) and the map into this PNG, and publish nothing")
+    rp.add_argument("--at", type=float, help="with --snapshot: the frame nearest this many seconds in (default: the last)")
     rp.add_argument("--quiet", action="store_true", help="no progress bar")
     rp.set_defaults(run=_replay)
     return parser

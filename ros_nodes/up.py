@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ros_nodes.graph import NodeSpec
+from ros_nodes.params import coerce
 
 RESPAWN_UPTIME = 10.0  # s: a respawning node that exits sooner than this after its start ...
 RESPAWN_TRIES = 3  # ... this many times in a row is not started again (it cannot start: a bad parameter)
@@ -21,10 +22,14 @@ RESPAWN_TRIES = 3  # ... this many times in a row is not started again (it canno
 def node_command(spec: NodeSpec) -> list[str]:
     """``python -m module --ros-args`` with the node's name, parameters and remappings. Every value goes as
     a quoted string (``-p rate:="20"``): the node reads it as its parameter's type (ros_nodes/params.py),
-    so a value typed on the command line never arrives as the wrong one."""
+    so a value typed on the command line never arrives as the wrong one. ``use_sim_time``, which rclpy
+    itself declares as a boolean, goes as one."""
     args = [sys.executable, "-m", spec.module, "--ros-args", "-r", f"__node:={spec.name}"]
     for key, value in spec.parameters.items():
-        args += ["-p", f"{key}:={json.dumps(str(value))}"]
+        text = json.dumps(str(value))
+        if key == "use_sim_time":
+            text = str(coerce(key, value, bool)).lower()
+        args += ["-p", f"{key}:={text}"]
     for source, target in spec.remappings.items():
         args += ["-r", f"{source}:={target}"]
     return args

@@ -122,10 +122,13 @@ def test_node_command_builds_ros_args():
 
 def test_node_commands_are_read_by_rcl_as_meant(ros):
     """rcl's own argument parser gives the nodes the name, parameter types and remappings node_command wrote."""
-    _, planner_spec, controller_spec = graph("hardware", {"planner": "oracle", "rate": 20.0, "checkpoint": ""})
+    overrides = {"planner": "oracle", "rate": 20.0, "checkpoint": "", "use_sim_time": "True"}
+    _, planner_spec, controller_spec = graph("hardware", overrides)
     planner = ros.start(Planner, cli_args=node_command(planner_spec)[3:])
     controller = ros.start(Controller, cli_args=node_command(controller_spec)[3:])
     assert planner.get_name() == "planner" and controller.get_name() == "controller"
+    # rclpy's own boolean: the nodes follow /clock (a replayed recording's time)
+    assert planner.get_parameter("use_sim_time").value is True and controller.get_clock().ros_time_is_active
     assert planner.param["planner"] == "oracle" and planner.param["checkpoint"] == ""  # '""' is an empty string
     assert controller.param["rate"] == 20.0 and controller.period == pytest.approx(0.05)
     assert "/camera/color/image_raw" in {s.topic_name for s in planner.subscriptions}

@@ -10,12 +10,17 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from mcap.reader import make_reader
-from rclpy.parameter import Parameter
 from mcap_ros2.decoder import DecoderFactory
+from PIL import Image
+from rclpy.parameter import Parameter
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import Image as RosImage
 
 from embodied.cli import main
+from ros_nodes.conversions import image_array
 from ros_nodes.recorder import Recorder
 from ros_nodes.recording import RecordingError, message_definition, read_messages
 from ros_nodes.sim_bridge import SimBridge
@@ -159,3 +164,16 @@ def test_the_graph_recorder_writes_the_topics_it_hears_latched_ones_from_before_
     image = decoded["/camera/image"][-1][1]
     assert (image.width, image.height, image.encoding) == (64, 64, "rgb8")
     assert bridge.env.unwrapped.scene.object_names == [m.ns for m in decoded["/objects"][-1][1].markers]
+
+
+def test_a_snapshot_draws_the_frame_with_perceptions_objects_and_the_map(recorded, tmp_path):
+    path, _ = recorded
+    png = tmp_path / "snapshot.png"
+    assert main(["replay", str(path), "--snapshot", str(png)]) == 0
+    picture = np.asarray(Image.open(png))
+    last = [m for m in read_messages(path) if m.topic == "/camera/image"][-1]
+    frame = image_array(deserialize_message(last.data, RosImage))
+    assert picture.shape == (frame.shape[0], 2 * frame.shape[1], 3)  # the frame, and the map beside it
+    drawn = np.any(picture[:, : frame.shape[1]] != frame, axis=2)
+    assert 0.002 < drawn.mean() < 0.2, "no boxes drawn over the frame (or the frame is not the last one)"
+    assert main(["replay", str(path), "--snapshot", str(png), "--at", "2.5"]) == 0
