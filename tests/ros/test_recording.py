@@ -23,6 +23,7 @@ from embodied.cli import main
 from ros_nodes.conversions import image_array
 from ros_nodes.recorder import Recorder
 from ros_nodes.recording import RecordingError, message_definition, read_messages
+from ros_nodes.replay import load
 from ros_nodes.sim_bridge import SimBridge
 
 from .harness import wait_for
@@ -94,6 +95,9 @@ def test_a_file_cut_short_reads_up_to_the_cut_then_fails_in_one_line_naming_file
     with pytest.raises(RecordingError, match=r"cut\.mcap: unreadable from byte \d+ of \d+: it ends before its footer"):
         read.extend(read_messages(cut))
     assert 0 < len(read) < sum(1 for _ in read_messages(path))
+    warnings = []
+    assert load(cut, salvage=True, warn=warnings.append) == read  # --salvage replays what comes before the cut
+    assert len(warnings) == 1 and f"replaying the {len(read)} messages before it" in warnings[0]
     assert main(["replay", str(cut)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and str(cut) in error and "unreadable from byte" in error, error
