@@ -275,11 +275,13 @@ def object_marker(name: str, xyz, half: float, shape: str, rgb, stamp: Time, fra
     return marker
 
 
-def scene_markers(scene: SceneSpec, positions: dict, stamp: Time, frame: str) -> MarkerArray:
-    """The simulator's objects where they are (``positions``: name -> centre): perfect perception."""
+def scene_markers(scene: SceneSpec, positions: dict, stamp: Time, frame: str, only=None) -> MarkerArray:
+    """The simulator's objects where they are (``positions``: name -> centre): perfect perception. ``only``:
+    these names alone (a marker stands until replaced, so an update may carry just what moved)."""
     markers = MarkerArray()
     for i, obj in enumerate(scene.objects):
-        markers.markers.append(object_marker(obj.name, positions[obj.name], obj.half, obj.shape, obj.rgb, stamp, frame, i))
+        if only is None or obj.name in only:
+            markers.markers.append(object_marker(obj.name, positions[obj.name], obj.half, obj.shape, obj.rgb, stamp, frame, i))
     return markers
 
 

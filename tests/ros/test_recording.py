@@ -18,9 +18,15 @@ from PIL import Image
 from rclpy.parameter import Parameter
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import Image as RosImage
+from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
 
 from embodied.cli import main
+from embodied.rollout import run_episode
+from envs.env import EmbodiedEnv
+from envs.planners import OraclePlanner
 from ros_nodes.conversions import image_array
+from ros_nodes.episode_recording import EpisodeRecording
 from ros_nodes.recorder import Recorder
 from ros_nodes.recording import RecordingError, message_definition, read_messages
 from ros_nodes.replay import load
@@ -31,8 +37,8 @@ from .harness import wait_for
 pytestmark = pytest.mark.ros
 
 SEED = 3  # pick_place: the red cube into the orange bin
-STATE = ("/odom", "/joint_states", "/gripper/holding")
-FRAME = ("/camera/image", "/camera/depth", "/camera/camera_info", "/objects", "/grasped", "/map")
+CAMERA = ("/camera/image", "/camera/depth", "/camera/camera_info")
+WORLD = ("/objects", "/grasped", "/scene", "/map")
 
 
 def params(**values) -> list[Parameter]:
@@ -49,7 +55,7 @@ def recorded(tmp_path_factory):
     return out / "recordings" / "episode_0000.mcap", record
 
 
-def test_a_recorded_episode_decodes_whole_with_one_message_per_topic_per_step(recorded):
+def test_a_recorded_episode_decodes_whole_with_the_state_every_step_and_the_world_when_it_changes(recorded):
     path, record = recorded
     assert record["success"]
     counts, stamps, last = {}, [], {}
@@ -68,15 +74,38 @@ def test_a_recorded_episode_decodes_whole_with_one_message_per_topic_per_step(re
     assert summary.statistics.message_count == sum(counts.values())
     steps = record["env_steps"]
     # the start, every control step, and the step that ends the episode
-    assert all(counts[t] == steps + 2 for t in STATE), {t: counts[t] for t in STATE}
-    assert counts["/cmd_vel"] == counts["/arm_command"] == counts["/task/status"] == steps + 1
+    assert counts["/odom"] == counts["/joint_states"] == steps + 2, counts
+    assert counts["/cmd_vel"] == steps + 1, counts
+    # state written when it changes: the hold (at the start, at the grasp, at the release), the joint targets
+    assert counts["/gripper/holding"] == 3 and 10 < counts["/arm_command"] < steps, counts
     frames = counts["/camera/depth"]
-    assert steps // 3 < frames < steps and all(counts[t] == frames for t in FRAME), counts
+    assert steps // 3 < frames < steps and all(counts[t] == frames for t in CAMERA), counts
+    assert all(1 <= counts[t] < frames for t in WORLD), counts  # perception's world, when it changed
     assert counts["/task"] == counts["/instruction"] == counts["/plan"] == 1
     assert json.loads(last["/plan"].data)["plan"] == record["plan"]
     assert json.loads(last["/task/status"].data)["success"] is True
     assert last["/camera/image"].encoding == "rgb8" and last["/camera/depth"].encoding == "32FC1"
     assert {m.ns for m in last["/objects"].markers} >= {"red cube", "orange bin"}
+
+
+def test_a_privileged_episode_records_the_policys_camera_and_only_the_objects_that_moved(tmp_path):
+    env = EmbodiedEnv(task="pick_place", sensors=("rgb", "depth", "points"))
+    recording = EpisodeRecording(env, tmp_path / "privileged.mcap", "oracle")
+    try:
+        record, _ = run_episode(env, OraclePlanner(), SEED, recording=recording)
+    finally:
+        recording.close()
+        env.close()
+    assert record["success"]
+    messages = list(read_messages(tmp_path / "privileged.mcap"))
+    count = lambda topic: sum(m.topic == topic for m in messages)
+    steps = record["env_steps"]
+    assert abs(count("/camera/image") - steps / 3) <= 2 and count("/camera/points") == count("/camera/image")
+    markers = [deserialize_message(m.data, MarkerArray).markers for m in messages if m.topic == "/objects"]
+    names = set(env.scene.object_names)
+    assert {m.ns for m in markers[0]} == names  # every object at the start, then what moved
+    assert {m.ns for ms in markers[1:] for m in ms} == {"red cube"} and len(markers) > 10
+    assert [deserialize_message(m.data, String).data for m in messages if m.topic == "/grasped"] == ["", "red cube", ""]
 
 
 def test_the_schemas_carry_every_type_they_use():
