@@ -145,13 +145,16 @@ def test_a_file_cut_short_reads_up_to_the_cut_then_fails_in_one_line_naming_file
         list(read_messages(tmp_path / "missing.mcap"))
 
 
-def test_replay_info_lists_topics_and_refuses_topics_the_recording_lacks(recorded, capsys):
+def test_replay_lists_topics_refuses_topics_the_recording_lacks_and_publishes_the_rest(recorded, capsys):
     path, _ = recorded
     assert main(["replay", str(path), "--info"]) == 0
     table = capsys.readouterr().out
     assert "/camera/depth" in table and "sensor_msgs/msg/Image" in table
     assert main(["replay", str(path), "--topics", "camera/thermal", "--quiet"]) == 2
     assert "has no /camera/thermal" in capsys.readouterr().err
+    odom = sum(m.topic == "/odom" for m in read_messages(path))
+    assert main(["replay", str(path), "--topics", "odom", "task", "--rate", "100", "--delay", "0.1", "--quiet"]) == 0
+    assert f"published {odom + 1} messages on 2 topics" in capsys.readouterr().out
 
 
 @pytest.mark.timeout(120)
