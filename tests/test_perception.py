@@ -306,6 +306,31 @@ def test_a_name_given_surely_from_afar_is_not_flipped_by_one_vaguer_look():
     assert track.label.name == "red cylinder"
 
 
+def test_an_item_at_rest_tilted_is_centred_no_higher_than_a_cube_on_its_corner():
+    """Held-out rearrangements 500,029, 500,037 and 500,188 "missed" places whose cube had landed in the bowl,
+    leaning: its highest corner 2 cm above its top face put its centre above the rim. Upright or carried, the
+    centre is where its top says."""
+    half, support = 0.04, 0.5
+    corners = np.array(np.meshgrid(*[[-half, half]] * 3)).T.reshape(-1, 3)
+    a, b = np.radians(30), np.radians(20)
+    tilt = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]]) @ np.array(
+        [[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]]
+    )
+
+    def cube(points: np.ndarray, lift: float) -> Track:
+        track = Track(0, np.hstack([points + [1.0, 0.0, support + lift], np.ones((8, 3))]), support, 6, half=half)
+        track.label = Label("white", "cube", 0.9)
+        return track
+
+    tilted = cube(corners @ tilt.T, 0.07)  # leaning in a bowl: its centre 7 cm above the table
+    assert tilted.top - half > support + half * np.sqrt(3)
+    assert tilted.centre()[2] == pytest.approx(support + half * np.sqrt(3))
+    upright = cube(corners, half)
+    assert upright.centre()[2] == pytest.approx(support + half)
+    tilted.held_offset = tilted.points.copy()  # carried high above the table, the clamp does not apply
+    assert tilted.centre()[2] == pytest.approx(tilted.top - half)
+
+
 def test_two_pieces_of_a_table_join_beside_another_table_of_its_height():
     """A survey sees a table's two ends apart, then the middle that joins them, while another table of the
     same height is remembered first: the join once compared the tables' cell arrays and crashed the episode."""

@@ -99,9 +99,17 @@ class Track:
         return max(0.005, (self.top - self.support) / 2)
 
     def centre(self) -> np.ndarray:
-        """Where the skills aim: an item's centre, a container's bottom (the simulator's convention)."""
+        """Where the skills aim: an item's centre, a container's bottom (the simulator's convention). An item
+        at rest has its centre at most half its size times sqrt(3) above what it stands on (a cube on its
+        corner): one that came to rest tilted (leaning in a bowl) shows a corner higher than its top face."""
         xy = self.footprint_centre()
-        z = self.support if self.is_container else self.top - self.extent_half()
+        if self.is_container:
+            z = self.support
+        else:
+            half = self.extent_half()
+            z = self.top - half
+            if self.held_offset is None:
+                z = min(z, self.support + half * np.sqrt(3))
         return np.array([xy[0], xy[1], z])
 
 
