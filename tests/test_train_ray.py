@@ -75,6 +75,7 @@ def _resumed_from_step_2(records: list[dict], first: list[dict]) -> None:
     assert records[: len(first)] == first  # the first part's records as written, tokens/s included
 
 
+@pytest.mark.slow  # two Ray Train runs, about 50 s; the default run keeps the one-worker test above and stays under 10 min
 def test_results_come_back_through_storage_and_a_rerun_resumes_from_it(tiny_dataset, straight, tmp_path):
     out, shared = tmp_path / "out", tmp_path / "shared"
     assert train_with_ray(_config(tiny_dataset, out, 2), workers=1, progress=False, storage=str(shared))["step"] == 2
