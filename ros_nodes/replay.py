@@ -109,16 +109,18 @@ def play(
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")  # as every node here: this host only
     context = rclpy.Context()
     rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
-    node = Replay(messages, rate, clock, delay, context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
     try:
-        with tqdm(total=len(messages), unit="msg", desc="replay", disable=not progress) as bar:
-            while not node.finished.is_set():
-                executor.spin_once(timeout_sec=0.05)
-                bar.update(node.next - bar.n)
-        return node.published
+        node = Replay(messages, rate, clock, delay, context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        try:
+            with tqdm(total=len(messages), unit="msg", desc="replay", disable=not progress) as bar:
+                while not node.finished.is_set():
+                    executor.spin_once(timeout_sec=0.05)
+                    bar.update(node.next - bar.n)
+            return node.published
+        finally:
+            executor.shutdown()
+            node.destroy_node()
     finally:
-        executor.shutdown()
-        node.destroy_node()
         rclpy.try_shutdown(context=context)

@@ -152,6 +152,8 @@ def test_replay_lists_topics_refuses_topics_the_recording_lacks_and_publishes_th
     assert "/camera/depth" in table and "sensor_msgs/msg/Image" in table
     assert main(["replay", str(path), "--topics", "camera/thermal", "--quiet"]) == 2
     assert "has no /camera/thermal" in capsys.readouterr().err
+    assert main(["replay", str(path), "--rate", "0", "--quiet"]) == 2
+    assert "rate must be positive, got 0.0" in capsys.readouterr().err
     odom = sum(m.topic == "/odom" for m in read_messages(path))
     assert main(["replay", str(path), "--topics", "odom", "task", "--rate", "100", "--delay", "0.1", "--quiet"]) == 0
     assert f"published {odom + 1} messages on 2 topics" in capsys.readouterr().out
