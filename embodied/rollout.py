@@ -165,15 +165,15 @@ def run_episode(
         text = planner.plan({**obs, "instruction": instruction + feedback} if feedback else obs, env)
         plans.append(text)
         try:
-            plan = parse_plan(text, base.known_objects())
+            plan, error = parse_plan(text, base.known_objects()), ""
         except PlanError as exc:
-            record.setdefault("plan_error", str(exc))
-            if recording is not None:
-                recording.plan(instruction + feedback, text, str(exc))
-            feedback = f"\nyour plan did not parse ({exc}); write it again."
-            continue
+            plan, error = None, str(exc)
         if recording is not None:
-            recording.plan(instruction + feedback, text)
+            recording.plan(instruction + feedback, text, error)
+        if plan is None:
+            record.setdefault("plan_error", error)
+            feedback = f"\nyour plan did not parse ({error}); write it again."
+            continue
         record.setdefault("plan_valid", attempt == 0)
         done, info = execute_plan(env, plan, on_step=on_step, finish=last)
         outcomes += done
