@@ -1,5 +1,7 @@
 """Perception's cost: one head-camera frame perceived against the same frame rendered, and closed-loop
-episodes on the perceived world against the same episodes on the simulator's state."""
+episodes on the perceived world against the same episodes on the simulator's state: the oracle's (the
+env's own cost, where perception is most of the difference) and the shipped model's (a rollout as users
+run one, planning included)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from embodied.perception.camera import Frame
 from embodied.perception.episode import PerceivedWorld, look_around
 from embodied.perception.naming import ObjectNamer
 from embodied.perception.pipeline import Perception
+from embodied.rollout import RolloutConfig, make_planner, run_episode
 from envs.backend import HEAD_CAMERA
 from envs.env import EmbodiedEnv
 from envs.executor import execute_plan
@@ -76,6 +79,29 @@ def closed_loop(namer: ObjectNamer, episodes: int = 3) -> Ratio:
     return Ratio("closed loop: perceived / privileged steps per second", perceived / privileged, ">= 0.5", detail)
 
 
+def model_closed_loop(namer: ObjectNamer, episodes: int = 4) -> Ratio:
+    """The shipped model's pick-and-place rollouts (fast decoding, the planning in the time) on the perceived
+    world (scan, look for what the instruction names, plan, act) and on the simulator's state, alternated,
+    each side first in half the pairs."""
+    planner = make_planner(RolloutConfig(policy="model"))
+    env = EmbodiedEnv(task="pick_place", sensors=planner.sensors)
+    worlds = {"privileged": None, "perceived": PerceivedWorld(namer)}
+    rates: dict[str, list[float]] = {w: [] for w in worlds}
+    for world in worlds.values():  # warm-up: first calls and the model's first passes
+        env.world = world
+        run_episode(env, planner, SEED - 1)
+    for i in range(episodes):
+        for world in sorted(worlds, reverse=i % 2 == 1):
+            env.world = worlds[world]
+            started = time.perf_counter()
+            run_episode(env, planner, SEED + i)
+            rates[world].append(env.unwrapped.steps / (time.perf_counter() - started))
+    env.close()
+    privileged, perceived = (float(np.median(rates[w])) for w in ("privileged", "perceived"))
+    detail = f"perceived {perceived:.0f} steps/s, privileged {privileged:.0f} steps/s; median of {episodes} pick-and-place rollouts each"
+    return Ratio("closed loop, the shipped model planning: perceived / privileged steps per second", perceived / privileged, ">= 0.5", detail)
+
+
 def run() -> list[Ratio]:
     namer = ObjectNamer()
-    return [frame_cost(namer), closed_loop(namer)]
+    return [frame_cost(namer), closed_loop(namer), model_closed_loop(namer)]

@@ -9,14 +9,15 @@ import pytest
 
 from embodied.eval.perception import PERCEPTION_SEED, evaluate_perception
 from embodied.perception.camera import Frame, HeadMount, frame_points, pixel_colours
-from embodied.perception.episode import PerceivedWorld, look_around, look_for
+from embodied.perception.episode import EVERY, PerceivedWorld, look_around, look_for
 from embodied.perception.memory import FORGET_FRAMES, ObjectMemory, TableTrack, Track
 from embodied.perception.naming import CLASSES, Label, ObjectNamer, label_of
 from embodied.perception.occupancy import OccupancyGrid
 from embodied.perception.pipeline import Perception
-from embodied.perception.segments import FOOTPRINT_CELL, MIN_SEGMENT_POINTS, Segment, SupportPlane, object_segments, self_mask, support_planes
+from embodied.perception.segments import FOOTPRINT_CELL, MIN_SEGMENT_POINTS, Segment, SupportPlane, colour_group, object_segments, self_mask, support_planes
 from envs.backend import HEAD_CAMERA, RobotState
 from envs.executor import execute_plan
+from envs.pointcloud import backproject
 from envs.plan import Plan, Step, parse_plan
 from envs.planners import OraclePlanner
 
@@ -74,21 +75,18 @@ def test_segments_are_single_objects_and_tables_are_level(make_env):
     assert heights <= {t.height for t in env.scene.tables} and heights, heights
 
 
-def test_points_of_a_height_band_are_those_of_the_full_frame(make_env):
-    """The band is chosen from each ray's height before the points are made: exactly the full frame's points
-    there, with their pixels and colours."""
+def test_points_from_odometry_are_where_the_renderer_puts_them_and_unknown_depth_is_left_out(make_env):
     env = make_env("pick_place").unwrapped
     env.reset(seed=SEED)
     raw, robot = env.backend.render(HEAD_CAMERA, 96, 96), env.robot_state()
+    truth, _, _ = backproject(raw, 6.0)  # from the simulator's own camera pose
     depth = raw.depth.copy()
-    depth[:8] = np.nan  # unknown depth is left out of every selection
-    frame, mount = Frame(raw.rgb, depth, (robot.x, robot.y, robot.yaw)), HeadMount()
-    xyz, pixels = frame_points(frame, mount, 6.0)
-    assert len(xyz) == 88 * 96 and pixels.min() == 8 * 96
-    band, band_pixels = frame_points(frame, mount, 6.0, heights=(0.3, 0.9))
-    inside = (xyz[:, 2] > 0.3) & (xyz[:, 2] < 0.9)
-    assert 0 < len(band) < len(xyz) and np.array_equal(band_pixels, pixels[inside]) and np.allclose(band, xyz[inside], atol=1e-5)
-    assert np.allclose(pixel_colours(frame, band_pixels) * 255, raw.rgb.reshape(-1, 3)[band_pixels], atol=1e-3)
+    depth[:8] = np.nan
+    frame = Frame(raw.rgb, depth, (robot.x, robot.y, robot.yaw))
+    xyz, pixels = frame_points(frame, HeadMount(), 6.0)
+    assert len(truth) == 96 * 96 and len(xyz) == 88 * 96 and pixels.min() == 8 * 96
+    assert np.allclose(xyz, truth[pixels], atol=1e-3)
+    assert np.allclose(pixel_colours(frame, pixels) * 255, raw.rgb.reshape(-1, 3)[pixels], atol=1e-3)
 
 
 def test_scan_finds_names_and_locates_the_objects(make_env, namer):
@@ -107,8 +105,20 @@ def test_scan_finds_names_and_locates_the_objects(make_env, namer):
     navmap = env.world.navmap()
     for t in env.scene.tables:  # the base cannot drive into a table the camera saw
         assert not navmap.is_free((t.x, t.y))
-    robot = env.robot_state()
-    assert navmap.is_free((robot.x, robot.y)) or True  # the start cell may touch the robot's own inflation
+
+
+def test_surveys_perceive_every_frame_and_plans_every_third(make_env, namer):
+    env = make_env("pick_place").unwrapped
+    env.world = world = PerceivedWorld(namer)
+    fused = []
+    world.on_frame = lambda frame, robot: fused.append(env.steps)
+    env.reset(seed=SEED)
+    fused.clear()
+    look_around(env)
+    assert len(fused) == env.steps and not world.surveying
+    fused.clear()
+    execute_plan(env, Plan("go.", (Step("navigate", (env.known_objects()[0],)),)), finish=False)
+    assert len(fused) >= 3 and set(np.diff(fused)) == {EVERY}
 
 
 def test_oracle_plan_runs_on_the_perceived_world(make_env, namer):
@@ -186,7 +196,8 @@ def test_a_frame_without_a_support_plane_finds_nothing():
 def segment(xy, z0=0.42, colour=(0.85, 0.12, 0.1), n=60, half=0.025, seed=0) -> Segment:
     rng = np.random.default_rng(seed)
     xyz = np.column_stack([rng.uniform(-half, half, (n, 2)) + xy, rng.uniform(z0 + 0.01, z0 + 2 * half, n)])
-    return Segment(np.hstack([xyz, np.tile(colour, (n, 1))]).astype(np.float32), np.arange(n), z0)
+    rgb = np.tile(colour, (n, 1)).astype(np.float32)
+    return Segment(np.hstack([xyz, rgb]).astype(np.float32), np.arange(n), z0, int(np.bincount(colour_group(rgb)).argmax()))
 
 
 def test_memory_confirms_names_moves_and_forgets():
@@ -331,14 +342,27 @@ def test_an_item_at_rest_tilted_is_centred_no_higher_than_a_cube_on_its_corner()
     assert tilted.centre()[2] == pytest.approx(tilted.top - half)
 
 
+def test_a_table_top_is_a_surface_and_a_level_strip_of_wall_or_a_corner_is_not():
+    rng = np.random.default_rng(0)
+
+    def planes(xy):
+        return support_planes(np.column_stack([xy, np.full(len(xy), 0.45)]).astype(np.float32))
+
+    table = rng.uniform((1.0, 1.0), (1.6, 1.4), (3000, 2))
+    strip = np.column_stack([rng.uniform(-2.0, 2.0, 3000), np.full(3000, 3.0)])  # a wall's level line
+    corner = np.vstack([strip[:1500] * (1, 1), np.column_stack([np.full(1500, -2.0), rng.uniform(0.0, 3.0, 1500)])])
+    [top] = planes(table)
+    assert np.allclose(top.low, (1.0, 1.0), atol=0.005) and np.allclose(top.high, (1.6, 1.4), atol=0.005)
+    assert planes(strip) == [] and planes(corner) == []
+
+
 def test_two_pieces_of_a_table_join_beside_another_table_of_its_height():
     """A survey sees a table's two ends apart, then the middle that joins them, while another table of the
     same height is remembered first: the join once compared the tables' cell arrays and crashed the episode."""
     memory = ObjectMemory()
     cell = lambda *xy: np.array(xy, np.int64)  # noqa: E731
     memory.tables = [TableTrack(0.42, cell(50, 50), cell(60, 60)), TableTrack(0.42, cell(0, 0), cell(10, 10)), TableTrack(0.42, cell(14, 0), cell(24, 10))]
-    bridge = np.array([[9, 5], [15, 5]], float) * FOOTPRINT_CELL
-    memory.add_planes([SupportPlane(0.42, bridge)])
+    memory.add_planes([SupportPlane(0.42, np.array([9, 5]) * FOOTPRINT_CELL, np.array([15, 5]) * FOOTPRINT_CELL)])
     assert len(memory.tables) == 2
     joined = memory.tables[1]
     assert list(joined.low) == [0, 0] and list(joined.high) == [24, 10]

@@ -30,7 +30,7 @@ class _VisibilityWorld(PerceivedWorld):
         super().reset(env)
 
     def observe(self, env):
-        perceives = self._steps % self.every == 0
+        perceives = self.perceives_next()
         super().observe(env)
         if perceives:
             seg = env.backend.render(HEAD_CAMERA, self.size, self.size, True).segmentation

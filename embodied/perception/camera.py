@@ -5,7 +5,7 @@ the mount are all there is."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -45,14 +45,13 @@ class Frame:
     pose: tuple[float, float, float]  # x, y, yaw of the base when the frame was taken
 
 
-def frame_points(frame: Frame, mount: HeadMount, max_depth: float, heights: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def frame_points(frame: Frame, mount: HeadMount, max_depth: float) -> tuple[np.ndarray, np.ndarray]:
     """World-frame xyz (N, 3) and flat pixel index (N,) of every pixel with a valid depth, at full
-    resolution; given ``heights`` (low, high), only of those whose point lies between. The heights come
-    first, from each ray's height gain alone, so only the points kept are transformed."""
+    resolution."""
     depth = np.asarray(frame.depth, np.float32)
     height, width = depth.shape[:2]
     position, rotation = mount.pose(*frame.pose)
-    rays = pixel_rays(height, width, mount.fovy_deg, 1)
+    rays = _rays(height, width, mount.fovy_deg)
     depth = depth.reshape(-1)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(depth) & (depth > 0) & (depth < max_depth)
@@ -60,13 +59,17 @@ def frame_points(frame: Frame, mount: HeadMount, max_depth: float, heights: tupl
     if not valid.all():  # the usual indoor frame is all valid: no gathering needed
         keep = np.flatnonzero(valid)
         rays, depth = rays[keep], depth[keep]
-    if heights is not None:
-        rise = depth * (rays @ rotation[2].astype(np.float32))
-        inside = np.flatnonzero((rise > heights[0] - position[2]) & (rise < heights[1] - position[2]))
-        keep, rays, depth = keep[inside], rays[inside], depth[inside]
     xyz = (rays * depth[:, None]) @ rotation.T.astype(np.float32)
     xyz += position.astype(np.float32)
     return xyz, keep
+
+
+@lru_cache(maxsize=8)
+def _rays(height: int, width: int, fovy_deg: float) -> np.ndarray:
+    """``pixel_rays``, made once per camera (every frame of a camera has the same rays)."""
+    rays = pixel_rays(height, width, fovy_deg, 1)
+    rays.flags.writeable = False
+    return rays
 
 
 def pixel_colours(frame: Frame, pixels: np.ndarray) -> np.ndarray:

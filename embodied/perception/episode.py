@@ -1,6 +1,6 @@
 """Perception in simulated episodes: the head camera rendered at the perception resolution every few control
-steps, with the odometry of that moment, into ``Perception``; the env's skills, planners and plan runner
-then read only what it perceived (``EmbodiedEnv.world``)."""
+steps (every step while surveying), with the odometry of that moment, into ``Perception``; the env's skills,
+planners and plan runner then read only what it perceived (``EmbodiedEnv.world``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from envs.plan_runner import StepOutcome
 from envs.scene import COLOURS, SHAPES, SceneSpec, TableSpec
 
 CAMERA_SIZE = 256  # px a side: objects cover ~4x the pixels they do at 128 (a real RGB-D gives 640x480)
-EVERY = 3  # perceive every third control step (3.3 Hz at 10 Hz control); every step while looking around
+EVERY = 3  # perceive every third control step (3.3 Hz at 10 Hz control); every step while surveying
 FAR_M = 1.5  # a table whose nearest edge is farther than this from where the robot scanned was seen only from afar
 SURVEY_RESERVE = 150  # control steps a survey leaves the episode at least, for the plan itself
 _NAMES = re.compile(rf"\b(?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)})\b")
@@ -33,6 +33,7 @@ class PerceivedWorld:
     def __init__(self, namer: ObjectNamer | None = None, size: int = CAMERA_SIZE, every: int = EVERY, config: PerceptionConfig = PerceptionConfig()):
         self.namer = namer if namer is not None else ObjectNamer()
         self.size, self.every, self.config = size, every, config
+        self.surveying = False  # looking around (``look_around``, ``look_for``): every frame
         self.perception: Perception | None = None
         self._steps = 0
         self.on_frame: Callable[[Frame, RobotState], None] | None = None  # hears each frame after it is fused
@@ -41,9 +42,14 @@ class PerceivedWorld:
         self.perception, self._steps = Perception(self.config, self.namer), 0
         self.observe(env)
 
+    def perceives_next(self) -> bool:
+        """Whether the next ``observe`` perceives a frame."""
+        return self.surveying or self._steps % self.every == 0
+
     def observe(self, env: EmbodiedEnv) -> None:
+        perceives = self.perceives_next()
         self._steps += 1
-        if (self._steps - 1) % self.every:
+        if not perceives:
             return
         robot = env.robot_state()
         rendered = env.backend.render(HEAD_CAMERA, self.size, self.size)
@@ -100,12 +106,12 @@ def _gap(table: TableSpec, x: float, y: float) -> float:
 
 def _perceiving_every_frame(env: EmbodiedEnv, plan: Plan, on_step: Callable | None) -> list[StepOutcome]:
     world = env.world
-    every = getattr(world, "every", None)
-    if every is not None:
-        world.every = 1
+    surveying = getattr(world, "surveying", None)
+    if surveying is not None:
+        world.surveying = True
     try:
         outcomes, _ = execute_plan(env, plan, on_step=on_step, finish=False)
     finally:
-        if every is not None:
-            world.every = every
+        if surveying is not None:
+            world.surveying = surveying
     return outcomes

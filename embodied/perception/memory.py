@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embodied.perception.naming import Label, label_of
-from embodied.perception.segments import FOOTPRINT_CELL, Segment, SupportPlane, colour_group, one_object
+from embodied.perception.segments import FOOTPRINT_CELL, Segment, SupportPlane, one_object
 from envs.scene import CONTAINERS, HALF_SIZE, ObjectSpec, TableSpec
 
 FUSE_VOXEL = 0.005  # m: fused points keep one per voxel
@@ -143,8 +143,7 @@ class ObjectMemory:
 
     def add_planes(self, planes: list[SupportPlane]) -> None:
         for plane in planes:
-            cells = np.floor(plane.xy / FOOTPRINT_CELL).astype(np.int64)
-            low, high = cells.min(axis=0), cells.max(axis=0)
+            low, high = (np.floor(bound / FOOTPRINT_CELL).astype(np.int64) for bound in (plane.low, plane.high))
             same = [t for t in self.tables if abs(t.height - plane.height) < 0.02 and t.near(low, high)]
             if not same:
                 self.tables.append(TableTrack(plane.height, low, high))
@@ -161,11 +160,11 @@ class ObjectMemory:
         """Fuse this frame's segments into tracks (several segments of one object join it); returns the
         tracks seen."""
         seen: dict[int, Track] = {}
+        placed: dict[int, tuple[np.ndarray, float]] = {}  # footprint centre and half-extent, until a track grows
         for segment in segments:
-            group = int(np.bincount(colour_group(segment.points[:, 3:])).argmax())
-            track = self._match(segment, group)
+            track = self._match(segment, placed)
             if track is None:
-                track = Track(self._next_id, _fuse(segment.points), segment.support, group)
+                track = Track(self._next_id, _fuse(segment.points), segment.support, segment.group)
                 self._next_id += 1
                 self.tracks.append(track)
             elif track.id in seen:
@@ -175,6 +174,7 @@ class ObjectMemory:
                 track.support, track.moved = segment.support, False
                 track.seen += 1
             track.missed = 0
+            placed.pop(track.id, None)
             if track.seen == 1 and len(segment.points) >= CONFIRM_POINTS:
                 track.seen = CONFIRM_FRAMES
             if track.half is None and track.seen >= CONFIRM_FRAMES and track.label is not None and track.label.known:
@@ -195,13 +195,16 @@ class ObjectMemory:
                 track.absorb(other)
                 self.tracks.remove(other)
 
-    def _match(self, segment: Segment, group: int) -> Track | None:
+    def _match(self, segment: Segment, placed: dict[int, tuple[np.ndarray, float]]) -> Track | None:
         xy = (segment.points[:, :2].min(axis=0) + segment.points[:, :2].max(axis=0)) / 2
         best, best_gap = None, np.inf
         for track in self.tracks:
-            if track.held_offset is not None or abs(track.support - segment.support) > 0.03 or track.group != group:
+            if track.held_offset is not None or abs(track.support - segment.support) > 0.03 or track.group != segment.group:
                 continue
-            gap = np.linalg.norm(track.footprint_centre() - xy) - track.extent_half()
+            if track.id not in placed:
+                placed[track.id] = track.footprint_centre(), track.extent_half()
+            centre, half = placed[track.id]
+            gap = np.linalg.norm(centre - xy) - half
             if gap < MATCH_MARGIN and gap < best_gap:
                 best, best_gap = track, gap
         return best

@@ -68,31 +68,30 @@ class Perception:
         if jumped:
             return FrameReport(skipped=f"odometry jump: more than {MAX_JUMP} m since the last frame; frame not fused")
         self.track_gripper(robot)
-        xyz, _ = frame_points(frame, self.mount, self.config.max_depth)
+        xyz, pixels = frame_points(frame, self.mount, self.config.max_depth)
         if len(xyz) == 0:
             return FrameReport(skipped="no depth: the frame has no valid depth")
         held_half = max((t.extent_half() for t in self.memory.held()), default=0.0)
-        xyz = xyz[~self_mask(xyz, robot, held_half)]
+        keep = ~self_mask(xyz, robot, held_half)
+        xyz, pixels = xyz[keep], pixels[keep]
         self.frames += 1
         self.grid.add(xyz)
         planes = support_planes(xyz)
         self.memory.add_planes(planes)
-        segments = self._segments(frame, robot, planes, held_half) if planes else []
+        segments = self._segments(frame, xyz, pixels, planes) if planes else []
         seen = self.memory.add_segments(segments)
         self.memory.forget_unseen(self._seen_through(frame, {t.id for t in seen}))
         self._name()
         return FrameReport(len(segments), len(seen))
 
-    def _segments(self, frame: Frame, robot: RobotState, planes: list[SupportPlane], held_half: float) -> list[Segment]:
-        """Objects at the camera's full resolution, from only the pixels whose points stand on a table top's
-        height band (a far object covers a few pixels; the floor and the walls above need none of them)."""
+    def _segments(self, frame: Frame, xyz: np.ndarray, pixels: np.ndarray, planes: list[SupportPlane]) -> list[Segment]:
+        """Objects at the camera's full resolution (a far one covers few pixels), from the points of the table
+        tops' height band."""
         heights = [p.height for p in planes]
-        band = (min(heights) + ABOVE_SUPPORT, max(heights) + MAX_OBJECT_HEIGHT)
-        xyz, pixels = frame_points(frame, self.mount, self.config.max_depth, band)
-        keep = ~self_mask(xyz, robot, held_half)
-        xyz, pixels = xyz[keep], pixels[keep]
+        z = xyz[:, 2]
+        band = np.flatnonzero((z > min(heights) + ABOVE_SUPPORT) & (z < max(heights) + MAX_OBJECT_HEIGHT))
         position, _ = self.mount.pose(*frame.pose)
-        return object_segments(xyz, pixel_colours(frame, pixels), pixels, planes, position, self._focal(np.shape(frame.depth)[0]))
+        return object_segments(xyz[band], pixel_colours(frame, pixels[band]), pixels[band], planes, position, self._focal(np.shape(frame.depth)[0]))
 
     # -- what the skills, the planner and the ROS node read ------------------------------------------
 

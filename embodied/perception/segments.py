@@ -14,11 +14,12 @@ import open3d as o3d
 
 from envs.backend import RobotState
 
+SUPPORT_HEIGHTS = (0.15, 1.2)  # m: where a table top can be (not the floor, not over the robot's head)
 MIN_TABLE_POINTS = 40  # a horizontal plane with fewer inliers is noise, not a table top
 MIN_TABLE_WIDTH = 0.04  # m: the inliers' spread across their narrow direction (a wall's level strip has none)
 FOOTPRINT_CELL = 0.03  # m, the grid a table top's footprint is measured on
 MIN_SURFACE_FILL = 0.35  # share of a table top's footprint (in 8 cm cells: far tops are sparse) its inliers cover
-RANSAC_POINTS = 600  # a level plane is fitted to at most about this many of its band's points
+RANSAC_POINTS = 300  # a level plane is fitted to at most about this many of its band's points
 PLANE_TOLERANCE = 0.006  # m, a table top's inlier distance
 ABOVE_SUPPORT = 0.008  # m: a point this far above a table top stands on it
 MAX_OBJECT_HEIGHT = 0.30  # m above a table top
@@ -30,10 +31,11 @@ PALETTE_SPLIT = 0.2  # a colour group with this share of a cluster's points beco
 
 @dataclass
 class SupportPlane:
-    """A horizontal surface: its height and the xy of its inlier points in this frame."""
+    """A horizontal surface: its height and the xy bounds of its inlier points in this frame."""
 
     height: float
-    xy: np.ndarray  # (N, 2)
+    low: np.ndarray  # (2,)
+    high: np.ndarray  # (2,)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Segment:
     points: np.ndarray  # (N, 6) world xyz + rgb in [0, 1]
     pixels: np.ndarray  # (N,) flat pixel indices, for drawing
     support: float  # height of the surface it stands on
+    group: int  # the colour group (``colour_group``) of most of its points
 
     @property
     def centre(self) -> np.ndarray:
@@ -67,21 +70,22 @@ def self_mask(xyz: np.ndarray, robot: RobotState, held_half: float = 0.0) -> np.
 
 
 def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
-    """Horizontal table tops: peaks of the points' height histogram, each refined by RANSAC plane fitting
-    on the points near it, then split into surfaces by clustering the inliers' footprint. A level strip of
-    wall at table height fits a plane too; it is dropped for having no width."""
+    """Horizontal table tops: peaks of the points' height histogram, each refined by RANSAC plane
+    fitting on the points near it, then split into surfaces by clustering the inliers' footprint cells. A
+    level strip of wall at table height fits a plane too; it is dropped for having no width."""
     z = xyz[:, 2]
-    raised = np.flatnonzero((z > 0.15) & (z < 1.2))
+    bottom, top = SUPPORT_HEIGHTS
+    raised = np.flatnonzero((z > bottom) & (z < top))
     if len(raised) < MIN_TABLE_POINTS:
         return []
     lifted = z[raised]
-    counts = np.bincount(((lifted - 0.15) * 100).astype(np.int64))  # 1 cm bins
+    counts = np.bincount(((lifted - bottom) * 100).astype(np.int64))  # 1 cm bins
     planes: list[SupportPlane] = []
     heights: list[float] = []
     for peak in np.argsort(counts)[::-1][:4]:
         if counts[peak] < MIN_TABLE_POINTS:
             break
-        centre = 0.15 + (peak + 0.5) / 100
+        centre = bottom + (peak + 0.5) / 100
         if heights and min(abs(h - centre) for h in heights) < 0.03:
             continue
         band = raised[np.abs(lifted - centre) < 0.02]
@@ -93,41 +97,63 @@ def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
         height = float(np.median(z[sample[np.asarray(inliers)]]))
         members = band[np.abs(z[band] - height) < PLANE_TOLERANCE]
         heights.append(height)
-        ij = np.floor(xyz[members, :2] / FOOTPRINT_CELL).astype(np.int64) + 100_000  # non-negative for any room
-        keys, cell_of = np.unique(ij[:, 0] * 1_000_000 + ij[:, 1], return_inverse=True)
-        cells = np.column_stack([keys // 1_000_000, keys % 1_000_000]) - 100_000
+        cells, in_cell, cell_of = _footprint(xyz[members, :2])
         flat = np.column_stack([cells * FOOTPRINT_CELL, np.zeros(len(cells))])
         labels = np.asarray(o3d.geometry.PointCloud(o3d.utility.Vector3dVector(flat)).cluster_dbscan(2.5 * FOOTPRINT_CELL, 2))
-        for label in range(labels.max() + 1):
-            xy = xyz[members[labels[cell_of.reshape(-1)] == label], :2]
-            if len(xy) >= MIN_TABLE_POINTS and _is_surface(xy) and not _stands_on(xy, planes):
-                planes.append(SupportPlane(height, xy))
+        sizes = np.bincount(labels[labels >= 0], weights=in_cell[labels >= 0])
+        for label in np.flatnonzero(sizes >= MIN_TABLE_POINTS):
+            mine = labels == label
+            if _is_surface(cells[mine], in_cell[mine]):
+                xy = xyz[members[mine[cell_of]], :2]
+                low, high = xy.min(axis=0), xy.max(axis=0)
+                if not _stands_on(low, high, planes):
+                    planes.append(SupportPlane(height, low, high))
     return planes
 
 
-def _stands_on(xy: np.ndarray, planes: list[SupportPlane]) -> bool:
-    """Is this level surface mostly over one already found (the rims of containers on a table are level
-    too, and side by side wider than any one object)?"""
-    low, high = xy.min(axis=0), xy.max(axis=0)
+def _stands_on(low: np.ndarray, high: np.ndarray, planes: list[SupportPlane]) -> bool:
+    """Is this level surface (its xy bounds) mostly over one already found (the rims of containers on a
+    table are level too, and side by side wider than any one object)?"""
     area = max(float(np.prod(high - low)), 1e-6)
     for plane in planes:
-        overlap = np.clip(np.minimum(high, plane.xy.max(axis=0)) - np.maximum(low, plane.xy.min(axis=0)), 0, None)
+        overlap = np.clip(np.minimum(high, plane.high) - np.maximum(low, plane.low), 0, None)
         if np.prod(overlap) > 0.5 * area:
             return True
     return False
 
 
-def _is_surface(xy: np.ndarray, cell: float = 0.08) -> bool:
-    """Inliers that fill a footprint wider than any object (whose flat tops are level too), not a level
-    strip of wall (no width) or a corner of two (empty inside)."""
-    if (xy.max(axis=0) - xy.min(axis=0)).max() < MAX_OBJECT_WIDTH:
+def _footprint(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``FOOTPRINT_CELL`` cells (K, 2) the points fall in, how many fall in each, and each point's cell
+    (one count over the points' bounding box, no sort)."""
+    ij = np.floor(xy / FOOTPRINT_CELL).astype(np.int64)
+    origin = ij.min(axis=0)
+    ij -= origin
+    rows = int(ij[:, 1].max()) + 1
+    flat = ij[:, 0] * rows + ij[:, 1]
+    counts = np.bincount(flat)
+    occupied = np.flatnonzero(counts)
+    index = np.zeros(len(counts), np.int64)
+    index[occupied] = np.arange(len(occupied))
+    return np.column_stack([occupied // rows, occupied % rows]) + origin, counts[occupied], index[flat]
+
+
+def _is_surface(cells: np.ndarray, weights: np.ndarray, coarse: float = 0.08) -> bool:
+    """Footprint cells (with their point counts) that fill an area wider than any object (whose flat tops are
+    level too), not a level strip of wall (no width) or a corner of two (empty inside; judged on ``coarse``
+    cells, as far tops are sparse)."""
+    low = cells.min(axis=0)
+    span = cells.max(axis=0) - low
+    if span.max() * FOOTPRINT_CELL < MAX_OBJECT_WIDTH:
         return False
-    if np.sqrt(np.linalg.eigvalsh(np.cov(xy.T))[0]) < MIN_TABLE_WIDTH:
+    # the spread across the narrow direction: the smaller eigenvalue of the cells' weighted covariance
+    centred = (cells - (weights @ cells) / weights.sum()) * FOOTPRINT_CELL
+    (a, b), (_, c) = (centred.T * weights) @ centred / weights.sum()
+    if (a + c) / 2 - np.hypot((a - c) / 2, b) < MIN_TABLE_WIDTH**2:
         return False
-    cells = np.floor((xy - xy.min(axis=0)) / cell).astype(np.int64)
-    extent = cells.max(axis=0) + 1
+    big = ((cells - low) * (FOOTPRINT_CELL / coarse)).astype(np.int64)
+    extent = big.max(axis=0) + 1
     filled = np.zeros(extent, bool)
-    filled[cells[:, 0], cells[:, 1]] = True
+    filled[big[:, 0], big[:, 1]] = True
     return filled.sum() >= MIN_SURFACE_FILL * extent[0] * extent[1]
 
 
@@ -158,7 +184,7 @@ def object_segments(
     points' distance from the ``camera`` (``focal`` in pixels)."""
     segments: list[Segment] = []
     for plane in planes:
-        low, high = plane.xy.min(axis=0) - 0.02, plane.xy.max(axis=0) + 0.02
+        low, high = plane.low - 0.02, plane.high + 0.02
         above = (xyz[:, 2] > plane.height + ABOVE_SUPPORT) & (xyz[:, 2] < plane.height + MAX_OBJECT_HEIGHT)
         above &= np.all((xyz[:, :2] >= low) & (xyz[:, :2] <= high), axis=1)
         index = np.flatnonzero(above)
@@ -182,7 +208,8 @@ def object_segments(
             pieces += [(members[nearest == k], v) for k, v in enumerate(major)]
         for members in _join_touching(xyz, pieces):
             if len(members) >= MIN_SEGMENT_POINTS and (xyz[members, :2].max(axis=0) - xyz[members, :2].min(axis=0)).max() <= MAX_OBJECT_WIDTH:
-                segments.append(Segment(np.hstack([xyz[members], rgb[members]]), pixels[members], plane.height))
+                group = int(np.bincount(groups[members]).argmax())
+                segments.append(Segment(np.hstack([xyz[members], rgb[members]]), pixels[members], plane.height, group))
     return segments
 
 
