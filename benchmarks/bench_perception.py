@@ -95,7 +95,7 @@ def model_closed_loop(namer: ObjectNamer, episodes: int = 4) -> Ratio:
             env.world = worlds[world]
             started = time.perf_counter()
             run_episode(env, planner, SEED + i)
-            rates[world].append(env.unwrapped.steps / (time.perf_counter() - started))
+            rates[world].append(env.steps / (time.perf_counter() - started))
     env.close()
     privileged, perceived = (float(np.median(rates[w])) for w in ("privileged", "perceived"))
     detail = f"perceived {perceived:.0f} steps/s, privileged {privileged:.0f} steps/s; median of {episodes} pick-and-place rollouts each"

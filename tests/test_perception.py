@@ -366,7 +366,7 @@ def test_a_table_top_is_a_surface_and_a_level_strip_of_wall_or_a_corner_is_not()
 
     table = rng.uniform((1.0, 1.0), (1.6, 1.4), (3000, 2))
     strip = np.column_stack([rng.uniform(-2.0, 2.0, 3000), np.full(3000, 3.0)])  # a wall's level line
-    corner = np.vstack([strip[:1500] * (1, 1), np.column_stack([np.full(1500, -2.0), rng.uniform(0.0, 3.0, 1500)])])
+    corner = np.vstack([strip[:1500], np.column_stack([np.full(1500, -2.0), rng.uniform(0.0, 3.0, 1500)])])
     [top] = planes(table)
     assert np.allclose(top.low, (1.0, 1.0), atol=0.005) and np.allclose(top.high, (1.6, 1.4), atol=0.005)
     assert planes(strip) == [] and planes(corner) == []
