@@ -8,7 +8,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import open3d as o3d
 
 from embodied.perception.camera import Frame, HeadMount, frame_points, pixel_colours
 from embodied.perception.memory import ObjectMemory, Track
@@ -45,9 +44,6 @@ class FrameReport:
 
 class Perception:
     def __init__(self, config: PerceptionConfig = PerceptionConfig(), namer: ObjectNamer | None = None, mount: HeadMount = HeadMount()):
-        # RANSAC samples from open3d's one random generator: seeded afresh, the same frames give the same world
-        # whichever episodes a process ran before (a Ray worker's, an evaluation's)
-        o3d.utility.random.seed(0)
         self.config, self.mount = config, mount
         self.namer = namer if namer is not None else ObjectNamer()
         self.memory = ObjectMemory()

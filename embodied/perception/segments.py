@@ -1,5 +1,5 @@
 """One frame's geometry: support surfaces by plane fitting, and the points standing on them clustered into
-object segments (open3d ``segment_plane`` and ``cluster_dbscan``), at the camera's full resolution.
+object segments (RANSAC and open3d's ``cluster_dbscan``), at the camera's full resolution.
 
 Only points the robot cannot explain by itself are used: its arm, gripper and a held object are cut out
 by the kinematics in its odometry, as a robot masks its own body.
@@ -20,6 +20,7 @@ MIN_TABLE_WIDTH = 0.04  # m: the inliers' spread across their narrow direction (
 FOOTPRINT_CELL = 0.03  # m, the grid a table top's footprint is measured on
 MIN_SURFACE_FILL = 0.35  # share of a table top's footprint (in 8 cm cells: far tops are sparse) its inliers cover
 RANSAC_POINTS = 300  # a level plane is fitted to at most about this many of its band's points
+RANSAC_ITERATIONS = 60
 PLANE_TOLERANCE = 0.006  # m, a table top's inlier distance
 ABOVE_SUPPORT = 0.008  # m: a point this far above a table top stands on it
 MAX_OBJECT_HEIGHT = 0.30  # m above a table top
@@ -90,11 +91,10 @@ def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
             continue
         band = raised[np.abs(lifted - centre) < 0.02]
         sample = band[:: max(1, len(band) // RANSAC_POINTS)]  # the plane from a sample, its inliers from all
-        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[sample].astype(np.float64)))
-        (_, _, c, _), inliers = cloud.segment_plane(PLANE_TOLERANCE, 3, 60)
-        if abs(c) < 0.995 or len(inliers) * len(band) < MIN_TABLE_POINTS * len(sample):
+        normal, inliers = _plane(xyz[sample].astype(np.float64))
+        if abs(normal[2]) < 0.995 or len(inliers) * len(band) < MIN_TABLE_POINTS * len(sample):
             continue  # a slanted surface: an object's side, not a support
-        height = float(np.median(z[sample[np.asarray(inliers)]]))
+        height = float(np.median(z[sample[inliers]]))
         members = band[np.abs(z[band] - height) < PLANE_TOLERANCE]
         heights.append(height)
         cells, in_cell, cell_of = _footprint(xyz[members, :2])
@@ -109,6 +109,24 @@ def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
                 if not _stands_on(low, high, planes):
                     planes.append(SupportPlane(height, low, high))
     return planes
+
+
+def _plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RANSAC: of the planes through three of the points, the one most points lie within
+    ``PLANE_TOLERANCE`` of; its unit normal refitted to those inliers (least squares), and their indices.
+    Its own seeded generator, no threads: the same points give the same plane whatever ran before and on
+    any number of cores (open3d's ``segment_plane`` draws from a global generator across threads)."""
+    picks = points[np.random.default_rng(0).integers(0, len(points), (RANSAC_ITERATIONS, 3))]
+    normals = np.cross(picks[:, 1] - picks[:, 0], picks[:, 2] - picks[:, 0])
+    lengths = np.linalg.norm(normals, axis=1)
+    keep = lengths > 1e-12  # three points on a line (or one point twice) span no plane
+    if not keep.any():
+        return np.zeros(3), np.zeros(0, np.int64)
+    normals, anchors = normals[keep] / lengths[keep, None], picks[keep, 0]
+    distances = np.abs(((points[None] - anchors[:, None]) * normals[:, None]).sum(axis=2))
+    inliers = np.flatnonzero(distances[np.argmax((distances < PLANE_TOLERANCE).sum(axis=1))] < PLANE_TOLERANCE)
+    centred = points[inliers] - points[inliers].mean(axis=0)
+    return np.linalg.eigh(centred.T @ centred)[1][:, 0], inliers
 
 
 def _stands_on(low: np.ndarray, high: np.ndarray, planes: list[SupportPlane]) -> bool:
