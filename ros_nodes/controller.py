@@ -14,7 +14,9 @@ taken once.
 The skills navigate on ``map`` (nav_msgs/OccupancyGrid, latched: the perception node's occupancy grid) once
 one has arrived, and on the tables of the scene description until then. Each step of a plan starts with the
 newest map and scene, so objects perceived meanwhile (during a ``scan()``) can be reached; a plan may name
-objects not known yet only after a ``scan()`` step (``ros_nodes.conversions.validate_plan``).
+objects not known yet only after a ``scan()`` step (``ros_nodes.conversions.validate_plan``). In a perceived
+world (``perception:=node``) a step that names an object still unknown first goes and looks at the tables
+seen only from afar (the plan runner's ``look_for`` detours).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class Controller(Node):
                 "extend_min": EXTEND_RANGE[0],
                 "extend_max": EXTEND_RANGE[1],
                 "realtime_priority": 0,  # > 0: run under SCHED_FIFO at this priority, as control loops on robots do
+                "perception": "ground_truth",  # "node": the world is perceived, an object not found yet is looked for
             },
         )
         if self.param["realtime_priority"] > 0:
@@ -251,7 +254,8 @@ class Controller(Node):
         except ValueError as exc:  # PlanError and bad JSON alike
             return self.finish("rejected", f"invalid plan: {exc}")
         ctx = SkillContext(self.scene, self.navmap(), control_dt=self.period, state=self.world_state())
-        self.runner = PlanRunner(plan, ctx, on_step=lambda index, step: self.begin_step(ctx, index, step, len(plan.steps)))
+        announce = lambda index, step: self.begin_step(ctx, index, step, len(plan.steps))  # noqa: E731
+        self.runner = PlanRunner(plan, ctx, on_step=announce, look_for=self.param["perception"] != "ground_truth")
         if self.runner.finished:  # a plan that only answers needs no motion
             self.end_of_plan()
 

@@ -61,7 +61,7 @@ def graph(mode: str, parameters: dict | None = None, remappings: dict | None = N
         # The controller stops the robot when its planner goes (crashed, killed); a new one takes the next one.
         NodeSpec("perception", "ros_nodes.perception", {"perception_rate": 5.0}, unless=("perception", "ground_truth")),
         NodeSpec("planner", "ros_nodes.planner", {"planner": "model", "checkpoint": "default", "perception": "node"}, respawn=True),
-        NodeSpec("controller", "ros_nodes.controller", {"rate": 50.0}),
+        NodeSpec("controller", "ros_nodes.controller", {"rate": 50.0, "perception": "node"}),
         NodeSpec("recorder", "ros_nodes.recorder", {"record": "false", "record_path": ""}, unless=("record", "false")),
     ]
     if mode == "sim":

@@ -1,6 +1,8 @@
 """The skill registry is the one place a skill is declared: the parser, the constrained decoder and the plan
 runner all read it, so they agree on every skill, and a skill added there is known to all three."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from embodied.decoding import PlanConstraint
 from envs.backend import RobotState, WorldState
 from envs.plan import Plan, PlanError, Step, parse_plan, parse_step
 from envs.plan_runner import PlanRunner, SkillRunner
-from envs.scene import generate_scene
+from envs.scene import ObjectSpec, SceneSpec, TableSpec, generate_scene
 from envs.skills import SKILLS, SkillContext, SkillResult, SkillSpec
 
 OBJECTS = ["red cube", "green bowl"]
@@ -114,3 +116,51 @@ def test_plan_runner_abort_fails_the_running_step():
     runner.abort("timeout: the episode's step limit was reached")
     assert runner.finished and runner.act(state) is None
     assert runner.outcomes[-1].step == "scan()" and runner.outcomes[-1].env_steps == 2
+
+
+def _instant(ctx, state, *args):
+    """A stand-in motion skill: one action, then success (the test moves the robot itself)."""
+    yield ctx.action(state)
+    return SkillResult(True)
+
+
+@pytest.mark.parametrize("found_at", ["far", "nowhere"])
+def test_look_for_visits_the_tables_seen_from_afar_nearest_first_until_the_object_is_known(monkeypatch, found_at):
+    """A perceived world: the plan names the green sphere, not found yet. The runner detours to each table
+    seen only from afar (navigate to a known object on it, scan), nearest first, until the sphere is known;
+    found nowhere, the step fails after the last table, as without ``look_for`` it fails at once. The blue
+    cube, seen from afar, is renamed purple on the way (perception sees it better): on to the purple one."""
+    monkeypatch.setitem(SKILLS, "navigate", SkillSpec(("object",), _instant, 1.0))
+    monkeypatch.setitem(SKILLS, "scan", SkillSpec((), _instant, 1.0))
+    tables = (TableSpec("table_0", 0.8, 0.0, 0.3, 0.3, 0.4), TableSpec("table_1", 3.5, 0.0, 0.3, 0.3, 0.4), TableSpec("table_2", -5.0, 0.0, 0.3, 0.3, 0.4))
+    objects = tuple(ObjectSpec(f"{c} cube", "cube", c, "small", t.x, t.y, 0.45, 0.03, t.name) for c, t in zip(("red", "blue", "white"), tables))
+    sphere = ObjectSpec("green sphere", "sphere", "green", "small", -5.1, 0.1, 0.45, 0.03, "table_2")
+    scene = SceneSpec(-1, 6.0, tables, objects, (0.0, 0.0, 0.0))
+    plan = Plan("x", (Step("navigate", ("green sphere",)), Step("done")))
+    for look_for in (False, True):
+        ctx = SkillContext(scene, control_dt=0.1)
+        heard = []
+        runner = PlanRunner(plan, ctx, on_step=lambda i, s: heard.append((i, str(s))), look_for=look_for)
+        robot, known = RobotState(0.0, 0.0, 0.0, 0.5, 0.3, False, None), {o.name: o for o in objects}
+        while runner.act(WorldState(robot, {n: np.array([o.x, o.y, o.z]) for n, o in known.items()})) is not None:
+            step = runner.step
+            if step == Step("navigate", ("blue cube",)):
+                known["purple cube"] = dataclasses.replace(known.pop("blue cube"), name="purple cube", colour="purple")
+                ctx.scene = SceneSpec(-1, 6.0, tables, tuple(known.values()), (0.0, 0.0, 0.0))
+            elif step.skill == "navigate" and step.args[0] in known:
+                robot = RobotState(known[step.args[0]].x - 0.5, known[step.args[0]].y, 0.0, 0.5, 0.3, False, None)
+            if step.skill == "scan" and found_at == "far" and robot.x < -4:  # at table 2 the sphere comes into view
+                known["green sphere"] = sphere
+                ctx.scene = SceneSpec(-1, 6.0, tables, tuple(known.values()), (0.0, 0.0, 0.0))
+        steps = [o.step for o in runner.outcomes]
+        if not look_for:
+            assert steps == ["navigate(green sphere)"] and runner.outcomes[-1].reason.startswith("object not found")
+            continue
+        visits = ["navigate(blue cube)", "navigate(purple cube)", "scan()", "navigate(white cube)", "scan()"]  # table 0 is near
+        if found_at == "far":
+            assert steps == [*visits, "navigate(green sphere)", "done()"] and runner.completed
+            assert runner.outcomes[0].reason == "object not found: lost track of the blue cube"
+        else:
+            assert steps == [*visits, "navigate(green sphere)"] and not runner.completed
+            assert runner.outcomes[-1].reason == "object not found: no pose known for the green sphere"
+        assert all(i == 0 for i, _ in heard) and heard[0] == (0, "navigate(green sphere)")

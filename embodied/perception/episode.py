@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-import numpy as np
-
 from embodied.perception.camera import Frame
 from embodied.perception.naming import ObjectNamer
 from embodied.perception.pipeline import Perception, PerceptionConfig
@@ -18,11 +16,11 @@ from envs.executor import execute_plan
 from envs.navmap import NavMap
 from envs.plan import Plan, Step
 from envs.plan_runner import StepOutcome
-from envs.scene import COLOURS, SHAPES, SceneSpec, TableSpec
+from envs.scene import COLOURS, SHAPES, SceneSpec
+from envs.survey import far_tables, survey
 
 CAMERA_SIZE = 256  # px a side: objects cover ~4x the pixels they do at 128 (a real RGB-D gives 640x480)
 EVERY = 3  # perceive every third control step (3.3 Hz at 10 Hz control); every step while surveying
-FAR_M = 1.5  # a table whose nearest edge is farther than this from where the robot scanned was seen only from afar
 SURVEY_RESERVE = 150  # control steps a survey leaves the episode at least, for the plan itself
 _NAMES = re.compile(rf"\b(?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)})\b")
 
@@ -81,27 +79,17 @@ def look_around(env: EmbodiedEnv, on_step: Callable | None = None, instruction: 
 
 def look_for(env: EmbodiedEnv, instruction: str, on_step: Callable | None = None) -> list[StepOutcome]:
     """After ``look_around``: while the instruction names an object perception has not found, go and look at
-    the tables seen only from afar, nearest first (navigate to an object known on it, scan there). Small
-    objects on a far table cover a few pixels even at 256 x 256; from arm's reach they are plain. Stops once
-    every named object is known, or when the episode could not afford another survey."""
+    the tables seen only from afar, nearest first (``envs.survey``). Stops once every named object is known,
+    or when the episode could not afford another survey."""
     robot = env.robot_state()
-    gaps = {table: _gap(table, robot.x, robot.y) for table in env.world.scene().tables}
     wanted = set(_NAMES.findall(instruction.lower()))
     outcomes: list[StepOutcome] = []
-    for table in sorted((t for t, gap in gaps.items() if gap > FAR_M), key=gaps.get):
+    for table in far_tables(env.world.scene(), [(robot.x, robot.y)]):
         if not wanted - set(env.known_objects()) or env.max_steps - env.steps < SURVEY_RESERVE:
             break
-        on_table = [o for o in env.world.scene().objects if table.contains_xy(o.x, o.y)]
-        if on_table:
-            anchor = min(on_table, key=lambda o: np.hypot(o.x - table.x, o.y - table.y)).name
-            survey = Plan(f"look closer at {table.name}.", (Step("navigate", (anchor,)), Step("scan")))
-            outcomes += _perceiving_every_frame(env, survey, on_step)
+        if steps := survey(env.world.scene(), table):
+            outcomes += _perceiving_every_frame(env, Plan(f"look closer at {table.name}.", steps), on_step)
     return outcomes
-
-
-def _gap(table: TableSpec, x: float, y: float) -> float:
-    """Distance from (x, y) to the table's footprint."""
-    return float(np.hypot(max(abs(x - table.x) - table.half_x, 0.0), max(abs(y - table.y) - table.half_y, 0.0)))
 
 
 def _perceiving_every_frame(env: EmbodiedEnv, plan: Plan, on_step: Callable | None) -> list[StepOutcome]:

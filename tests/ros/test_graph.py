@@ -38,7 +38,7 @@ def test_sim_graph_has_the_four_nodes_on_their_own_topics():
     assert specs[0].parameters == {"task": "pick_place", "seed": 0, "perception": "node"}
     assert specs[1].parameters == {"perception_rate": 5.0}
     assert specs[2].parameters == {"planner": "model", "checkpoint": "default", "perception": "node"}
-    assert specs[3].parameters == {"rate": 50.0}
+    assert specs[3].parameters == {"rate": 50.0, "perception": "node"}
     assert [s.respawn for s in specs] == [False, False, True, False]  # a planner that dies is started again
     assert [s.unless for s in specs] == [None, ("perception", "ground_truth"), None, None]
 
@@ -79,7 +79,7 @@ def test_parameter_overrides_reach_every_node_over_its_defaults():
     assert specs["sim_bridge"].parameters == {"task": "object_nav", "seed": 3, "perception": "node", "planner": "oracle", "rate": 20.0}
     assert specs["perception"].parameters == {"perception_rate": 5.0, **overrides}
     assert specs["planner"].parameters == {"planner": "oracle", "checkpoint": "default", "perception": "node", "seed": 3, "task": "object_nav", "rate": 20.0}
-    assert specs["controller"].parameters == {"rate": 20.0, **overrides}
+    assert specs["controller"].parameters == {"rate": 20.0, "perception": "node", **overrides}
     hardware = {s.name: s for s in graph("hardware", {"checkpoint": "runs/ckpt"})}
     assert hardware["planner"].parameters == {"planner": "model", "checkpoint": "runs/ckpt", "perception": "node"}
 

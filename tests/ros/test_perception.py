@@ -177,6 +177,48 @@ def test_perceived_oracle_graph_completes_pick_place(ros, torch_threads):
     ros.assert_alive()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_the_controller_looks_for_a_goal_object_on_a_far_table_and_completes_the_task(ros, torch_threads):
+    """pick_place seed 0: the blue sphere lies 4.5 m from the start, and the scan there never segments it.
+    The controller of a perceived world (``perception:=node``) does not fail the step that names it: it goes
+    to a table seen only from afar and scans there (the plan runner's ``look_for``), then carries on."""
+    ros.start(SimBridge, parameter_overrides=params(task="pick_place", seed=0, perception="node"))
+    ros.start(PerceptionNode)
+    ros.start(Planner, parameter_overrides=params(planner="oracle", perception="node"))
+    controller = ros.start(Controller, parameter_overrides=params(perception="node"))
+    probe = ros.probe(
+        topics={
+            "task": (String, "task", LATCHED, "json"),
+            "plan": (String, "plan", LATCHED, "json"),
+            "status": (String, "controller/status", LATCHED, "json"),
+            "task_status": (String, "task/status", STREAM, "json"),
+        },
+        publishers={"instruction": (String, "instruction", 10)},
+    )
+    task = probe.rec["task"].wait(timeout=30)
+    assert task is not None and task["goal"]["moves"][0][0] == "blue sphere", task
+    assert wait_for(lambda: controller.scene is not None and controller.grid is not None and controller.pose is not None, 30)
+    assert wait_for(lambda: probe.pub["instruction"].get_subscription_count() > 0, 20)
+    assert probe.rec["status"].wait(lambda s: s["state"] == "idle", timeout=10) is not None
+    probe.publish("instruction", String(data=task["instruction"]))
+    plan = probe.rec["plan"].wait(timeout=20)
+    assert plan is not None and plan["valid"], plan
+    assert [s.skill for s in parse_plan(plan["plan"]).steps] == ["scan", "navigate", "pick", "navigate", "place", "done"]
+
+    final = probe.rec["status"].wait_last(lambda s: s["state"] in FINAL, timeout=200)
+    statuses = probe.rec["status"].messages
+    assert final is not None and final["state"] == "done", statuses
+    # step 2 (navigate to the blue sphere) is preceded by a detour: to another object, a scan there
+    detour = [s["skill"] for s in statuses if s["state"] == "running" and s["step"] == 2]
+    assert detour[-1] == "navigate(blue sphere)" and "scan()" in detour, detour
+    assert any(d.startswith("navigate(") and d != detour[-1] for d in detour), detour
+    done_at = [t for t, s in probe.rec["status"].items if s["state"] == "done"][0]
+    status = probe.rec["task_status"].wait(lambda s: "success" in s, timeout=5, since=done_at)
+    assert status is not None and status["success"] is True, status
+    ros.assert_alive()
+
+
 @pytest.mark.timeout(150)
 def test_ros_up_runs_the_perception_node_by_default_and_completes_the_task(ros, tmp_path):
     """`embodied ros up sim`: four processes, the perception node among them; the task gets done on what it
