@@ -14,9 +14,8 @@ import numpy as np
 
 from envs.backend import WorldState
 from envs.plan import Plan, Step
-from envs.scene import TableSpec
 from envs.skills import SKILLS, SkillContext, SkillResult
-from envs.survey import far_tables, survey
+from envs.survey import TableSearch
 
 
 @dataclass(frozen=True)
@@ -77,16 +76,13 @@ class PlanRunner:
     steps are in ``outcomes`` too, and ``on_step`` hears them under the index of the step they precede."""
 
     def __init__(self, plan: Plan, ctx: SkillContext, on_step: Callable[[int, Step], None] | None = None, look_for: bool = False):
-        self.plan, self.ctx, self.on_step, self.look_for = plan, ctx, on_step, look_for
+        self.plan, self.ctx, self.on_step = plan, ctx, on_step
         self.index = -1
         self.outcomes: list[StepOutcome] = []
         self.finished = False
         self._skill: SkillRunner | None = None
         self._detour: list[Step] = []
-        self._viewpoints: list[tuple[float, float]] = []  # where the robot scanned or looked for something
-        self._visited: list[tuple[float, float]] = []  # the centres of the tables a detour went to
-        self._table: TableSpec | None = None  # the one it goes to now
-        self._anchors: set[str] = set()  # the objects detours set off to
+        self._search = TableSearch() if look_for else None
         self._advance()
 
     @property
@@ -102,10 +98,6 @@ class PlanRunner:
     def act(self, state: WorldState) -> np.ndarray | None:
         while not self.finished:
             if self._skill is None:
-                if self._detour and missing_objects(self._detour[0], state):  # its anchor is lost from memory
-                    self._detour.clear()
-                    self._plan_detour(state)
-                    continue
                 if missing := missing_objects(self.step, state):
                     if not self._plan_detour(state):
                         return self._end(False, f"object not found: no pose known for the {', '.join(missing)}")
@@ -116,12 +108,12 @@ class PlanRunner:
                 return out
             self._skill = None
             self.outcomes.append(StepOutcome(str(self.step), out.success, out.reason, out.steps))
-            if out.success and self.step.skill == "scan":
-                self._viewpoints.append((state.robot.x, state.robot.y))
+            if self._search is not None and out.success and self.step.skill == "scan":
+                self._search.viewpoints.append((state.robot.x, state.robot.y))
             if self._detour:
                 del self._detour[: 1 if out.success else len(self._detour)]
-                if not self._detour and not (out.reason.startswith("object not found") and self._table is not None):
-                    self._table = None  # surveyed, or out of reach; an anchor lost (renamed) sends it to another
+                if not self._detour:
+                    self._search.ended(lost=out.reason.startswith("object not found"))
                 self._announce()
             elif not out.success:
                 self.finished = True
@@ -136,22 +128,13 @@ class PlanRunner:
             self._end(False, reason)
 
     def _plan_detour(self, state: WorldState) -> bool:
-        """With ``look_for``, set a detour to the nearest table seen only from afar and not visited yet, by way
-        of an object on it not tried yet: after the table whose anchor object was lost on the way (perception
-        renames what it sees better from close by) another object on it. False when none is left."""
-        if not self.look_for:
+        """With ``look_for``, set a detour to the next table to search; False when none is left."""
+        found = self._search.next(self.ctx.scene, state.objects, state.robot.x, state.robot.y) if self._search else None
+        if found is None:
             return False
-        self._viewpoints.append((state.robot.x, state.robot.y))  # what is near here was in view, and is not there
-        fresh = [t for t in far_tables(self.ctx.scene, self._viewpoints) if not any(t.contains_xy(x, y) for x, y in self._visited)]
-        for table in ([self._table] if self._table is not None else []) + fresh:
-            self._visited.append((table.x, table.y))
-            if steps := survey(self.ctx.scene, table, known=[n for n in state.objects if n not in self._anchors]):
-                self._detour, self._table = list(steps), table
-                self._anchors.add(steps[0].args[0])
-                self._announce()
-                return True
-        self._table = None
-        return False
+        self._detour = list(found[1])
+        self._announce()
+        return True
 
     def _end(self, success: bool, reason: str = "") -> None:
         steps = self._skill.steps if self._skill is not None else 0

@@ -137,9 +137,10 @@ def test_look_for_visits_the_tables_seen_from_afar_nearest_first_until_the_objec
     sphere = ObjectSpec("green sphere", "sphere", "green", "small", -5.1, 0.1, 0.45, 0.03, "table_2")
     scene = SceneSpec(-1, 6.0, tables, objects, (0.0, 0.0, 0.0))
     plan = Plan("x", (Step("navigate", ("green sphere",)), Step("done")))
+    heard = []
     for look_for in (False, True):
         ctx = SkillContext(scene, control_dt=0.1)
-        heard = []
+        heard.clear()
         runner = PlanRunner(plan, ctx, on_step=lambda i, s: heard.append((i, str(s))), look_for=look_for)
         robot, known = RobotState(0.0, 0.0, 0.0, 0.5, 0.3, False, None), {o.name: o for o in objects}
         while runner.act(WorldState(robot, {n: np.array([o.x, o.y, o.z]) for n, o in known.items()})) is not None:

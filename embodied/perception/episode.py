@@ -17,7 +17,7 @@ from envs.navmap import NavMap
 from envs.plan import Plan, Step
 from envs.plan_runner import StepOutcome
 from envs.scene import COLOURS, SHAPES, SceneSpec
-from envs.survey import far_tables, survey
+from envs.survey import TableSearch
 
 CAMERA_SIZE = 256  # px a side: objects cover ~4x the pixels they do at 128 (a real RGB-D gives 640x480)
 EVERY = 3  # perceive every third control step (3.3 Hz at 10 Hz control); every step while surveying
@@ -79,16 +79,20 @@ def look_around(env: EmbodiedEnv, on_step: Callable | None = None, instruction: 
 
 def look_for(env: EmbodiedEnv, instruction: str, on_step: Callable | None = None) -> list[StepOutcome]:
     """After ``look_around``: while the instruction names an object perception has not found, go and look at
-    the tables seen only from afar, nearest first (``envs.survey``). Stops once every named object is known,
-    or when the episode could not afford another survey."""
-    robot = env.robot_state()
+    the tables seen only from afar, nearest first (``envs.survey.TableSearch``). Stops once every named
+    object is known, or when the episode could not afford another survey."""
     wanted = set(_NAMES.findall(instruction.lower()))
+    search = TableSearch()
     outcomes: list[StepOutcome] = []
-    for table in far_tables(env.world.scene(), [(robot.x, robot.y)]):
-        if not wanted - set(env.known_objects()) or env.max_steps - env.steps < SURVEY_RESERVE:
+    while wanted - set(env.known_objects()) and env.max_steps - env.steps >= SURVEY_RESERVE:
+        robot = env.robot_state()
+        found = search.next(env.world.scene(), env.known_objects(), robot.x, robot.y)
+        if found is None:
             break
-        if steps := survey(env.world.scene(), table):
-            outcomes += _perceiving_every_frame(env, Plan(f"look closer at {table.name}.", steps), on_step)
+        table, steps = found
+        surveyed = _perceiving_every_frame(env, Plan(f"look closer at {table.name}.", steps), on_step)
+        outcomes += surveyed
+        search.ended(lost=not surveyed[-1].success and surveyed[-1].reason.startswith("object not found"))
     return outcomes
 
 
