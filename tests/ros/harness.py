@@ -16,8 +16,18 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from std_msgs.msg import String
+
+from ros_nodes.qos import LATCHED, STREAM
 
 ROOT = Path(__file__).resolve().parents[2]
+# what a test that runs a task listens to: the bridge's task and verdict, the plan, the controller's progress
+TASK_TOPICS = {
+    "task": (String, "task", LATCHED, "json"),
+    "plan": (String, "plan", LATCHED, "json"),
+    "status": (String, "controller/status", LATCHED, "json"),
+    "task_status": (String, "task/status", STREAM, "json"),
+}
 
 # What /rosout publishes with (transient local, reliable): a subscriber that also sees earlier lines.
 ROSOUT_QOS = QoSProfile(depth=1000, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE)

@@ -15,7 +15,7 @@ from ros_nodes.planner import Planner
 from ros_nodes.qos import LATCHED, STREAM
 from ros_nodes.sim_bridge import SimBridge
 
-from .harness import wait_for
+from .harness import TASK_TOPICS, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -35,10 +35,7 @@ def test_oracle_graph_completes_pick_place(ros):
     controller = ros.start(Controller)
     probe = ros.probe(
         topics={
-            "task": (String, "task", LATCHED, "json"),
-            "plan": (String, "plan", LATCHED, "json"),
-            "status": (String, "controller/status", LATCHED, "json"),
-            "task_status": (String, "task/status", STREAM, "json"),
+            **TASK_TOPICS,
             "grasped": (String, "grasped", STREAM),
             "cmd_vel": (Twist, "cmd_vel", STREAM),
             "arm": (JointTrajectory, "arm_command", STREAM),

@@ -39,7 +39,7 @@ from ros_nodes.qos import LATCHED, STREAM
 from ros_nodes.sim_bridge import SimBridge
 from ros_nodes.up import node_command
 
-from .harness import interrupt, start_ros_up, wait_for
+from .harness import TASK_TOPICS, interrupt, start_ros_up, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -187,15 +187,7 @@ def test_the_controller_looks_for_a_goal_object_on_a_far_table_and_completes_the
     ros.start(PerceptionNode)
     ros.start(Planner, parameter_overrides=params(planner="oracle", perception="node"))
     controller = ros.start(Controller, parameter_overrides=params(perception="node"))
-    probe = ros.probe(
-        topics={
-            "task": (String, "task", LATCHED, "json"),
-            "plan": (String, "plan", LATCHED, "json"),
-            "status": (String, "controller/status", LATCHED, "json"),
-            "task_status": (String, "task/status", STREAM, "json"),
-        },
-        publishers={"instruction": (String, "instruction", 10)},
-    )
+    probe = ros.probe(topics=TASK_TOPICS, publishers={"instruction": (String, "instruction", 10)})
     task = probe.rec["task"].wait(timeout=30)
     assert task is not None and task["goal"]["moves"][0][0] == "blue sphere", task
     assert wait_for(lambda: controller.scene is not None and controller.grid is not None and controller.pose is not None, 30)
