@@ -21,6 +21,7 @@ FOOTPRINT_CELL = 0.03  # m, the grid a table top's footprint is measured on
 MIN_SURFACE_FILL = 0.35  # share of a table top's footprint (in 8 cm cells: far tops are sparse) its inliers cover
 RANSAC_POINTS = 300  # a level plane is fitted to at most about this many of its band's points
 RANSAC_ITERATIONS = 60
+_DRAWS = np.random.default_rng(0).random((RANSAC_ITERATIONS, 3))  # RANSAC's samples, as shares of the points
 PLANE_TOLERANCE = 0.006  # m, a table top's inlier distance
 ABOVE_SUPPORT = 0.008  # m: a point this far above a table top stands on it
 MAX_OBJECT_HEIGHT = 0.30  # m above a table top
@@ -114,17 +115,18 @@ def support_planes(xyz: np.ndarray) -> list[SupportPlane]:
 def _plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """RANSAC: of the planes through three of the points, the one most points lie within
     ``PLANE_TOLERANCE`` of; its unit normal refitted to those inliers (least squares), and their indices.
-    Its own seeded generator, no threads: the same points give the same plane whatever ran before and on
-    any number of cores (open3d's ``segment_plane`` draws from a global generator across threads)."""
-    picks = points[np.random.default_rng(0).integers(0, len(points), (RANSAC_ITERATIONS, 3))]
+    The same draws every call: the same points give the same plane whatever ran before and however many
+    threads run (open3d's ``segment_plane`` draws from a global generator across threads)."""
+    picks = points[(_DRAWS * len(points)).astype(np.int64)]  # (iterations, 3 points, xyz)
     normals = np.cross(picks[:, 1] - picks[:, 0], picks[:, 2] - picks[:, 0])
     lengths = np.linalg.norm(normals, axis=1)
     keep = lengths > 1e-12  # three points on a line (or one point twice) span no plane
     if not keep.any():
         return np.zeros(3), np.zeros(0, np.int64)
-    normals, anchors = normals[keep] / lengths[keep, None], picks[keep, 0]
-    distances = np.abs(((points[None] - anchors[:, None]) * normals[:, None]).sum(axis=2))
-    inliers = np.flatnonzero(distances[np.argmax((distances < PLANE_TOLERANCE).sum(axis=1))] < PLANE_TOLERANCE)
+    normals = normals[keep] / lengths[keep, None]
+    offsets = (normals * picks[keep, 0]).sum(axis=1)
+    near = np.abs(points @ normals.T - offsets) < PLANE_TOLERANCE  # (points, planes)
+    inliers = np.flatnonzero(near[:, np.argmax(near.sum(axis=0))])
     centred = points[inliers] - points[inliers].mean(axis=0)
     return np.linalg.eigh(centred.T @ centred)[1][:, 0], inliers
 
