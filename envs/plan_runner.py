@@ -113,7 +113,7 @@ class PlanRunner:
             if self._detour:
                 del self._detour[: 1 if out.success else len(self._detour)]
                 if not self._detour:
-                    self._search.ended(lost=out.reason.startswith("object not found"))
+                    self._search.ended(out.reason)
                 self._announce()
             elif not out.success:
                 self.finished = True

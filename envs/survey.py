@@ -20,7 +20,7 @@ FAR_M = 1.5  # a table whose nearest edge is farther than this from every viewpo
 class TableSearch:
     """One table at a time, nearest first, each by way of an object known on it that no survey set off to
     yet. Perception renames what it sees better from close by, so a survey whose object was lost on the way
-    (``ended(lost=True)``) goes on to another object on the same table before the next table."""
+    (``ended("object not found: ...")``) goes on to another object on the same table before the next table."""
 
     def __init__(self):
         self.viewpoints: list[tuple[float, float]] = []  # where the robot scanned or looked for something
@@ -45,9 +45,10 @@ class TableSearch:
         self._table = None
         return None
 
-    def ended(self, lost: bool) -> None:
-        """The survey is over: done (or out of reach), or its object was ``lost`` on the way."""
-        if not lost:
+    def ended(self, failure: str) -> None:
+        """The survey is over: ``failure`` is why its last step failed ("" when it got there and scanned).
+        Only an object lost on the way (``object not found``) keeps its table for another object."""
+        if not failure.startswith("object not found"):
             self._table = None
 
 

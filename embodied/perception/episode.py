@@ -92,7 +92,7 @@ def look_for(env: EmbodiedEnv, instruction: str, on_step: Callable | None = None
         table, steps = found
         surveyed = _perceiving_every_frame(env, Plan(f"look closer at {table.name}.", steps), on_step)
         outcomes += surveyed
-        search.ended(lost=not surveyed[-1].success and surveyed[-1].reason.startswith("object not found"))
+        search.ended(surveyed[-1].reason)
     return outcomes
 
 
