@@ -37,7 +37,8 @@ from envs.backend import (
 from envs.navmap import NavMap
 from envs.pointcloud import backproject, sample_cloud
 from envs.scene import SceneSpec, generate_scene
-from envs.tasks import TASKS, Task, TaskUnavailable
+from envs import TASKS
+from envs.tasks import Task, TaskUnavailable
 
 SENSORS = ("rgb", "depth", "points", "segmentation")
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.?!'-"

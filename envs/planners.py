@@ -25,9 +25,13 @@ class Planner(Protocol):
 
 
 def plan_from_goal(goal: dict, scene: SceneSpec) -> str:
-    """The oracle's plan for a navigation goal ``{"target": name}`` or a rearrangement goal
-    ``{"moves": [[item, container], ...]}`` (the shapes ``Task.goal()`` and ``parse_instruction`` give)."""
+    """The oracle's plan for a navigation goal ``{"target": name}``, a rearrangement goal
+    ``{"moves": [[item, container], ...]}`` (the shapes ``Task.goal()`` and ``parse_instruction`` give), or
+    a goal that is a reply ``{"answer": text}`` (a question, a refusal and its reason)."""
     where = {o.name: o.table for o in scene.objects}
+    if "answer" in goal:
+        thought = "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
+        return Plan(thought, (Step("answer", (goal["answer"],)),)).to_text()
     if "target" in goal:
         target = goal["target"]
         return Plan(f"the {target} is on {where[target]}.", (Step("navigate", (target,)), Step("done"))).to_text()
@@ -50,9 +54,6 @@ class OraclePlanner:
 
     def plan(self, observation: dict, env: EmbodiedEnv) -> str:
         task = env.unwrapped.task
-        if isinstance(task, EmbodiedQA):
-            thought = "i see " + ", ".join(f"a {o.size} {o.name}" for o in task.scene.objects) + "."
-            return Plan(thought, (Step("answer", (task.answer,)),)).to_text()
         return plan_from_goal(task.goal(), task.scene)
 
 

@@ -72,7 +72,7 @@ class Task(abc.ABC):
         return [o for o in self.scene.objects if o.is_container]
 
 
-def _pick(rng: np.random.Generator, options: Sequence):
+def draw(rng: np.random.Generator, options: Sequence):
     return options[int(rng.integers(len(options)))]
 
 
@@ -84,8 +84,8 @@ class ObjectNav(Task):
     templates = ("go to the {}", "find the {}", "navigate to the {}", "move next to the {}")
 
     def sample(self, rng):
-        self.target = _pick(rng, self.scene.objects)
-        self.instruction = _pick(rng, self.templates).format(self.target.name)
+        self.target = draw(rng, self.scene.objects)
+        self.instruction = draw(rng, self.templates).format(self.target.name)
         start = self.start
         path = NavMap(self.scene).plan(start[:2], (self.target.x, self.target.y), 0.0, NAV_SUCCESS_DISTANCE - 0.05)
         if path is None:
@@ -112,8 +112,8 @@ class PickPlace(Task):
         items, containers = self.items(), self.containers()
         if not items or not containers:
             raise TaskUnavailable("needs an item and a container")
-        self.moves = [(_pick(rng, items), _pick(rng, containers))]
-        self.instruction = _pick(rng, self.templates).format(self.moves[0][0].name, self.moves[0][1].name)
+        self.moves = [(draw(rng, items), draw(rng, containers))]
+        self.instruction = draw(rng, self.templates).format(self.moves[0][0].name, self.moves[0][1].name)
 
     def goal(self):
         return {"moves": [[item.name, box.name] for item, box in self.moves]}
@@ -124,6 +124,30 @@ class PickPlace(Task):
             for item, box in self.moves
         ]
         return {"success": all(done), "progress": sum(done) / len(done)}
+
+
+def pack(items: Sequence[ObjectSpec], containers: Sequence[ObjectSpec], rng: np.random.Generator) -> list[tuple[ObjectSpec, ObjectSpec]]:
+    """Moves of ``items`` in turn into containers drawn among those still with room (their free inner width
+    used up side by side); an item no container has room for is left out."""
+    room = {box.name: room_in(box) for box in containers}
+    moves = []
+    for item in items:
+        fits = [box for box in containers if room[box.name] >= width_of(item)]
+        if fits:
+            box = draw(rng, fits)
+            room[box.name] -= width_of(item)
+            moves.append((item, box))
+    return moves
+
+
+def room_in(container: ObjectSpec) -> float:
+    """A container's free inner width (m), which items placed in it use up side by side."""
+    return 2 * (container.half - 0.02)
+
+
+def width_of(item: ObjectSpec) -> float:
+    """The width an item takes up in a container, a margin included."""
+    return 2 * item.half + 0.015
 
 
 class Rearrange(PickPlace):
@@ -138,14 +162,7 @@ class Rearrange(PickPlace):
         if len(items) < 2 or not containers:
             raise TaskUnavailable("needs two items and a container")
         steps = int(rng.integers(2, min(4, len(items)) + 1))
-        room = {box.name: 2 * (box.half - 0.02) for box in containers}  # free inner width per container
-        self.moves = []
-        for item in rng.permutation(items)[:steps]:
-            fits = [box for box in containers if room[box.name] >= 2 * item.half + 0.015]
-            if fits:
-                box = _pick(rng, fits)
-                room[box.name] -= 2 * item.half + 0.015
-                self.moves.append((item, box))
+        self.moves = pack(rng.permutation(items)[:steps], containers, rng)
         if len(self.moves) < 2:
             raise TaskUnavailable("the containers cannot take two items")
         parts = [f"the {item.name} in the {box.name}" for item, box in self.moves]
@@ -176,7 +193,7 @@ def ask(question_type: str, scene: SceneSpec, yaw: float, rng: np.random.Generat
 
 def _ask_attribute(scene, yaw, rng):
     objects = scene.objects
-    obj = _pick(rng, objects)
+    obj = draw(rng, objects)
     same_shape = [o for o in objects if o.shape == obj.shape]
     same_colour = [o for o in objects if o.colour == obj.colour]
     if len(same_shape) == 1 and rng.random() < 0.5:
@@ -189,9 +206,9 @@ def _ask_attribute(scene, yaw, rng):
 def _ask_count(scene, yaw, rng):
     objects = scene.objects
     if rng.random() < 0.5:
-        colour = _pick(rng, sorted({o.colour for o in objects}))
+        colour = draw(rng, sorted({o.colour for o in objects}))
         return "count_colour", (colour,), str(sum(o.colour == colour for o in objects))
-    shape = _pick(rng, SHAPES)
+    shape = draw(rng, SHAPES)
     return "count_shape", (shape,), str(sum(o.shape == shape for o in objects))
 
 
@@ -213,9 +230,9 @@ def _ask_spatial(scene, yaw, rng):
 def _ask_existence(scene, yaw, rng):
     present = {(o.colour, o.shape) for o in scene.objects}
     if rng.random() < 0.5:
-        return "exists", (_pick(rng, scene.objects).name,), "yes"
+        return "exists", (draw(rng, scene.objects).name,), "yes"
     absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-    colour, shape = _pick(rng, absent)
+    colour, shape = draw(rng, absent)
     return "exists", (f"{colour} {shape}",), "no"
 
 
@@ -242,7 +259,7 @@ class EmbodiedQA(Task):
         return None
 
     def sample(self, rng):
-        self.question_type = _pick(rng, self.question_types)
+        self.question_type = draw(rng, self.question_types)
         form, words, self.answer = ask(self.question_type, self.scene, self.start[2], rng)
         self.question = QUESTIONS[form].format(*words)
         self.instruction = self.question
@@ -277,4 +294,4 @@ def parse_instruction(text: str, scene: SceneSpec) -> dict:
     return {"moves": moves}
 
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (ObjectNav, PickPlace, Rearrange, EmbodiedQA)}
+TEMPLATED_TASKS: tuple[type[Task], ...] = (ObjectNav, PickPlace, Rearrange, EmbodiedQA)

@@ -29,7 +29,7 @@ def test_check_env(env_id):
 
 
 def test_registered_ids():
-    assert set(envs.ENV_IDS) == {"object_nav", "pick_place", "rearrange", "eqa"}
+    assert set(envs.ENV_IDS) == {"object_nav", "pick_place", "rearrange", "eqa", "refer", "sets", "conditional", "refuse"} == set(envs.TASKS)
     for task, env_id in envs.ENV_IDS.items():
         assert gym.spec(env_id).kwargs["task"] == task
 
@@ -205,7 +205,7 @@ def test_truncation_at_max_steps(make_env):
 
 def test_task_step_limits(make_env):
     limits = {task: make_env(task).unwrapped.max_steps for task in envs.ENV_IDS}
-    assert limits == {"object_nav": 300, "pick_place": 700, "rearrange": 2400, "eqa": 200}
+    assert limits == {"object_nav": 300, "pick_place": 700, "rearrange": 2400, "eqa": 200, "refer": 700, "sets": 2400, "conditional": 700, "refuse": 200}
 
 
 def test_step_before_reset_raises():

@@ -1,0 +1,97 @@
+"""The tasks that need looking: their instructions single objects out without naming them, their goals are
+what the words mean in the scene, and a refusal succeeds only with a reason and with nothing moved."""
+
+import numpy as np
+import pytest
+
+from envs.backend import RobotState, WorldState
+from envs.executor import execute_plan
+from envs.plan import parse_plan
+from envs.planners import OraclePlanner
+from envs.scene import ObjectSpec, SceneSpec, TableSpec
+from envs.vision_tasks import AllOf, IfPresent, Refer, Refuse, references
+
+SEEDS = range(3_000_000, 3_000_040)
+
+
+def _object(colour, shape, size="small", x=0.0, y=0.0):
+    return ObjectSpec(f"{colour} {shape}", shape, colour, size, x, y, 0.5, 0.025, "table 1")
+
+
+def _scene(*objects):
+    return SceneSpec(0, 3.0, (TableSpec("table 1", 0.0, 0.0, 0.6, 0.4, 0.45),), objects, (2.0, 0.0, np.pi))
+
+
+def _state(task, moved=(), holding=None):
+    objects = {o.name: np.array([o.x, o.y, o.z]) + (0.3 if o.name in moved else 0.0) for o in task.scene.objects}
+    return WorldState(RobotState(*task.start, 0.5, 0.1, holding is not None, holding), objects, 0.0)
+
+
+def test_references_single_an_object_out_by_what_no_other_object_shares():
+    red_cube, blue_cube = _object("red", "cube", "small", 0.0, 0.0), _object("blue", "cube", "large", 0.3, 0.0)
+    green_sphere, bowl = _object("green", "sphere", "small", 0.05, 0.0), _object("yellow", "bowl", "small", -0.3, 0.1)
+    objects = (red_cube, blue_cube, green_sphere, bowl)
+    assert set(references(green_sphere, objects)) == {"the sphere", "the small sphere", "the green thing", "whatever is closest to the red cube"}
+    assert set(references(red_cube, objects)) == {"the small cube", "the red thing", "whatever is closest to the green sphere"}
+    assert "the cube" not in references(blue_cube, objects)  # two cubes
+    assert "the yellow container" in references(bowl, objects)
+
+
+@pytest.mark.parametrize("task_cls", [Refer, AllOf, IfPresent, Refuse])
+def test_every_seed_gives_a_task_whose_words_need_the_scene(task_cls, make_env):
+    env = make_env(task_cls.name)
+    for seed in SEEDS:
+        env.reset(seed=seed)
+        task = env.unwrapped.task
+        text = task.instruction
+        goal = task.goal()
+        if task_cls is Refer:
+            ((item, _),) = task.moves
+            assert item.name not in text  # never both its colour and its shape
+        elif task_cls is AllOf:
+            items = [item for item, _ in task.moves]
+            assert len(items) >= 2 and len({box.name for _, box in task.moves}) == 1
+            assert len({i.colour for i in items}) == 1 or len({i.shape for i in items}) == 1
+            assert not any(i.name in text for i in items)
+        elif "answer" in goal:  # an absent object, or a request to refuse: the reply says why
+            assert len(goal["answer"].split()) >= 2 and task.evaluate(_state(task), goal["answer"])["success"]
+            if task_cls is IfPresent or task.kind == "absent":
+                assert goal["answer"].startswith("there is no ") and goal["answer"][len("there is no ") :] not in env.unwrapped.scene.object_names
+
+
+def test_conditional_tasks_ask_for_present_and_absent_objects_about_equally(make_env):
+    env = make_env("conditional")
+    absent = 0
+    for seed in SEEDS:
+        env.reset(seed=seed)
+        absent += env.unwrapped.task.missing is not None
+    assert 10 <= absent <= 30
+
+
+def test_a_refusal_succeeds_only_with_a_reason_and_nothing_moved():
+    scene = _scene(_object("red", "cube"), _object("yellow", "bowl", x=0.3))
+    task = Refuse(scene, np.random.default_rng(0))
+    assert task.evaluate(_state(task), task.reason)["success"]
+    assert not task.evaluate(_state(task), "no")["success"]  # no reason
+    assert not task.evaluate(_state(task), None)["success"]
+    assert not task.evaluate(_state(task, moved={"red cube"}), task.reason)["success"]
+    assert not task.evaluate(_state(task, holding="red cube"), task.reason)["success"]
+
+
+def test_an_absent_object_is_success_only_when_the_plan_says_there_is_none():
+    scene = _scene(_object("red", "cube"), _object("yellow", "bowl", x=0.3))
+    task = next(t for seed in range(50) if (t := IfPresent(scene, np.random.default_rng(seed))).missing)
+    assert task.evaluate(_state(task), f"there is no {task.missing}")["success"]
+    assert not task.evaluate(_state(task), "i put it there")["success"]  # a reply that does not say no
+    assert not task.evaluate(_state(task, moved={"red cube"}), f"there is no {task.missing}")["success"]
+    present = next(t for seed in range(50) if (t := IfPresent(scene, np.random.default_rng(seed))).missing is None)
+    assert not present.evaluate(_state(present), "there is no red cube")["success"]  # it was there: do it
+
+
+@pytest.mark.parametrize("task", ["refer", "sets", "conditional", "refuse"])
+def test_the_oracle_carries_out_each_new_task(task, make_env):
+    env = make_env(task)
+    for seed in (3_000_002, 3_000_003):
+        obs, _ = env.reset(seed=seed)
+        _, info = execute_plan(env.unwrapped, parse_plan(OraclePlanner().plan(obs, env), env.unwrapped.known_objects()))
+        assert info["success"], (seed, env.unwrapped.task.instruction, info)
