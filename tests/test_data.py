@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embodied.data.dataset import SplitData, decode_cloud, decode_png
-from embodied.data.generate import MANIFEST, SPLITS, TABLES, DataConfig, _write_shard, generate
+from embodied.data.generate import MANIFEST, PLAN_TASKS, SPLITS, TABLES, DataConfig, _write_shard, generate
 from embodied.data.phrasing import DESCRIPTIONS, HELD_OUT_COMBOS, INSTRUCTION_PHRASINGS, QUESTION_PHRASINGS
 from embodied.errors import DatasetError
 from embodied.prompts import IMAGE, PLAN_SYSTEM, POINTS, Sample
@@ -67,9 +67,9 @@ def _named(text: str) -> set[str]:
 
 
 def _listed_objects(row: dict) -> set[str]:
-    """The scene objects a plan or text sample names: its reply (thought and skill arguments) and, for a
-    text sample, the description of the tables."""
-    text = _turns(row)[0][1]
+    """The scene objects a plan or text sample names: its reply (thought and skill arguments, not a reply's
+    words: "there is no blue cube") and, for a text sample, the description of the tables."""
+    text = re.sub(r"answer\(.*\)", "", _turns(row)[0][1])
     if row["kind"] == "text":
         text += " " + " ".join(re.findall(r"on [^:]+: ([^.]*)\.", _turns(row)[0][0]))
     return _named(text)
@@ -116,7 +116,7 @@ def test_every_split_has_every_kind_and_question_type(splits):
         vqa = data.select(("vqa",))
         assert {r["question_type"] for r in vqa} == set(QUESTION_TYPES), split
         plans = data.select(("plan",))
-        assert {r["question_type"] for r in plans} == {"object_nav", "pick_place", "rearrange", "eqa"}, split
+        assert {r["question_type"] for r in plans} == set(PLAN_TASKS), split
         assert {r["question_type"] for r in data.select(("text",))} == {"pick_place", "rearrange"}, split
         assert all(r["kind"] == "vqa" for r in vqa)
         assert data.select() == data.samples
@@ -184,6 +184,8 @@ def test_training_never_uses_a_held_out_phrasing(splits):
             if task == "eqa":
                 assert _matches(instruction, QUESTIONS.values()), (row["id"], instruction)
                 continue
+            if task not in INSTRUCTION_PHRASINGS:  # words that pick objects out of the scene: the task's own
+                continue
             assert not _matches(instruction, INSTRUCTION_PHRASINGS[task][-1:]), (row["id"], instruction)
             assert _matches(instruction, INSTRUCTION_PHRASINGS[task][:-1]), (row["id"], instruction)
             checked += 1
@@ -198,7 +200,7 @@ def test_training_never_uses_a_held_out_phrasing(splits):
     used += [
         _instruction(row)
         for row in splits["compositional"].select(("plan", "text"))
-        if row["question_type"] != "eqa"
+        if row["question_type"] in INSTRUCTION_PHRASINGS
         and _matches(_instruction(row), INSTRUCTION_PHRASINGS[row["question_type"]][-1:])
     ]
     assert used
@@ -210,9 +212,9 @@ def test_every_plan_parses(splits):
         for row in data.select(("plan", "text")):
             plan = parse_plan(row["answer"])
             assert plan.steps[-1].skill in ("answer", "done"), row["id"]
-            if row["question_type"] == "eqa":
+            if row["question_type"] in ("eqa", "refuse"):
                 assert plan.answer is not None
-            else:
+            elif plan.answer is None or row["question_type"] != "conditional":  # an absent object is answered
                 assert plan.steps[-1].skill == "done"
                 assert {a for step in plan.steps for a in step.args} <= ALL_NAMES
 

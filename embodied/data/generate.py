@@ -41,7 +41,7 @@ from embodied.prompts import Sample, caption_sample, plan_sample, text_sample, v
 
 SPLITS = ("train", "val", "test", "compositional")
 SPLIT_SEED_BASE = {"train": 1_000_000, "val": 2_000_000, "test": 3_000_000, "compositional": 4_000_000}
-PLAN_TASKS = ("object_nav", "pick_place", "rearrange", "eqa")
+PLAN_TASKS = ("object_nav", "pick_place", "rearrange", "eqa", "refer", "sets", "conditional", "refuse")
 TABLES = ("objects", "observations", "samples")
 MANIFEST = "dataset.json"
 MAX_SEED_TRIES = 200
@@ -168,7 +168,7 @@ class _SceneWriter:
         self.held_out = split == "compositional"
         size = dict(width=config.image_size, height=config.image_size, num_points=config.num_points)
         self.envs = {
-            task: gym.make(f"embodied/{_ENV_NAMES[task]}-v0", sensors=("rgb", "points"), **size).unwrapped for task in PLAN_TASKS
+            task: gym.make(envs.ENV_IDS[task], sensors=("rgb", "points"), **size).unwrapped for task in PLAN_TASKS
         }
         self.rows: dict[str, list[dict]] = {table: [] for table in TABLES}
 
@@ -184,7 +184,7 @@ class _SceneWriter:
         scene, task = eqa.scene, eqa.task
         self._plan(eqa, f"{self.split}-{index}-eqa", rng)
         self._views_and_objects(scene, seed, task.start, f"{self.split}-{index}", rng)
-        for task_name in ("object_nav", "pick_place", "rearrange"):
+        for task_name in (t for t in PLAN_TASKS if t != "eqa"):
             env = self.envs[task_name]
             self._reset(env, base)
             self._plan(env, f"{self.split}-{index}-{task_name}", rng)
@@ -246,7 +246,7 @@ class _SceneWriter:
 
     def _instruction(self, env, rng) -> tuple[str, bool]:
         task = env.task
-        if task.name == "eqa":
+        if task.name not in INSTRUCTION_PHRASINGS:  # a question, or words that pick objects out of the scene
             return task.instruction, False
         phrasing, held = choose(INSTRUCTION_PHRASINGS[task.name], rng, self.held_out)
         goal = task.goal()
@@ -336,8 +336,6 @@ class _SceneWriter:
         sample = Sample(turns, first.images, first.clouds)
         self._sample(sample_id, seed, "dialogue", sample, obs_id, "", self.held_out)
 
-
-_ENV_NAMES = {"object_nav": "ObjectNav", "pick_place": "PickPlace", "rearrange": "Rearrange", "eqa": "EQA"}
 
 
 def _png(image: np.ndarray) -> bytes:
