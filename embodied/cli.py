@@ -18,6 +18,10 @@ DECODING_HELP = (
     "fast: grammar-forced tokens and drafts share forward passes, int8 weights after the prompt; "
     "exact: the same at full precision (the reference's greedy plans); reference: one token per pass"
 )
+PHRASING_HELP = (
+    "the instructions' words: template (as the tasks write them), varied (other words, frames and typos, from the pool "
+    "training data may use) or held_out (from the pool only evaluation uses)"
+)
 
 
 def _episode_runner(workers: int, address: str | None):
@@ -54,6 +58,7 @@ def _rollout(args: argparse.Namespace) -> int:
         resume=args.resume,
         world=args.world,
         decoding=args.decoding,
+        phrasing=args.phrasing,
     )
     recording = None
     if args.record:
@@ -262,9 +267,9 @@ def _eval(args: argparse.Namespace) -> int:
 
         rows = evaluate_plans(
             args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet, tuple(args.worlds), tuple(args.decodings),
-            run=_episode_runner(args.workers, args.address),
+            tuple(args.phrasings), run=_episode_runner(args.workers, args.address),
         )  # fmt: skip
-        metrics = PLAN_METRICS + (["of_privileged"] if len(set(args.worlds)) == 2 else [])
+        metrics = PLAN_METRICS + [key for key in ("of_privileged", "of_template") if any(key in row for row in rows)]
         group = "task"
     table = Table(title=f"{args.eval_command} evaluation ({args.out}/report.md)")
     for column in ("policy", group, *metrics):
@@ -287,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     from embodied.eval.plan import EVAL_SEED
     from embodied.rollout import DECODING_NAMES, POLICIES
     from envs import ENV_IDS
+    from envs.paraphrase import PHRASINGS
 
     parser = argparse.ArgumentParser(prog="embodied", description="Embodied-agent stack: rollouts, evaluation, training.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the skills and planner see: the robot's own perception (default for model, blind, random) or the simulator's state (default for oracle)",
     )  # fmt: skip
     ro.add_argument("--decoding", choices=list(DECODING_NAMES), help=f"model policies (default fast): {DECODING_HELP}")
+    ro.add_argument("--phrasing", choices=list(PHRASINGS), default="template", help=PHRASING_HELP)
     ro.add_argument(
         "--record", action="store_true",
         help="write each episode as an MCAP file of ROS 2 messages (sensors, perception, plan, commands) to OUT/recordings; `embodied replay` plays one",
@@ -381,6 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--decodings", nargs="+", default=["fast"], choices=list(DECODING_NAMES),
         help="how the model policies decode; with both, the fast path's success is shown beside the reference's",
+    )  # fmt: skip
+    pl.add_argument(
+        "--phrasings", nargs="+", default=["template"], choices=list(PHRASINGS),
+        help=f"{PHRASING_HELP}; with several, each one's success is also given as a share of the template's",
     )  # fmt: skip
     pl.add_argument("--workers", type=int, default=1, help="parallel rollout workers (Ray actors, one CPU each)")
     pl.add_argument("--address", help=ADDRESS_HELP + "; runs the episodes on Ray workers even with --workers 1")

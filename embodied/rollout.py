@@ -18,6 +18,7 @@ from tqdm import tqdm
 from embodied.io import write_atomic, write_json
 from envs import ENV_IDS
 from envs.executor import execute_plan
+from envs.paraphrase import PHRASINGS
 from envs.plan import PlanError, Step, parse_plan
 from envs.planners import PLANNERS, Planner
 
@@ -27,7 +28,7 @@ GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
 RUN_FILE = "config.json"  # the run a folder holds, written as it starts: resuming checks it
 OUTPUTS = ("episodes", "gifs", "recordings", "summary.json", RUN_FILE)  # what a rollout writes, and all that overwriting removes
-SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world", "decoding")  # what decides an episode: a resumed run keeps these
+SAME_RUN = ("task", "policy", "seed", "replans", "checkpoint", "world", "decoding", "phrasing")  # what decides an episode: a resumed run keeps these
 WORLDS = ("perceived", "privileged")
 DECODING_NAMES = ("fast", "exact", "reference")  # embodied.decoding.DECODINGS, named here without importing torch
 
@@ -48,13 +49,14 @@ class RolloutConfig:
     # the model and random policies) or "privileged" (the simulator's state, the oracle's default); None: the default
     world: str | None = None
     decoding: str | None = None  # model policies: "fast" (None: the default) or "reference" (embodied.decoding.DECODINGS)
+    phrasing: str = "template"  # instructions as the task writes them, or reworded: "varied", "held_out" (envs.paraphrase)
 
     def __post_init__(self):
         """Types and ranges here, so that a wrong value fails in one line before anything loads or runs."""
         for name, kinds, what in (
             ("task", str, "text"), ("policy", str, "text"), ("out", (str, Path), "a path"),
             ("checkpoint", (str, type(None)), "text or None"), ("world", (str, type(None)), "text or None"),
-            ("decoding", (str, type(None)), "text or None"),
+            ("decoding", (str, type(None)), "text or None"), ("phrasing", str, "text"),
         ):  # fmt: skip
             if not isinstance(getattr(self, name), kinds):
                 raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
@@ -73,6 +75,8 @@ class RolloutConfig:
             raise ValueError("overwrite and resume exclude each other: replace the earlier run or continue it")
         if self.world is not None and self.world not in WORLDS:
             raise ValueError(f"unknown world {self.world!r}; choose one of {', '.join(WORLDS)}")
+        if self.phrasing not in PHRASINGS:
+            raise ValueError(f"unknown phrasing {self.phrasing!r}; choose one of {', '.join(PHRASINGS)}")
         if self.decoding is not None and self.decoding not in DECODING_NAMES:
             raise ValueError(f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODING_NAMES)}")
         # one spelling per run, so records and resumes compare equal: the model's weights, or none
@@ -254,7 +258,7 @@ class EpisodeRunner:
         self.config, self.recording = config, recording
         self.planner = make_planner(config)
         render = "rgb_array" if config.gifs else None
-        self.env = gym.make(ENV_IDS[config.task], sensors=self.planner.sensors, render_mode=render)
+        self.env = gym.make(ENV_IDS[config.task], sensors=self.planner.sensors, render_mode=render, phrasing=config.phrasing)
         if config.world == "perceived":
             from embodied.perception.episode import PerceivedWorld
 

@@ -35,6 +35,7 @@ from envs.backend import (
     from_unit,
 )
 from envs.navmap import NavMap
+from envs.paraphrase import PHRASINGS, paraphrase
 from envs.pointcloud import backproject, sample_cloud
 from envs.scene import SceneSpec, generate_scene
 from envs import TASKS
@@ -61,6 +62,7 @@ class EnvConfig:
     control_dt: float = 0.1
     max_steps: int | None = None  # None: the task's own limit
     backend: str = "mujoco"
+    phrasing: str = "template"  # instructions as the task writes them, or reworded ("varied", "held_out": envs.paraphrase)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -80,6 +82,8 @@ class EnvConfig:
             raise ValueError("max_steps must be positive")
         if self.backend not in ("mujoco", "habitat"):
             raise ValueError(f"unknown backend {self.backend!r}; choose mujoco or habitat")
+        if self.phrasing not in PHRASINGS:
+            raise ValueError(f"unknown phrasing {self.phrasing!r}; choose one of {', '.join(PHRASINGS)}")
 
 
 class World(Protocol):
@@ -129,7 +133,7 @@ class EmbodiedEnv(gym.Env):
         h, w, n = config.height, config.width, config.num_points
         obs = {
             "proprio": spaces.Box(-np.inf, np.inf, shape=(8,), dtype=np.float32),
-            "instruction": spaces.Text(max_length=256, charset=INSTRUCTION_CHARSET),
+            "instruction": spaces.Text(max_length=512, charset=INSTRUCTION_CHARSET),
         }
         if "rgb" in config.sensors:
             obs["rgb"] = spaces.Box(0, 255, shape=(h, w, 3), dtype=np.uint8)
@@ -178,6 +182,8 @@ class EmbodiedEnv(gym.Env):
                 continue
             if task.start != scene.robot_start:
                 scene = dataclasses.replace(scene, robot_start=task.start)
+            if task.commands:  # a question keeps its words: its phrasings are the data's (embodied/data/phrasing.py)
+                task.instruction = paraphrase(task.instruction, self.config.phrasing, np.random.default_rng([seed, attempt, 1]))
             return scene, task
         raise RuntimeError(f"no {self.config.task} episode for seed {seed}: {'; '.join(reasons)}")
 

@@ -43,6 +43,7 @@ class Task(abc.ABC):
     name: str
     max_steps: int
     scene_config = SceneConfig()
+    commands = True  # the instruction asks for something done (it may be reworded: envs.paraphrase), not a question
 
     def __init__(self, scene: SceneSpec, rng: np.random.Generator):
         self.scene = scene
@@ -245,6 +246,7 @@ class EmbodiedQA(Task):
 
     name = "eqa"
     max_steps = 200
+    commands = False
     scene_config = SceneConfig(min_tables=1, max_tables=1)
     question_types = QUESTION_TYPES
 

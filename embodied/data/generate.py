@@ -38,6 +38,7 @@ from embodied.data.phrasing import (
 )
 from embodied.io import atomic_dir, write_json
 from embodied.prompts import Sample, caption_sample, plan_sample, text_sample, vqa_sample
+from envs.paraphrase import paraphrase
 
 SPLITS = ("train", "val", "test", "compositional")
 SPLIT_SEED_BASE = {"train": 1_000_000, "val": 2_000_000, "test": 3_000_000, "compositional": 4_000_000}
@@ -235,6 +236,10 @@ class _SceneWriter:
         compositional = held or asks or bool(combos & HELD_OUT_COMBOS)
         sample = plan_sample(instruction, obs["rgb"], obs["points"], plan)
         self._sample(sample_id, env.episode_seed, "plan", sample, sample_id, env.task.name, compositional)
+        if env.task.commands:  # the same request in everyday words (the compositional split's from the held-out pool)
+            reworded = paraphrase(instruction, "held_out" if self.held_out else "varied", rng)
+            sample = plan_sample(reworded, obs["rgb"], obs["points"], plan)
+            self._sample(sample_id + "-reworded", env.episode_seed, "plan", sample, sample_id, env.task.name, compositional)
         if env.task.name in ("pick_place", "rearrange"):  # the same plan from a description in words
             described = " ".join(
                 f"on {table.name}: {', '.join(o.name for o in env.scene.objects if o.table == table.name)}."
