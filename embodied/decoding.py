@@ -18,6 +18,7 @@ from transformers import DynamicCache
 
 from embodied.backbone import causal_lm
 from envs.plan import PlanError, normalize_arg, parse_plan, parse_step
+from envs.scene import COLOURS, SHAPES
 from envs.skills import SKILLS
 
 # Tokens a planner may decode: the longest plan in the dataset, a three-object rearrangement with its
@@ -29,6 +30,7 @@ ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spa
 MAX_THOUGHT_CHARS = 240
 TOP_K = 32
 FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
+_COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})\s+([a-z]+)")  # a colour and the word after it
 
 
 class PlanConstraint:
@@ -41,6 +43,7 @@ class PlanConstraint:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.tokenizer = tokenizer
         self.objects = None if objects is None else sorted({normalize_arg(o) for o in objects})
+        self._known = frozenset(self.objects or ())
         self.max_thought_chars = max_thought_chars
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -78,7 +81,22 @@ class PlanConstraint:
         if len(line) < len(THOUGHT):
             return not complete and THOUGHT.startswith(line)
         rest = line[len(THOUGHT) :]
-        return line.startswith(THOUGHT) and len(line) <= self.max_thought_chars and THOUGHT_CHARS.fullmatch(rest) is not None
+        return (
+            line.startswith(THOUGHT) and len(line) <= self.max_thought_chars and THOUGHT_CHARS.fullmatch(rest) is not None
+            and not self._imagines(rest)
+        )  # fmt: skip
+
+    def _imagines(self, thought: str) -> bool:
+        """Does the thought name, or begin to name, an object by colour and shape that the robot does not
+        know of? ("blue c" where no blue cube or cylinder is known; "blue cubes" too.) The thought says what
+        the robot perceives, so a plan is not reasoned from objects the model imagined."""
+        if self.objects is None:
+            return False
+        for colour, word in _COLOUR_WORD.findall(thought):
+            shapes = [s for s in SHAPES if s.startswith(word) or word.startswith(s)]
+            if shapes and not any(f"{colour} {s}" in self._known for s in shapes):
+                return True
+        return False
 
     def _full_step(self, line: str, number: int):
         prefix = f"{number}. "

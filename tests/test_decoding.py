@@ -150,6 +150,21 @@ def test_clear_violations_are_rejected(tokenizer, text):
     assert not PlanConstraint(tokenizer, OBJECTS).valid(text)
 
 
+def test_the_thought_names_only_objects_the_robot_knows(tokenizer):
+    rule = PlanConstraint(tokenizer, ["red cube", "green bowl"])
+    for text in ("thought: the red cube", "thought: the red c", "thought: a red thing, a green", "thought: on table 2: green bowl."):
+        assert rule.valid(text), text
+    for text in ("thought: the blue c", "thought: the red bowl", "thought: two blue  cubes", "thought: the green cubes", "thought: the red sphere."):
+        assert not rule.valid(text), text
+    assert PlanConstraint(tokenizer).valid("thought: the blue cylinder")  # no list: anything goes
+    # the model's favourite, an imagined blue cube, is out; it names the known red one instead
+    text = "thought: the red cube and the "
+    blue, red = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("blue", "red"))
+    token = rule.choose(text + "blue", _logits_preferring(tokenizer, tokenizer(" cube", add_special_tokens=False).input_ids))
+    assert "cube" not in rule.piece(token)
+    assert rule.choose(text, _logits_preferring(tokenizer, [blue, red])) == blue  # a colour alone names nothing yet
+
+
 def test_free_objects_allow_any_name_but_a_list_restricts_them(tokenizer):
     text = "thought: x\n1. navigate(purple dinosaur"
     assert PlanConstraint(tokenizer).valid(text)
