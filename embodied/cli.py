@@ -263,13 +263,13 @@ def _eval(args: argparse.Namespace) -> int:
         rows = [evaluate_perception(args.scenes, args.out, seed, progress=not args.quiet)["summary"]]
         metrics, group = PERCEPTION_METRICS, "world"
     else:
-        from embodied.eval.plan import PLAN_METRICS, evaluate_plans
+        from embodied.eval.plan import evaluate_plans, plan_columns
 
         rows = evaluate_plans(
             args.checkpoint, args.tasks, args.policies, args.episodes, args.out, args.seed, not args.quiet, tuple(args.worlds), tuple(args.decodings),
             tuple(args.phrasings), run=_episode_runner(args.workers, args.address),
         )  # fmt: skip
-        metrics = PLAN_METRICS + [key for key in ("of_privileged", "of_template") if any(key in row for row in rows)]
+        metrics = plan_columns(rows)
         group = "task"
     table = Table(title=f"{args.eval_command} evaluation ({args.out}/report.md)")
     for column in ("policy", group, *metrics):

@@ -60,4 +60,5 @@ def test_the_plan_report_gives_each_phrasing_as_a_share_of_the_templates(tmp_pat
     assert set(by_policy) == {"random/template", "random/held_out"}
     assert by_policy["random/held_out"]["of_template"] == pytest.approx(0.5)
     assert "of_template" not in by_policy["random/template"]
-    assert "of_template" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "of_template" in report and "of_privileged" not in report  # one world: no share of the other

@@ -74,9 +74,13 @@ def evaluate_plans(
         f"decoding: {', '.join(decodings)}; phrasings: {', '.join(phrasings)}. SPL for object navigation only. "
         "ci95: half-width of the 95% interval of the success rate (normal approximation; for the mean, tasks independent)."
     )
-    columns = PLAN_METRICS + [key for key in ("of_privileged", "of_template") if any(key in row for row in rows)]
-    write_report(out, "Planning in simulation", rows, columns, "success", "task", note)
+    write_report(out, "Planning in simulation", rows, plan_columns(rows), "success", "task", note)
     return rows
+
+
+def plan_columns(rows: list[dict]) -> list[str]:
+    """The report's columns: ``PLAN_METRICS``, then the shares that these rows have."""
+    return PLAN_METRICS + [key for key in ("of_privileged", "of_template") if any(row.get(key) is not None for row in rows)]
 
 
 def mean_over_tasks(policy: str, rows: list[dict]) -> dict:
