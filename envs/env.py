@@ -19,6 +19,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from envs import TASKS
 from envs.backend import (
     EXTEND_RANGE,
     HEAD_CAMERA,
@@ -38,7 +39,6 @@ from envs.navmap import NavMap
 from envs.paraphrase import PHRASINGS, paraphrase
 from envs.pointcloud import backproject, sample_cloud
 from envs.scene import SceneSpec, generate_scene
-from envs import TASKS
 from envs.tasks import Task, TaskUnavailable
 
 SENSORS = ("rgb", "depth", "points", "segmentation")

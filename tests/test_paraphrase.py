@@ -53,9 +53,17 @@ def test_the_plan_report_gives_each_phrasing_as_a_share_of_the_templates(tmp_pat
     rates = {"template": 0.8, "held_out": 0.4}
 
     def run(config, progress):
-        return {"success_rate": rates[config.phrasing], "success_ci95": 0.1, "spl": None, "plan_valid_rate": 1.0, "episodes": 10}
+        return {
+            "success_rate": rates[config.phrasing],
+            "success_ci95": 0.1,
+            "spl": None,
+            "plan_valid_rate": 1.0,
+            "episodes": 10,
+        }
 
-    rows = evaluate_plans("default", ["pick_place"], ["random"], 10, tmp_path, progress=False, phrasings=("template", "held_out"), run=run)
+    rows = evaluate_plans(
+        "default", ["pick_place"], ["random"], 10, tmp_path, progress=False, phrasings=("template", "held_out"), run=run
+    )
     by_policy = {r["policy"]: r for r in rows if r["task"] == "pick_place"}
     assert set(by_policy) == {"random/template", "random/held_out"}
     assert by_policy["random/held_out"]["of_template"] == pytest.approx(0.5)

@@ -31,8 +31,17 @@ def test_references_single_an_object_out_by_what_no_other_object_shares():
     red_cube, blue_cube = _object("red", "cube", "small", 0.0, 0.0), _object("blue", "cube", "large", 0.3, 0.0)
     green_sphere, bowl = _object("green", "sphere", "small", 0.05, 0.0), _object("yellow", "bowl", "small", -0.3, 0.1)
     objects = (red_cube, blue_cube, green_sphere, bowl)
-    assert set(references(green_sphere, objects)) == {"the sphere", "the small sphere", "the green thing", "whatever is closest to the red cube"}
-    assert set(references(red_cube, objects)) == {"the small cube", "the red thing", "whatever is closest to the green sphere"}
+    assert set(references(green_sphere, objects)) == {
+        "the sphere",
+        "the small sphere",
+        "the green thing",
+        "whatever is closest to the red cube",
+    }
+    assert set(references(red_cube, objects)) == {
+        "the small cube",
+        "the red thing",
+        "whatever is closest to the green sphere",
+    }
     assert "the cube" not in references(blue_cube, objects)  # two cubes
     assert "the yellow container" in references(bowl, objects)
 
@@ -56,7 +65,10 @@ def test_every_seed_gives_a_task_whose_words_need_the_scene(task_cls, make_env):
         elif "answer" in goal:  # an absent object, or a request to refuse: the reply says why
             assert len(goal["answer"].split()) >= 2 and task.evaluate(_state(task), goal["answer"])["success"]
             if task_cls is IfPresent or task.kind == "absent":
-                assert goal["answer"].startswith("there is no ") and goal["answer"][len("there is no ") :] not in env.unwrapped.scene.object_names
+                assert (
+                    goal["answer"].startswith("there is no ")
+                    and goal["answer"][len("there is no ") :] not in env.unwrapped.scene.object_names
+                )
 
 
 def test_conditional_tasks_ask_for_present_and_absent_objects_about_equally(make_env):
