@@ -229,12 +229,15 @@ def _ask_spatial(scene, yaw, rng):
 
 
 def _ask_existence(scene, yaw, rng):
-    present = {(o.colour, o.shape) for o in scene.objects}
     if rng.random() < 0.5:
         return "exists", (draw(rng, scene.objects).name,), "yes"
-    absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
-    colour, shape = draw(rng, absent)
-    return "exists", (f"{colour} {shape}",), "no"
+    return "exists", (draw(rng, absent_names(scene)),), "no"
+
+
+def absent_names(scene: SceneSpec, shapes: Sequence[str] = SHAPES) -> list[str]:
+    """The names ("blue cube") of every colour with each of ``shapes`` that ``scene`` does not hold."""
+    present = {(o.colour, o.shape) for o in scene.objects}
+    return [f"{c} {s}" for c in COLOURS for s in shapes if (c, s) not in present]
 
 
 _ASK = {"attribute": _ask_attribute, "count": _ask_count, "spatial": _ask_spatial, "existence": _ask_existence}

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from envs.backend import WorldState
-from envs.scene import COLOURS, SHAPES, ObjectSpec
-from envs.tasks import PickPlace, Rearrange, Task, TaskUnavailable, draw, room_in, width_of
+from envs.scene import COLOURS, CONTAINERS, SHAPES, ObjectSpec
+from envs.tasks import PickPlace, Rearrange, Task, TaskUnavailable, absent_names, draw, room_in, width_of
 
 UNMOVED = 0.05  # m an object may be from where it started and still count as not moved
 APART = 0.05  # m by which the nearest object must be nearer than the next for "closest" to single it out
@@ -119,14 +119,11 @@ class IfPresent(PickPlace):
         if not items or not containers:
             raise TaskUnavailable("needs an item and a container")
         box = draw(rng, containers)
-        present = {(o.colour, o.shape) for o in self.scene.objects}
         if rng.random() < 0.5:
             item = draw(rng, items)
             self.moves, self.missing, name = [(item, box)], None, item.name
         else:
-            self.missing = name = "{} {}".format(
-                *draw(rng, [(c, s) for c in COLOURS for s in ("cube", "sphere", "cylinder") if (c, s) not in present])
-            )
+            self.missing = name = draw(rng, absent_names(self.scene, [s for s in SHAPES if s not in CONTAINERS]))
             self.moves = []
         self.instruction = (
             draw(rng, self.templates).replace("a {}", "an {}" if name[0] in "aeiou" else "a {}").format(name, box.name)
@@ -162,8 +159,7 @@ class Refuse(Task):
         items, containers = self.items(), self.containers()
         if not items or not containers:
             raise TaskUnavailable("needs an item and a container")
-        present = {(o.colour, o.shape) for o in self.scene.objects}
-        missing = "{} {}".format(*draw(rng, [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]))
+        missing = draw(rng, absent_names(self.scene))
         self.kind = draw(rng, ("impossible", "unsafe", "absent"))
         words = {
             "item": draw(rng, items).name,
