@@ -114,14 +114,13 @@ class Learner:
     def update(self, groups: list[dict]) -> dict:
         import torch
 
-        from embodied.prompts import plan_sample
         from embodied.train.grpo import group_advantages, policy_loss
 
         samples, advantages = [], []
         for group in groups:
             for plan, advantage in zip(group["plans"], group_advantages(group["rewards"])):
                 if advantage != 0.0:
-                    samples.append(plan_sample(group["instruction"], group["rgb"], group["points"], plan))
+                    samples.append(group["request"].sample(self.model.inputs, plan))
                     advantages.append(float(advantage))
         self.step += 1
         if not samples:  # every group scored all its plans alike: no signal this time
@@ -169,24 +168,19 @@ class RLWorker:
         self.envs = {task: gym.make(ENV_IDS[task], sensors=("rgb", "points")) for task in tasks}
 
     def collect(self, task: str, seed: int, group: int, temperature: float, draw_seed: int, router, bonus: float) -> dict:
-        from embodied.prompts import PlanRequest
+        from embodied.model_planner import env_request
         from embodied.rollout import run_episode
 
         env = self.envs[task]
         obs, _ = env.reset(seed=seed)
-        objects = env.unwrapped.known_objects()
-        refs = [
-            router.plan.remote(PlanRequest(obs["instruction"], obs["rgb"], obs["points"], objects, temperature, draw_seed + k))
-            for k in range(group)
-        ]
+        request = env_request(obs, env)  # with object clouds: the replica shows the model what it reads
+        refs = [router.plan.remote(dataclasses.replace(request, temperature=temperature, seed=draw_seed + k)) for k in range(group)]
         plans = ray.get(refs)
         records = [run_episode(env, _GivenPlan(plan), seed)[0] for plan in plans]
         return {
             "task": task,
             "seed": seed,
-            "instruction": obs["instruction"],
-            "rgb": obs["rgb"],
-            "points": obs["points"],
+            "request": request,
             "plans": plans,
             "success": [bool(r["success"]) for r in records],
             "valid": [bool(r["plan_valid"]) for r in records],

@@ -48,7 +48,7 @@ def _typed(value, hint, key: str):
                 return _typed(value, kind, key)
             except ValueError:
                 pass
-        raise ValueError(f"{key} must be {' or '.join(_KINDS.get(k, k.__name__) for k in args)}, got {value!r}")
+        raise ValueError(f"{key} must be {' or '.join('a list' if typing.get_origin(k) is tuple else _KINDS.get(k, k.__name__) for k in args)}, got {value!r}")
     if origin is tuple:  # tuple[X, ...]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{key} must be a list, got {value!r}")

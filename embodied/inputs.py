@@ -75,7 +75,7 @@ def as_cloud(cloud, channels: int = 6, where: str = "point cloud") -> torch.Tens
             f"{where} has {array[row, column]:.3g} in column {column}; expected xyz in metres and features "
             f"(rgb in [0, 1]) within +-{MAX_MAGNITUDE:g}"
         )
-    return torch.tensor(array, dtype=torch.float32)
+    return torch.tensor(np.ascontiguousarray(array), dtype=torch.float32)  # a reversed view too
 
 
 def check_tokens(tokens: torch.Tensor, where: str) -> torch.Tensor:

@@ -24,12 +24,13 @@ from embodied.backbone import SMOLLM2, TINY, add_lora, causal_lm, int8_backbone,
 from embodied.config import config_from_dict
 from embodied.decoding import PLAN_TOKENS, DecodingConfig, EarlierReplies, PlanConstraint, decode, prefix_cache, repair_plan
 from embodied.encoders.image import ImageEncoder, ImageEncoderConfig
+from embodied.encoders.objects import ObjectEncoder, ObjectTokensConfig, tower_weights
 from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud
 from embodied.errors import CheckpointError
 from embodied.inputs import as_image, check_tokens
 from embodied.io import atomic_dir
 from embodied.projectors import ProjectorConfig, build_projector
-from embodied.prompts import IMAGE, PLACEHOLDER_RE, POINTS, Sample
+from embodied.prompts import IMAGE, INPUTS, OBJECTS, PLACEHOLDER_RE, POINTS, Sample
 from embodied.threads import torch_threads
 
 CONFIG_FILE = "config.json"
@@ -59,6 +60,7 @@ class ModelConfig:
     point_projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     num_points: int = 1024  # every cloud is resampled to this many points
+    objects: ObjectTokensConfig = field(default_factory=ObjectTokensConfig)  # one token per known object
 
     def __post_init__(self):
         if self.num_points < self.points.group_size:
@@ -75,6 +77,7 @@ class ModelConfig:
             point_projector=ProjectorConfig("mlp"),
             lora=LoraSettings(rank=4, alpha=8, dropout=0.0),
             num_points=64,
+            objects=ObjectTokensConfig(max_objects=4, bands=2, hidden_size=32),
         )
 
     def to_dict(self) -> dict:
@@ -100,8 +103,14 @@ class EmbodiedModel(nn.Module):
         self.point_encoder = PointEncoder(config.points)
         self.image_projector = build_projector(config.image_projector, self.image_encoder.out_dim, width)
         self.point_projector = build_projector(config.point_projector, self.point_encoder.out_dim, width)
+        self.object_encoder = ObjectEncoder(config.objects, config.points, width) if config.objects.enabled else None
         self._derived: dict[str, tuple] = {}  # decoding's int8 copy and system-prompt cache, with the adapters they hold
         self._earlier = EarlierReplies()  # drafts for the fast decoding path
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """What this model reads besides the words (``embodied.prompts.INPUTS``)."""
+        return INPUTS if self.object_encoder is not None else ("image", "cloud")
 
     @property
     def device(self) -> torch.device:
@@ -127,22 +136,34 @@ class EmbodiedModel(nn.Module):
         )
         return check_tokens(self.point_projector(self.point_encoder(points.to(self.device))), "clouds")
 
+    def encode_objects(self, sets: list) -> list[torch.Tensor]:
+        """Per set of object clouds (robot frame), its tokens (n, D): one per object, the nearest
+        ``objects.max_objects``, nearest first. A bad cloud raises a ValueError naming ``objects[i][j]``, a
+        model without object tokens one saying so."""
+        if self.object_encoder is None:
+            raise ValueError(f"this model has no object tokens (its config's objects.enabled is false): leave {OBJECTS} out")
+        return [self.object_encoder(list(clouds), f"objects[{i}]") for i, clouds in enumerate(sets)]
+
     def _sequences(self, samples: list[Sample]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per sample: input embeddings (T, D) and labels (T,), -100 wherever the loss must not look."""
         for sample in samples:
             sample.check()  # items may have changed since the sample was made
         images = [i for s in samples for i in s.images]
         clouds = [c for s in samples for c in s.clouds]
-        image_tokens = iter(self.encode_images(images)) if images else iter(())
-        cloud_tokens = iter(self.encode_clouds(clouds)) if clouds else iter(())
+        sets = [o for s in samples for o in s.objects]
+        tokens_of = {
+            IMAGE: iter(self.encode_images(images)) if images else iter(()),
+            POINTS: iter(self.encode_clouds(clouds)) if clouds else iter(()),
+            OBJECTS: iter(self.encode_objects(sets)) if sets else iter(()),
+        }
         embed = self.llm.get_input_embeddings()
         sequences = []
         for sample in samples:
             parts, labels = [], []
             for text, is_target in sample.segments():
                 for piece in PLACEHOLDER_RE.split(text):
-                    if piece in (IMAGE, POINTS):
-                        tokens = next(image_tokens if piece == IMAGE else cloud_tokens)
+                    if piece in tokens_of:
+                        tokens = next(tokens_of[piece])
                         parts.append(tokens)
                         labels.append(torch.full((len(tokens),), -100))
                     elif piece:
@@ -300,8 +321,11 @@ class EmbodiedModel(nn.Module):
 
     def load_matching(self, weights: dict[str, torch.Tensor]) -> list[str]:
         """Load the entries of ``weights`` that the trainable state holds with the same shape (a ULIP run's
-        encoders into a fresh model, say); returns their names."""
+        encoders into a fresh model, say: its point encoder and head also become the object tokens' frozen
+        tower); returns their names."""
         state = self.trainable_state()
+        if self.object_encoder is not None and "point_head.weight" in weights:  # a ULIP export: the object tokens' tower
+            weights = {**{f"object_encoder.tower.{k}": v for k, v in tower_weights(weights).items()}, **weights}
         matching = {k: v for k, v in weights.items() if k in state and state[k].shape == v.shape}
         self.load_state_dict(matching, strict=False)
         return sorted(matching)
@@ -323,6 +347,7 @@ class EmbodiedModel(nn.Module):
             version = data.pop("format_version", None)
             if version != FORMAT_VERSION:
                 raise CheckpointError(f"{config_file}: format_version {version!r}, this code reads {FORMAT_VERSION}")
+            data.setdefault("objects", {"enabled": False})  # written before object tokens
             config = ModelConfig.from_dict(data)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{config_file}: {exc}") from exc

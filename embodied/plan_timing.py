@@ -10,14 +10,15 @@ from dataclasses import dataclass
 
 from embodied.decoding import DecodingConfig
 from embodied.model import EmbodiedModel
+from embodied.model_planner import env_request
 from embodied.prompts import PlanRequest
 from envs.env import EmbodiedEnv
 
 
 def scene_requests(task: str, seed: int, count: int, world: str = "privileged", instruction: str | None = None) -> Iterator[PlanRequest]:
     """What a rollout's planner is asked at the start of episodes ``seed``, ``seed + 1``...: the task's
-    instruction, the head camera's image and point cloud, and the objects the robot knows of (in a
-    perceived world, what it found looking around, and for what the instruction names, first)."""
+    instruction, the head camera's image and point cloud, and the objects the robot knows of with their
+    clouds (in a perceived world, what it found looking around, and for what the instruction names, first)."""
     env = EmbodiedEnv(task=task, sensors=("rgb", "points"))
     look_around = None
     if world == "perceived":  # perception (open3d, the ULIP encoder) loads only when asked for
@@ -31,7 +32,7 @@ def scene_requests(task: str, seed: int, count: int, world: str = "privileged", 
             if look_around is not None:
                 look_around(env, instruction=asked)
                 obs = env.observation()
-            yield PlanRequest(asked, obs["rgb"], obs["points"], env.known_objects())
+            yield env_request({**obs, "instruction": asked}, env)
     finally:
         env.close()
 
@@ -50,7 +51,7 @@ class Timing:
 def time_plan(model: EmbodiedModel, request: PlanRequest, decoding: DecodingConfig, repeat: int = 3, warm_up: bool = True) -> Timing:
     """The plan for ``request`` and its latency, encoders and prompt included; with ``warm_up``, an untimed
     call first (a path's first call builds its int8 copy and the system prompt's cache)."""
-    sample, objects = request.sample(), [None if request.objects is None else list(request.objects)]
+    sample, objects = request.sample(model.inputs), [None if request.objects is None else list(request.objects)]
     if warm_up:
         model.plan([sample], objects, decoding=decoding)
     plans, seconds = [], []

@@ -1,7 +1,8 @@
 """Multimodal sentences and prompt formats.
 
-A sample is a chat: user turns that may hold ``<img>`` and ``<pcd>`` placeholders anywhere (each replaced by
-the projected tokens of the next image or point cloud), and assistant turns, the only text the loss sees.
+A sample is a chat: user turns that may hold ``<img>``, ``<pcd>`` and ``<objects>`` placeholders anywhere
+(each replaced by the projected tokens of the next image, point cloud, or set of object clouds: one token
+per object), and assistant turns, the only text the loss sees.
 Turns are rendered in ChatML, the format SmolLM2-Instruct was tuned on.
 """
 
@@ -13,7 +14,12 @@ from dataclasses import dataclass, field
 
 IMAGE = "<img>"
 POINTS = "<pcd>"
-PLACEHOLDER_RE = re.compile(f"({re.escape(IMAGE)}|{re.escape(POINTS)})")
+OBJECTS = "<objects>"
+PLACEHOLDER_RE = re.compile(f"({re.escape(IMAGE)}|{re.escape(POINTS)}|{re.escape(OBJECTS)})")
+INPUTS = ("image", "cloud", "objects")  # what a model may be shown
+# The model policies of the evaluations: what each is shown (None: every input the model takes). "blind" is
+# the baseline that shows what seeing adds; the others are the ablations.
+MODEL_INPUTS = {"model": None, "objects_only": ("objects",), "image_only": ("image", "cloud"), "blind": ()}
 PLAN_SYSTEM = "You are a robot. Reply with a thought line, then numbered skill calls."
 
 
@@ -26,6 +32,7 @@ class Sample:
     images: list = field(default_factory=list)  # (H, W, 3) uint8 arrays, in placeholder order
     clouds: list = field(default_factory=list)  # (N, 6) xyz + rgb arrays, in placeholder order
     system: str | None = None
+    objects: list = field(default_factory=list)  # per placeholder, a list of (N, 6) object clouds in the robot's frame
 
     def __post_init__(self):
         self.check()
@@ -38,9 +45,9 @@ class Sample:
             raise ValueError("only the last turn may lack its assistant reply")
         elsewhere = [self.system or "", *(answer or "" for _, answer in self.turns)]
         if any(PLACEHOLDER_RE.search(text) for text in elsewhere):
-            raise ValueError(f"{IMAGE} and {POINTS} belong in user turns, not in the system prompt or replies")
+            raise ValueError(f"{IMAGE}, {POINTS} and {OBJECTS} belong in user turns, not in the system prompt or replies")
         text = "".join(user for user, _ in self.turns)
-        for placeholder, items, kind in ((IMAGE, self.images, "images"), (POINTS, self.clouds, "clouds")):
+        for placeholder, items, kind in ((IMAGE, self.images, "images"), (POINTS, self.clouds, "clouds"), (OBJECTS, self.objects, "object sets")):
             if text.count(placeholder) != len(items):
                 raise ValueError(f"{text.count(placeholder)} {placeholder} placeholder(s) but {len(items)} {kind}")
 
@@ -56,14 +63,14 @@ class Sample:
         return pieces
 
 
-def plan_sample(instruction: str, image=None, cloud=None, plan: str | None = None) -> Sample:
-    return Sample([(_observation(image, cloud) + instruction, plan)], _some(image), _some(cloud), PLAN_SYSTEM)
+def plan_sample(instruction: str, image=None, cloud=None, plan: str | None = None, objects=None) -> Sample:
+    return Sample([(_observation(image, cloud, objects) + instruction, plan)], _some(image), _some(cloud), PLAN_SYSTEM, _some(objects))
 
 
 @dataclass(frozen=True)
 class PlanRequest:
     """What every planner asks the model: the instruction, what the head camera sees, and the objects the
-    robot knows of (the plan may name only these; None: any)."""
+    robot knows of (the plan may name only these; None: any) with, for object tokens, their clouds."""
 
     instruction: str
     image: object = None  # (H, W, 3) uint8 head-camera image
@@ -71,25 +78,47 @@ class PlanRequest:
     objects: Sequence[str] | None = None
     temperature: float = 0.0  # > 0 samples (RL); 0 is greedy
     seed: int | None = None  # makes a sampled plan repeatable
+    object_clouds: Sequence | None = None  # (N, 6) clouds in the robot's frame, one per known object
 
-    def sample(self, blind: bool = False) -> Sample:
-        return plan_sample(self.instruction) if blind else plan_sample(self.instruction, self.image, self.cloud)
+    def sample(self, inputs: Sequence[str], plan: str | None = None) -> Sample:
+        """The request as the model reads it, showing only ``inputs`` (``with_inputs``; () is the blind model),
+        with ``plan`` as the reply to score (RL) or none to write one."""
+        return with_inputs(plan_sample(self.instruction, self.image, self.cloud, plan), inputs, self.object_clouds)
 
 
-def vqa_sample(question: str, image=None, cloud=None, answer: str | None = None) -> Sample:
-    return Sample([(_observation(image, cloud) + f"Question: {question} Answer briefly.", answer)], _some(image), _some(cloud))
+def vqa_sample(question: str, image=None, cloud=None, answer: str | None = None, objects=None) -> Sample:
+    observed = _observation(image, cloud, objects)
+    return Sample([(observed + f"Question: {question} Answer briefly.", answer)], _some(image), _some(cloud), objects=_some(objects))
 
 
-def caption_sample(image=None, cloud=None, caption: str | None = None) -> Sample:
-    return Sample([(_observation(image, cloud) + "Describe the scene.", caption)], _some(image), _some(cloud))
+def caption_sample(image=None, cloud=None, caption: str | None = None, objects=None) -> Sample:
+    return Sample([(_observation(image, cloud, objects) + "Describe the scene.", caption)], _some(image), _some(cloud), objects=_some(objects))
 
 
 def text_sample(prompt: str, answer: str | None = None) -> Sample:
     return Sample([(prompt, answer)])
 
 
-def _observation(image, cloud) -> str:
-    return (IMAGE if image is not None else "") + (POINTS if cloud is not None else "") + ("\n" if image is not None or cloud is not None else "")
+def with_inputs(sample: Sample, inputs: Sequence[str], objects: list | None = None) -> Sample:
+    """``sample`` showing only ``inputs`` (of ``INPUTS``): its observation (the placeholders that open the first
+    user turn) made again from its image and cloud and from ``objects`` (clouds of the known objects, robot
+    frame), each left out unless named and there. The model's inputs are chosen here, once: the blind
+    baseline is ``inputs=()``, the ablations are the rest."""
+    unknown = set(inputs) - set(INPUTS)
+    if unknown:
+        raise ValueError(f"unknown inputs {sorted(unknown)}; choose from {', '.join(INPUTS)}")
+    (user, reply), *later = sample.turns
+    header = re.match(f"(?:{PLACEHOLDER_RE.pattern})+\n", user)
+    body = user[header.end() :] if header else user
+    image = sample.images[0] if "image" in inputs and sample.images else None
+    cloud = sample.clouds[0] if "cloud" in inputs and sample.clouds else None
+    objects = (sample.objects[0] if sample.objects else objects) if "objects" in inputs else None
+    return Sample([(_observation(image, cloud, objects) + body, reply), *later], _some(image), _some(cloud), sample.system, _some(objects))
+
+
+def _observation(image, cloud, objects=None) -> str:
+    shown = (IMAGE if image is not None else "") + (POINTS if cloud is not None else "") + (OBJECTS if objects is not None else "")
+    return shown + ("\n" if shown else "")
 
 
 def _some(item) -> list:

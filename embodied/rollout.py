@@ -16,13 +16,14 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from embodied.io import write_atomic, write_json
+from embodied.prompts import MODEL_INPUTS
 from envs import ENV_IDS
 from envs.executor import execute_plan
 from envs.paraphrase import PHRASINGS
 from envs.plan import PlanError, Step, parse_plan
 from envs.planners import PLANNERS, Planner
 
-POLICIES = (*PLANNERS, "model", "blind")  # blind: the model without image or point cloud
+POLICIES = (*PLANNERS, *MODEL_INPUTS)  # the model, and shown less (embodied.prompts.MODEL_INPUTS)
 GIF_EVERY = 3  # keep every third control step (0.3 s of simulated time per frame)
 GIF_MAX_FRAMES = 200
 CAPTION_HEIGHT = 30
@@ -80,18 +81,18 @@ class RolloutConfig:
         if self.decoding is not None and self.decoding not in DECODING_NAMES:
             raise ValueError(f"unknown decoding {self.decoding!r}; choose one of {', '.join(DECODING_NAMES)}")
         # one spelling per run, so records and resumes compare equal: the model's weights, or none
-        model = self.policy in ("model", "blind")
+        model = self.policy in MODEL_INPUTS
         object.__setattr__(self, "checkpoint", (self.checkpoint or "default") if model else None)
         object.__setattr__(self, "decoding", (self.decoding or "fast") if model else None)
         object.__setattr__(self, "world", self.world or ("privileged" if self.policy == "oracle" else "perceived"))
 
 
 def make_planner(config: RolloutConfig) -> Planner:
-    if config.policy in ("model", "blind"):
+    if config.policy in MODEL_INPUTS:
         from embodied.decoding import DECODINGS
         from embodied.model_planner import ModelPlanner
 
-        return ModelPlanner(config.checkpoint, blind=config.policy == "blind", decoding=DECODINGS[config.decoding])
+        return ModelPlanner(config.checkpoint, policy=config.policy, decoding=DECODINGS[config.decoding])
     return PLANNERS[config.policy](seed=config.seed) if config.policy == "random" else PLANNERS[config.policy]()
 
 

@@ -31,6 +31,7 @@ def overview_eye(room_half: float) -> np.ndarray:
     """Where the overview camera (for GIFs) sits: high above the room's near side, looking at its centre."""
     return np.array([0.0, -0.75 * room_half, 2.4 * room_half])
 OVERVIEW_CAMERA = "overview"
+FREE_CAMERA = "free"  # aimed anywhere by ``Backend.render_from``
 
 
 def to_unit(value: float, bounds: tuple[float, float]) -> float:
@@ -119,6 +120,12 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def render(self, camera: str, width: int, height: int, segmentation: bool = False) -> CameraFrame: ...
+
+    def render_from(self, eye, target, width: int, height: int, segmentation: bool = False) -> CameraFrame:
+        """A head-camera-like frame from ``eye`` looking at ``target`` (world xyz), the robot left where it is:
+        how the privileged world sees every table's objects as a robot that looked at each would
+        (``envs.object_views``)."""
+        raise NotImplementedError(f"{type(self).__name__} renders only its mounted cameras, not from a free viewpoint")
 
     def close(self) -> None:
         """Free renderer and simulator resources."""

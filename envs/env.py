@@ -36,6 +36,7 @@ from envs.backend import (
     from_unit,
 )
 from envs.navmap import NavMap
+from envs.object_views import object_clouds, to_robot_frame
 from envs.paraphrase import PHRASINGS, paraphrase
 from envs.pointcloud import backproject, sample_cloud
 from envs.scene import SceneSpec, generate_scene
@@ -105,6 +106,9 @@ class World(Protocol):
 
     def known_objects(self) -> list[str]: ...
 
+    def object_clouds(self) -> dict[str, np.ndarray]:
+        """World-frame (N, 6) xyz + rgb clouds of the known objects, by name."""
+
 
 def make_backend(name: str) -> Backend:
     if name == "habitat":
@@ -163,6 +167,7 @@ class EmbodiedEnv(gym.Env):
         self.ended = False
         self._lift, self._extend, self._closed = LIFT_RANGE[0], EXTEND_RANGE[0], False
         self._cloud_rng = np.random.default_rng(episode_seed)
+        self._survey: tuple[int, dict] | None = None  # the privileged object clouds, and the step they are of
         self._state = self.backend.state()
         self.command: RobotCommand | None = None  # the last command the robot was given (recordings log it)
         if self.world is not None:
@@ -305,6 +310,19 @@ class EmbodiedEnv(gym.Env):
         """The objects the robot knows of, by name: every planner constrains its plan to these, and the
         episode parses plans against them."""
         return self.scene.object_names if self.world is None else self.world.known_objects()
+
+    def object_clouds(self) -> dict[str, np.ndarray]:
+        """The known objects' clouds in the robot's frame (x ahead, y left), by name: what object tokens are
+        made of. The perceived world's fused tracks, or in the privileged world every table looked at from a
+        few sides (``envs.object_views``), rendered once per step it is asked at."""
+        if self.world is not None:
+            clouds = self.world.object_clouds()
+        else:
+            if self._survey is None or self._survey[0] != self.steps:
+                self._survey = (self.steps, object_clouds(self.backend, self.scene, np.random.default_rng(self.episode_seed)))
+            clouds = self._survey[1]
+        robot = self._state.robot
+        return {name: to_robot_frame(cloud, robot.x, robot.y, robot.yaw) for name, cloud in clouds.items()}
 
     def skill_view(self) -> tuple[SceneSpec, NavMap]:
         """The scene and navigation map the skills plan with."""

@@ -26,6 +26,7 @@ import mujoco  # noqa: E402  (must follow _choose_gl)
 
 from envs.backend import (  # noqa: E402
     EXTEND_RANGE,
+    FREE_CAMERA,
     HEAD_CAMERA,
     HEAD_FOVY,
     HEAD_HEIGHT,
@@ -60,11 +61,16 @@ def _f(*values: float) -> str:
     return " ".join(f"{v:.4f}" for v in values)
 
 
-def _look_at_axes(eye: np.ndarray, target: np.ndarray) -> str:
+def _look_at(eye: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A camera's x (right) and y (up) axes looking from ``eye`` at ``target``, level with the floor."""
     forward = (target - eye) / np.linalg.norm(target - eye)
     right = np.cross(forward, [0.0, 0.0, 1.0])
     right /= np.linalg.norm(right)
-    return _f(*right, *np.cross(right, forward))
+    return right, np.cross(right, forward)
+
+
+def _look_at_axes(eye: np.ndarray, target: np.ndarray) -> str:
+    return _f(*np.concatenate(_look_at(eye, target)))
 
 
 def _table_xml(t: TableSpec) -> str:
@@ -170,6 +176,7 @@ def scene_xml(scene: SceneSpec) -> str:
     <light directional="true" pos="0 0 5" dir="-0.3 -0.2 -1" diffuse="0.3 0.3 0.3" castshadow="false"/>
     <geom name="floor" type="plane" size="{_f(r, r)} 0.1" material="floor" {_STATIC}/>
     <camera name="{OVERVIEW_CAMERA}" pos="{_f(*eye)}" xyaxes="{_look_at_axes(eye, np.zeros(3))}" fovy="{OVERVIEW_FOVY}"/>
+    <camera name="{FREE_CAMERA}" pos="0 0 {HEAD_HEIGHT:.3f}" fovy="{HEAD_FOVY}"/>
     {walls}{tables}{objects}{_robot_xml()}
   </worldbody>
   <equality>{welds}</equality>
@@ -279,6 +286,18 @@ class MujocoBackend(Backend):
             position=self.data.cam_xpos[cam].copy(),
             rotation=self.data.cam_xmat[cam].reshape(3, 3).copy(),
         )
+
+    def render_from(self, eye, target, width: int, height: int, segmentation: bool = False) -> CameraFrame:
+        """The free camera moved to ``eye``, aimed at ``target``; only camera poses are recomputed
+        (``mj_camlight``), so the simulation's state is untouched."""
+        eye, target = np.asarray(eye, np.float64), np.asarray(target, np.float64)
+        cam = self.model.camera(FREE_CAMERA).id
+        right, up = _look_at(eye, target)
+        rotation = np.stack([right, up, np.cross(right, up)], axis=1)  # camera-to-world; it looks along -z
+        self.model.cam_pos[cam] = eye
+        mujoco.mju_mat2Quat(self.model.cam_quat[cam], rotation.flatten())
+        mujoco.mj_camlight(self.model, self.data)
+        return self.render(FREE_CAMERA, width, height, segmentation)
 
     def _close_renderer(self) -> None:
         if self._renderer is not None:

@@ -68,7 +68,7 @@ def _refused(capsys, argv: list[str]) -> str:
         ("lr=.nan", "train config.lr must be a finite number, got nan"),
         ("lr=-1", "train config: lr must be > 0, got -1.0"),
         ("seed=-1", "train config: seed must be >= 0, got -1"),
-        ("init=3", "train config.init must be a string or null, got 3"),
+        ("init=3", "train config.init must be a string or a list or null, got 3"),
         ("out=", "train config.out must be a string, got None"),
         ("data=''", "train config: data and out must name folders"),
         ("trainable=lora", "train config.trainable must be a list, got 'lora'"),

@@ -15,7 +15,7 @@ from embodied.data.dataset import SplitData, decode_cloud, decode_png
 from embodied.data.generate import MANIFEST, PLAN_TASKS, SPLITS, TABLES, DataConfig, _write_shard, generate
 from embodied.data.phrasing import DESCRIPTIONS, HELD_OUT_COMBOS, INSTRUCTION_PHRASINGS, QUESTION_PHRASINGS
 from embodied.errors import DatasetError
-from embodied.prompts import IMAGE, PLAN_SYSTEM, POINTS, Sample
+from embodied.prompts import IMAGE, OBJECTS, PLAN_SYSTEM, POINTS, Sample
 from envs.paraphrase import FRAMES, WORDS
 from envs.plan import parse_plan
 from envs.scene import COLOURS, SHAPES
@@ -257,6 +257,24 @@ def test_sample_decodes_images_and_clouds_for_its_placeholders(splits, config):
         assert sample.system == (PLAN_SYSTEM if row["kind"] in ("plan", "text") else None)
         seen.add(row["kind"])
     assert seen == set(KINDS)
+
+
+def test_observations_carry_every_known_objects_cloud_in_the_robots_frame(splits, config):
+    """Object tokens' inputs: each observation holds one cloud per scene object it knows of, in the frame
+    of the robot that saw it, and a sample shows them (``<objects>``) only when asked to."""
+    data = splits["val"]
+    rows = [row for row in data.samples if row["kind"] in ("plan", "vqa")]
+    for row in rows:
+        _, _, objects = data.observation(row["observation"])
+        names = data._observations[row["observation"]]["object_names"]
+        assert len(objects) == len(names) >= 1 and len(set(names)) == len(names)
+        assert all(c.shape == (config.scene_object_points, 6) and np.isfinite(c).all() for c in objects)
+        assert max(float(np.abs(c[:, :2]).max()) for c in objects) < 12  # metres from the robot, in the room
+        shown = data.sample(row, inputs=("image", "cloud", "objects"))
+        assert OBJECTS in shown.turns[0][0] and len(shown.objects) == 1 and len(shown.objects[0]) == len(names)
+        assert OBJECTS not in data.sample(row).turns[0][0] and data.sample(row).objects == []
+    blind = data.sample(rows[0], inputs=())
+    assert blind.images == blind.clouds == blind.objects == [] and not blind.turns[0][0].startswith("\n")
 
 
 def test_sample_without_reply_leaves_the_last_one_to_write(splits):

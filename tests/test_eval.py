@@ -79,7 +79,7 @@ def test_plan_report_mean_weighs_tasks_alike_and_combines_their_margins():
 
 
 def test_blind_planner_sees_no_camera_and_still_writes_a_plan(tiny_checkpoint, make_env):
-    planner = ModelPlanner(str(tiny_checkpoint), blind=True, max_new_tokens=24)
+    planner = ModelPlanner(str(tiny_checkpoint), policy="blind", max_new_tokens=24)
     assert planner.sensors == () and planner.name == "blind"
     env = make_env("pick_place")
     obs, _ = env.reset(seed=3)

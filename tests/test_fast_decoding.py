@@ -196,12 +196,12 @@ def test_plan_command_prints_each_path_and_its_latency(capsys):
 def shipped():
     model = load_model()
     requests = list(scene_requests("pick_place", 500_000, 4))
-    reference = [model.plan([r.sample()], [list(r.objects)], decoding=REFERENCE)[0] for r in requests]
+    reference = [model.plan([r.sample(model.inputs)], [list(r.objects)], decoding=REFERENCE)[0] for r in requests]
     return model, requests, reference
 
 
 def _plans(model, requests, decoding):
-    return [model.plan([r.sample()], [list(r.objects)], decoding=decoding)[0] for r in requests]
+    return [model.plan([r.sample(model.inputs)], [list(r.objects)], decoding=decoding)[0] for r in requests]
 
 
 def test_the_exact_techniques_give_the_reference_plans(shipped):
@@ -222,7 +222,7 @@ def test_the_int8_path_plans_the_same_steps(shipped):
 def test_a_batch_decodes_as_its_rows_alone(shipped):
     model, requests, _ = shipped
     decoding = dataclasses.replace(DecodingConfig(), drafts=False)  # drafts depend on what was decoded before
-    batch = model.plan([r.sample() for r in requests], [list(r.objects) for r in requests], decoding=decoding)
+    batch = model.plan([r.sample(model.inputs) for r in requests], [list(r.objects) for r in requests], decoding=decoding)
     assert batch == _plans(model, requests, decoding)
 
 

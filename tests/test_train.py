@@ -434,7 +434,7 @@ def test_train_config_validation():
         with pytest.raises(ValueError):
             TrainConfig(**base, **bad)
     config = TrainConfig(**base)
-    assert config.parts == ("image_projector", "point_projector", "lora")
+    assert config.parts == ("image_projector", "point_projector", "object_encoder", "lora")
     assert config.sample_mix == {"vqa": 0.45, "plan": 0.3, "dialogue": 0.1, "text": 0.15}
     assert TrainConfig.from_dict(config.to_dict()) == config
 

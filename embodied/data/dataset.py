@@ -13,7 +13,7 @@ from PIL import Image
 
 from embodied.data.generate import MANIFEST, SPLITS
 from embodied.errors import DatasetError
-from embodied.prompts import IMAGE, POINTS, Sample
+from embodied.prompts import IMAGE, POINTS, Sample, with_inputs
 
 
 class SplitData:
@@ -43,21 +43,26 @@ class SplitData:
             if (kinds is None or row["kind"] in kinds) and (compositional is None or row["compositional"] == compositional)
         ]
 
-    def _decode_observation(self, obs_id: str) -> tuple[np.ndarray, np.ndarray]:
+    def _decode_observation(self, obs_id: str) -> tuple[np.ndarray, np.ndarray, list | None]:
+        """Image, cloud, and the known objects' clouds (None in a dataset from before object tokens)."""
         row = self._observations[obs_id]
-        return decode_png(row["image"]), decode_cloud(row["cloud"])
+        objects = row.get("objects")
+        if objects is not None:
+            objects = list(decode_cloud(objects).reshape(len(row["object_names"]), -1, 6))
+        return decode_png(row["image"]), decode_cloud(row["cloud"]), objects
 
-    def sample(self, row: dict, reply: bool = True) -> Sample:
-        """The row as a model sample; without ``reply`` the last answer is left for the model to write."""
+    def sample(self, row: dict, reply: bool = True, inputs: tuple[str, ...] = ("image", "cloud")) -> Sample:
+        """The row as a model sample showing ``inputs`` (``embodied.prompts.with_inputs``); without ``reply``
+        the last answer is left for the model to write."""
         turns = [tuple(turn) for turn in json.loads(row["turns"])]
         if not reply:
             turns[-1] = (turns[-1][0], None)
         text = "".join(user for user, _ in turns)
-        images, clouds = [], []
+        images, clouds, objects = [], [], None
         if row["observation"]:
-            image, cloud = self.observation(row["observation"])
+            image, cloud, objects = self.observation(row["observation"])
             images, clouds = [image] * text.count(IMAGE), [cloud] * text.count(POINTS)
-        return Sample(turns, images, clouds, row["system"] or None)
+        return with_inputs(Sample(turns, images, clouds, row["system"] or None), inputs, objects)
 
 
 def decode_png(data: bytes) -> np.ndarray:

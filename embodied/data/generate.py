@@ -62,11 +62,12 @@ class DataConfig:
     object_image_size: int = 256  # object clouds and crops come from sharper renders than the observations
     image_size: int = 128
     num_points: int = 1024
+    scene_object_points: int = 256  # per known object of each observation: its object tokens (envs.object_views)
 
     def __post_init__(self):
         counts = (self.train_scenes, self.val_scenes, self.test_scenes, self.compositional_scenes)
-        if min(counts) < 0 or self.views < 1 or self.shard_scenes < 1 or self.object_points < 16:
-            raise ValueError("scene counts must be >= 0, views and shard_scenes >= 1, object_points >= 16")
+        if min(counts) < 0 or self.views < 1 or self.shard_scenes < 1 or min(self.object_points, self.scene_object_points) < 16:
+            raise ValueError("scene counts must be >= 0, views and shard_scenes >= 1, object_points and scene_object_points >= 16")
 
     def scenes(self, split: str) -> int:
         return getattr(self, f"{split}_scenes")
@@ -141,7 +142,15 @@ SCHEMAS = {
             ("views", pa.list_(pa.binary())),  # PNG crops of the object in each view that sees it
         ]
     ),
-    "observations": pa.schema(_COMMON + [("image", pa.binary()), ("cloud", pa.binary())]),  # PNG; float16 (N, 6)
+    "observations": pa.schema(
+        _COMMON
+        + [
+            ("image", pa.binary()),  # PNG
+            ("cloud", pa.binary()),  # float16 (N, 6)
+            ("object_names", pa.list_(pa.string())),  # the objects the robot knows of...
+            ("objects", pa.binary()),  # ...their clouds, float16 (objects, scene_object_points, 6) in the robot's frame
+        ]
+    ),
     "samples": pa.schema(
         _COMMON
         + [
@@ -201,9 +210,20 @@ class _SceneWriter:
 
     # -- rows ----------------------------------------------------------------------------------------
 
-    def _observation(self, obs_id: str, seed: int, obs: dict) -> dict:
+    def _observation(self, obs_id: str, seed: int, obs: dict, env) -> dict:
+        """Record the observation, with the clouds of the objects the robot knows of (``env.object_clouds``)."""
+        objects = env.object_clouds()
+        clouds = np.stack([_resample(c, self.config.scene_object_points) for c in objects.values()]) if objects else np.zeros((0, 6))
         self.rows["observations"].append(
-            {"id": obs_id, "split": self.split, "scene_seed": seed, "image": _png(obs["rgb"]), "cloud": _f16(obs["points"])}
+            {
+                "id": obs_id,
+                "split": self.split,
+                "scene_seed": seed,
+                "image": _png(obs["rgb"]),
+                "cloud": _f16(obs["points"]),
+                "object_names": list(objects),
+                "objects": _f16(clouds),
+            }
         )
         return obs
 
@@ -228,7 +248,7 @@ class _SceneWriter:
     def _plan(self, env, sample_id: str, rng) -> None:
         from envs.planners import OraclePlanner
 
-        obs = self._observation(sample_id, env.episode_seed, env.observation())
+        obs = self._observation(sample_id, env.episode_seed, env.observation(), env)
         plan = OraclePlanner().plan(obs, env)
         instruction, held = self._instruction(env, rng)
         combos = {(o.colour, o.shape) for o in env.scene.objects}
@@ -282,7 +302,7 @@ class _SceneWriter:
             yaw = float(angle + np.pi)
             frame = env.view_from(x, y, yaw, segmentation=False)
             obs_id = f"{prefix}-view{view}"
-            obs = self._observation(obs_id, seed, env.frame_observation(frame, ("rgb", "points")))
+            obs = self._observation(obs_id, seed, env.frame_observation(frame, ("rgb", "points")), env)
             frame = env.backend.render(HEAD_CAMERA, config.object_image_size, config.object_image_size, True)
             self._caption(scene, yaw, obs_id, seed, obs, rng)
             answers = []
@@ -347,6 +367,11 @@ def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _resample(cloud: np.ndarray, count: int) -> np.ndarray:
+    """Exactly ``count`` points, spread evenly over the cloud (repeated when it has fewer)."""
+    return cloud[np.arange(count) % len(cloud)] if len(cloud) < count else cloud[np.linspace(0, len(cloud) - 1, count).astype(int)]
 
 
 def _f16(cloud: np.ndarray) -> bytes:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from embodied.eval.report import write_report
+from embodied.prompts import MODEL_INPUTS
 from embodied.rollout import RolloutConfig, rollout
 
 EVAL_SEED = 500_000  # far from the training scenes' seeds (embodied/data/generate.py)
@@ -32,7 +33,7 @@ def evaluate_plans(
         for world in worlds:
             for phrasing in phrasings:
                 for policy in policies:
-                    model = policy in ("model", "blind")
+                    model = policy in MODEL_INPUTS
                     for decoding in decodings if model else (None,):
                         kind = f"{policy} ({decoding})" if model and len(decodings) > 1 else policy
                         name = "/".join([kind] + [v for v, many in ((world, len(worlds) > 1), (phrasing, len(phrasings) > 1)) if many])

@@ -7,7 +7,6 @@ inside a longer phrase ("it is red"), as long as it names no other candidate of 
 from __future__ import annotations
 
 import json
-import re
 import textwrap
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import torch
 
 from embodied.data.dataset import SplitData
 from embodied.io import pyplot, write_atomic, write_figure
-from embodied.prompts import PLACEHOLDER_RE, Sample
+from embodied.prompts import MODEL_INPUTS, PLACEHOLDER_RE
 from envs.tasks import normalize_answer
 
 MAX_ANSWER_TOKENS = 8
@@ -37,21 +36,15 @@ def refined_exact_match(prediction: str, answer: str, candidates: set[str]) -> b
     return not any(f" {c} " in said and f" {c} " not in wanted for c in candidates)
 
 
-def answer_rows(model, data: SplitData, rows: list[dict], batch_size: int = 8, blind: bool = False) -> list[str]:
-    """The model's replies to the rows' last questions; ``blind`` strips the image and point cloud."""
+def answer_rows(model, data: SplitData, rows: list[dict], batch_size: int = 8, inputs: tuple[str, ...] | None = None) -> list[str]:
+    """The model's replies to the rows' last questions, shown ``inputs`` (None: all the model takes; (): blind)."""
+    inputs = model.inputs if inputs is None else inputs
     replies: list[str] = []
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
-            samples = [data.sample(row, reply=False) for row in rows[start : start + batch_size]]
-            if blind:
-                samples = [_blind(s) for s in samples]
+            samples = [data.sample(row, reply=False, inputs=inputs) for row in rows[start : start + batch_size]]
             replies += model.generate(samples, max_new_tokens=MAX_ANSWER_TOKENS)
     return replies
-
-
-def _blind(sample: Sample) -> Sample:
-    turns = [(re.sub(r"^\n", "", PLACEHOLDER_RE.sub("", user)), reply) for user, reply in sample.turns]
-    return Sample(turns, system=sample.system)
 
 
 def random_answers(rows: list[dict], train: SplitData, seed: int) -> list[str]:
@@ -71,7 +64,7 @@ def question_form(row: dict) -> str:
     return "yes/no" if answer in ("yes", "no") else "number" if answer.isdigit() else row["question_type"]
 
 
-POLICIES = ("model", "blind", "random", "oracle")
+POLICIES = (*MODEL_INPUTS, "random", "oracle")
 
 
 def evaluate_vqa(
@@ -85,7 +78,7 @@ def evaluate_vqa(
     unknown = set(policies) - set(POLICIES)
     if unknown:
         raise ValueError(f"unknown VQA policies {sorted(unknown)}; choose from {', '.join(POLICIES)}")
-    model = load_model(checkpoint) if {"model", "blind"} & set(policies) else None
+    model = load_model(checkpoint) if set(MODEL_INPUTS) & set(policies) else None
     train = SplitData(data, "train")
     candidates = {normalize_answer(row["answer"]) for row in train.select(("vqa",))}
     rows, answers_out = [], []
@@ -100,7 +93,7 @@ def evaluate_vqa(
             elif policy == "random":
                 replies = random_answers(questions, train, seed)
             else:
-                replies = answer_rows(model, split_data, questions, batch_size, blind=policy == "blind")
+                replies = answer_rows(model, split_data, questions, batch_size, MODEL_INPUTS[policy])
             by_policy[policy] = replies
             scored = [
                 (row, reply, exact_match(reply, row["answer"]), refined_exact_match(reply, row["answer"], candidates))
@@ -123,7 +116,10 @@ def evaluate_vqa(
                 )
         write_examples(out / f"examples_{split}.png", split_data, questions, by_policy)
     write_atomic(out / "answers.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(a) + "\n" for a in answers_out)))
-    note = f"checkpoint {checkpoint}, dataset {data}; blind: the same model without image or point cloud; random: a random answer of the question's form."
+    note = (
+        f"checkpoint {checkpoint}, dataset {data}; blind: the same model shown nothing but the question (objects_only:"
+        " only its object tokens; image_only: only the image and scene cloud); random: a random answer of the question's form."
+    )
     write_report(out, "Embodied VQA", rows, ["exact_match", "refined_exact_match", "questions"], "exact_match", "split", note)
     return rows
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+import numpy as np
+
 from embodied.perception.camera import Frame
 from embodied.perception.naming import ObjectNamer
 from embodied.perception.pipeline import Perception, PerceptionConfig
@@ -67,6 +69,9 @@ class PerceivedWorld:
 
     def known_objects(self) -> list[str]:
         return self.perception.known_objects()
+
+    def object_clouds(self) -> dict[str, np.ndarray]:
+        return self.perception.object_clouds()
 
 
 def look_around(env: EmbodiedEnv, on_step: Callable | None = None, instruction: str | None = None) -> list[StepOutcome]:

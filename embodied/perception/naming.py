@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
-from torch import nn
 
 from embodied.data.phrasing import CLASS_PROMPT
-from embodied.encoders.pointcloud import PointEncoder, prepare_cloud, unit_sphere
+from embodied.encoders.objects import UlipPointTower, tower_weights, ulip_input
 from embodied.errors import CheckpointError
+from embodied.inputs import as_cloud
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from embodied.threads import torch_threads
 from envs.scene import COLOURS, SHAPES
@@ -29,7 +28,6 @@ SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "ulip"
 CLASSES = [(colour, shape) for colour in COLOURS for shape in SHAPES]
 UNKNOWN = "unknown"
 MIN_CONFIDENCE = 0.5
-CLOUD_POINTS = 512  # what the ULIP stage trained on (DataConfig.object_points)
 
 
 @dataclass(frozen=True)
@@ -58,14 +56,10 @@ class ObjectNamer:
         config = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text())["model"])
         weights = load_file(str(folder / WEIGHTS_FILE))
         self.points = config.points
-        self.encoder = PointEncoder(config.points)
-        self.encoder.load_state_dict({k.removeprefix("point_encoder."): v for k, v in weights.items() if k.startswith("point_encoder.")})
-        head = weights["point_head.weight"]
-        self.head = nn.Linear(head.shape[1], head.shape[0])
-        self.head.load_state_dict({"weight": head, "bias": weights["point_head.bias"]})
+        self.tower = UlipPointTower(config.points)
+        self.tower.load_state_dict(tower_weights(weights))
         self.scale = float(weights["logit_scale"].clamp(max=np.log(100)).exp())
-        self.encoder.eval()
-        self.head.eval()
+        self.tower.eval()
         self.prompts = _prompt_embeddings()
 
     @torch.no_grad()
@@ -73,19 +67,10 @@ class ObjectNamer:
         if not clouds:
             return []
         with torch_threads(1):  # a few small clouds: one thread is faster than contending for two busy cores
-            batch = torch.stack([self._prepare(c) for c in clouds])
-            embedded = F.normalize(self.head(self.encoder(batch)[:, 0]), dim=-1)
+            batch = torch.stack([ulip_input(as_cloud(c, self.points.in_channels, "object segment"), self.points, "object segment") for c in clouds])
+            embedded = self.tower(batch)
         probs = torch.softmax(self.scale * embedded @ self.prompts.T, dim=1)
         return [label_of(p) for p in probs.numpy()]
-
-    def _prepare(self, cloud: np.ndarray) -> torch.Tensor:
-        """As the ULIP stage trained: a fixed count of points in the unit sphere (``ulip.object_clouds``)."""
-        cloud = np.ascontiguousarray(cloud, np.float32)
-        if len(cloud) > CLOUD_POINTS:
-            cloud = cloud[np.random.default_rng(0).choice(len(cloud), CLOUD_POINTS, replace=False)]
-        elif 0 < len(cloud) < self.points.group_size:  # a small segment: its points repeated fill a group
-            cloud = np.resize(cloud, (self.points.group_size, cloud.shape[1]))
-        return unit_sphere(prepare_cloud(torch.from_numpy(cloud), CLOUD_POINTS, self.points.group_size, self.points.in_channels, "object segment"))
 
 
 def label_of(scores: np.ndarray) -> Label:

@@ -108,6 +108,10 @@ class Perception:
     def known_objects(self) -> list[str]:
         return list(self._current()[0])
 
+    def object_clouds(self) -> dict[str, np.ndarray]:
+        """The fused world-frame cloud of each object ``known_objects`` names: what object tokens are made of."""
+        return {name: track.points for name, track in self.memory.named().items()}
+
     def navmap(self) -> NavMap:
         return self.grid.navmap()
 

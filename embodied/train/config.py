@@ -12,12 +12,13 @@ from embodied.config import config_from_dict
 from embodied.model import ModelConfig
 
 STAGES = ("ulip", "pretrain", "sft")
-PARTS = ("image_encoder", "point_encoder", "image_projector", "point_projector", "lora")
+# object_encoder: its projector learns; its ULIP tower is frozen however it is listed (embodied.encoders.objects)
+PARTS = ("image_encoder", "point_encoder", "image_projector", "point_projector", "object_encoder", "lora")
 SAMPLE_KINDS = ("caption", "vqa", "plan", "dialogue", "text")
 DEFAULT_PARTS = {
     "ulip": ("image_encoder", "point_encoder"),
-    "pretrain": ("image_projector", "point_projector"),
-    "sft": ("image_projector", "point_projector", "lora"),
+    "pretrain": ("image_projector", "point_projector", "object_encoder"),
+    "sft": ("image_projector", "point_projector", "object_encoder", "lora"),
 }
 DEFAULT_MIX = {"pretrain": {"caption": 1.0}, "sft": {"vqa": 0.45, "plan": 0.3, "dialogue": 0.1, "text": 0.15}}
 
@@ -28,7 +29,7 @@ class TrainConfig:
     data: str  # a dataset folder written by `embodied data`
     out: str  # the run folder: checkpoint/, model/, metrics.jsonl, curves.png
     model: ModelConfig = field(default_factory=ModelConfig)
-    init: str | None = None  # a run or checkpoint folder whose matching weights start this stage
+    init: str | tuple[str, ...] | None = None  # run or checkpoint folders whose matching weights start this stage, later ones winning
     steps: int = 1000
     batch_size: int = 8
     lr: float = 5e-4
@@ -66,6 +67,10 @@ class TrainConfig:
             raise ValueError(f"mix maps sample kinds ({', '.join(SAMPLE_KINDS)}) to weights >= 0, got {self.mix}")
         if self.mix and not sum(self.mix.values()) > 0:
             raise ValueError("mix weights must not all be zero")
+
+    @property
+    def inits(self) -> tuple[str, ...]:
+        return (self.init,) if isinstance(self.init, str) else self.init or ()
 
     @property
     def parts(self) -> tuple[str, ...]:

@@ -55,7 +55,7 @@ class LanguageStage:
         kinds, weights = list(self.mix), np.array(list(self.mix.values()), dtype=float)
         chosen = rng.choice(len(kinds), self.config.batch_size, p=weights / weights.sum())
         rows = [self.rows[kinds[k]][int(rng.integers(len(self.rows[kinds[k]])))] for k in chosen]
-        return [self.data.sample(row) for row in rows]
+        return [self.data.sample(row, inputs=self.model.inputs) for row in rows]
 
     def size(self, batch: list) -> int:
         return self.module.tokens
@@ -67,7 +67,7 @@ class LanguageStage:
         self.model.eval()
         losses, size = [], self.config.batch_size
         for start in range(0, len(self.eval_rows), size):
-            batch = [self.val.sample(row) for row in self.eval_rows[start : start + size]]
+            batch = [self.val.sample(row, inputs=self.model.inputs) for row in self.eval_rows[start : start + size]]
             losses.append(float(self.model(batch).loss) * len(batch))
         metrics = {"val_loss": sum(losses) / max(1, len(self.eval_rows))}
         if self.vqa_rows:
@@ -87,8 +87,12 @@ class LanguageStage:
         self.model.save_pretrained(folder)
 
 
+FROZEN = ("object_encoder.tower.",)  # the object tokens' ULIP tower stays as the ULIP stage left it
+
+
 def freeze_all_but(model: EmbodiedModel, parts: tuple[str, ...]) -> None:
     prefixes = tuple(f"{part}." for part in parts if part != "lora")
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name.startswith(prefixes) or ("lora" in parts and "lora_" in name))
+        chosen = name.startswith(prefixes) or ("lora" in parts and "lora_" in name)
+        parameter.requires_grad_(chosen and not name.startswith(FROZEN))
 

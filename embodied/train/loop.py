@@ -57,8 +57,8 @@ def train(
     torch.set_num_threads(config.threads)
     out = Path(config.out)
     stage = build_stage(config)
-    if config.init:
-        stage.load_weights(read_init_weights(Path(config.init)), partial=True)
+    for init in config.inits:
+        stage.load_weights(read_init_weights(Path(init)), partial=True)
     module = wrap(stage.module) if wrap else stage.module
     parameters = [p for p in stage.module.parameters() if p.requires_grad]
     if not parameters:
