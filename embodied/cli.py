@@ -290,6 +290,7 @@ def _pair(item: str, separator: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     from embodied.data.generate import DataConfig
     from embodied.eval.plan import EVAL_SEED
+    from embodied.prompts import MODEL_INPUTS
     from embodied.rollout import DECODING_NAMES, POLICIES
     from envs import ENV_IDS
     from envs.paraphrase import PHRASINGS
@@ -369,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)
     vqa.add_argument("--data", type=Path, default=Path("runs/recipe/data"))
     vqa.add_argument("--splits", nargs="+", default=["test", "compositional"], choices=["val", "test", "compositional"])
-    vqa.add_argument("--policies", nargs="+", default=["model", "blind", "random", "oracle"])
+    vqa.add_argument("--policies", nargs="+", default=["model", "blind", "random", "oracle"], choices=[*MODEL_INPUTS, "random", "oracle"])
     vqa.add_argument("--limit", type=int, help="questions per split (default: all)")
     vqa.add_argument("--seed", type=int, default=0)
     vqa.add_argument("--out", type=Path, default=Path("runs/eval/vqa"))

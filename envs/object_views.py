@@ -56,6 +56,13 @@ def object_clouds(backend: Backend, scene: SceneSpec, rng: np.random.Generator, 
     return clouds
 
 
+def resample(cloud: np.ndarray, count: int) -> np.ndarray:
+    """Exactly ``count`` points spread evenly over a non-empty cloud (repeated when it has fewer)."""
+    if len(cloud) < count:
+        return cloud[np.arange(count) % len(cloud)]
+    return cloud[np.linspace(0, len(cloud) - 1, count).astype(int)]
+
+
 def to_robot_frame(cloud: np.ndarray, x: float, y: float, yaw: float) -> np.ndarray:
     """World xyz (+ any further channels) into the frame of a robot at (x, y, yaw): x ahead, y to its left."""
     c, s = np.cos(yaw), np.sin(yaw)

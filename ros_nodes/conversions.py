@@ -21,6 +21,7 @@ from envs.scene import SceneSpec
 ARM_JOINTS = ("lift", "extend", "gripper")  # gripper: 1.0 closed, 0.0 open
 _ENCODINGS = {"rgb8": (np.uint8, 3), "32FC1": (np.float32, 1)}
 _CLOUD_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4")])
+_OBJECTS_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("rgb", "<u4"), ("object", "<u4")])
 
 
 def scene_spec(msg: String) -> SceneSpec:
@@ -84,20 +85,24 @@ def camera_info_msg(width: int, height: int, fovy_deg: float, stamp: Time, frame
     return msg
 
 
-def cloud_msg(points: np.ndarray, stamp: Time, frame: str) -> PointCloud2:
-    """(N, 6) xyz + rgb in [0, 1] -> PointCloud2 with RViz's packed ``rgb`` field; NaN points stay NaN."""
+def cloud_msg(points: np.ndarray, stamp: Time, frame: str, ids: np.ndarray | None = None) -> PointCloud2:
+    """(N, 6) xyz + rgb in [0, 1] -> PointCloud2 with RViz's packed ``rgb`` field; NaN points stay NaN. With
+    ``ids`` (N,), each point's object in a uint32 ``object`` field (``object_clouds_msg``)."""
     points = np.asarray(points, dtype=np.float32)
     if points.ndim != 2 or points.shape[1] != 6:
         raise ValueError(f"a cloud is (N, 6) xyz + rgb, got {points.shape}")
-    packed = np.empty(len(points), dtype=_CLOUD_DTYPE)
+    dtype = _CLOUD_DTYPE if ids is None else _OBJECTS_DTYPE
+    packed = np.empty(len(points), dtype=dtype)
     packed["x"], packed["y"], packed["z"] = points[:, 0], points[:, 1], points[:, 2]
     rgb = (np.clip(np.nan_to_num(points[:, 3:6]), 0, 1) * 255).astype(np.uint32)
     packed["rgb"] = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
-    msg = PointCloud2(height=1, width=len(points), is_bigendian=False, point_step=_CLOUD_DTYPE.itemsize)
+    if ids is not None:
+        packed["object"] = ids
+    msg = PointCloud2(height=1, width=len(points), is_bigendian=False, point_step=dtype.itemsize)
     msg.header.stamp, msg.header.frame_id = stamp, frame
     msg.fields = [
-        PointField(name=name, offset=_CLOUD_DTYPE.fields[name][1], datatype=PointField.FLOAT32 if name != "rgb" else PointField.UINT32, count=1)
-        for name in _CLOUD_DTYPE.names
+        PointField(name=name, offset=dtype.fields[name][1], datatype=PointField.FLOAT32 if name in ("x", "y", "z") else PointField.UINT32, count=1)
+        for name in dtype.names
     ]
     msg.row_step = msg.point_step * len(points)
     msg.is_dense = bool(np.isfinite(points).all())
@@ -130,6 +135,25 @@ def cloud_array(msg: PointCloud2) -> np.ndarray:
         rgb = raw["rgb"].astype(np.uint32)
         out[:, 3:6] = np.stack([(rgb >> 16) & 255, (rgb >> 8) & 255, rgb & 255], axis=1) / 255.0
     return out
+
+
+def object_clouds_msg(clouds: dict[int, np.ndarray], stamp: Time, frame: str) -> PointCloud2:
+    """Objects' (N, 6) clouds, by the ``id`` of the marker that names each on the ``objects`` topic, as one
+    PointCloud2 whose ``object`` field says whose each point is: what the planner makes object tokens of."""
+    ids = np.concatenate([np.full(len(c), i, np.uint32) for i, c in clouds.items()]) if clouds else np.zeros(0, np.uint32)
+    points = np.concatenate([np.asarray(c, np.float32) for c in clouds.values()]) if clouds else np.zeros((0, 6), np.float32)
+    return cloud_msg(points, stamp, frame, ids)
+
+
+def object_cloud_arrays(msg: PointCloud2) -> dict[int, np.ndarray]:
+    """What ``object_clouds_msg`` packed: marker id -> (N, 6) cloud."""
+    fields = {f.name: f for f in msg.fields}
+    if "object" not in fields or fields["object"].datatype != PointField.UINT32:
+        raise ValueError("object clouds lack a uint32 'object' field")
+    points = cloud_array(msg)  # checks the sizes
+    dtype = np.dtype({"names": ["object"], "formats": ["<u4"], "offsets": [fields["object"].offset], "itemsize": msg.point_step})
+    ids = np.frombuffer(bytes(msg.data), dtype=dtype.newbyteorder(">" if msg.is_bigendian else "<"))["object"]
+    return {int(i): points[ids == i] for i in np.unique(ids)}
 
 
 def odometry_msg(x: float, y: float, yaw: float, stamp: Time, frame: str = "odom", child: str = "base_link") -> Odometry:

@@ -34,7 +34,7 @@ import numpy as np
 from nav_msgs.msg import OccupancyGrid, Odometry
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState, PointCloud2
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
@@ -43,12 +43,15 @@ from embodied.perception.camera import Frame, HeadMount
 from embodied.perception.naming import UNKNOWN, Label, ObjectNamer
 from embodied.perception.pipeline import FrameReport, Perception, PerceptionConfig
 from envs.backend import HEAD_FOVY, HEAD_HEIGHT, HEAD_OFFSET, HEAD_PITCH_DEG, RobotState
+from envs.object_views import POINTS as OBJECT_POINTS
+from envs.object_views import resample
 from envs.scene import COLOURS
 from ros_nodes.conversions import (
     camera_fovy,
     depth_array,
     image_array,
     joint_positions,
+    object_clouds_msg,
     object_marker,
     occupancy_grid_msg,
     odometry_pose,
@@ -178,6 +181,7 @@ class PerceptionNode(Node):
         self.grasped = ""
 
         self.pub_objects = self.create_publisher(MarkerArray, "objects", STREAM)
+        self.pub_object_clouds = self.create_publisher(PointCloud2, "object_clouds", STREAM)
         self.pub_scene = self.create_publisher(String, "scene", LATCHED)
         self.pub_map = self.create_publisher(OccupancyGrid, "map", LATCHED)
         self.pub_grasped = self.create_publisher(String, "grasped", STREAM)
@@ -335,6 +339,8 @@ class PerceptionNode(Node):
         for reason in left_out:
             self.get_logger().warning(f"left out an object marker: {reason}", throttle_duration_sec=1.0)
         self.pub_objects.publish(markers)
+        clouds = {t.id: resample(t.points, OBJECT_POINTS) for t in perception.memory.named().values()}  # ids: the markers'
+        self.pub_object_clouds.publish(object_clouds_msg(clouds, stamp, frame))
         self.grasped = perception.world_state(robot).robot.holding or ""
         self.pub_grasped.publish(String(data=self.grasped))
         scene = perception.scene().to_dict()

@@ -28,17 +28,26 @@ import sys
 import threading
 import time
 
+from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
 from embodied.decoding import PLAN_TOKENS, DecodingInterrupted
+from envs.object_views import to_robot_frame
 from envs.plan import Plan, Step, parse_plan
 from envs.planners import plan_from_goal
 from envs.scene import COLOURS, SHAPES, ObjectSpec, SceneSpec
 from envs.tasks import parse_instruction
-from ros_nodes.conversions import cloud_array, image_array, scene_spec, validate_plan
+from ros_nodes.conversions import (
+    cloud_array,
+    image_array,
+    object_cloud_arrays,
+    odometry_pose,
+    scene_spec,
+    validate_plan,
+)
 from ros_nodes.params import declare
 from ros_nodes.qos import LATCHED, PLAN, PLAN_LEASE, STREAM
 
@@ -81,6 +90,9 @@ class Planner(Node):
             self.model = self._load_model()
         self.image = self.cloud = self.scene = None
         self.objects: dict[str, tuple[float, float, float]] = {}
+        self.marker_ids: dict[str, int] = {}  # object name -> its marker's id, which names its object cloud
+        self.object_clouds: dict[int, object] = {}  # marker id -> (N, 6) cloud in the odom frame
+        self.pose: tuple[float, float, float] | None = None  # the robot's x, y, yaw in the odom frame
         self.pending: str | None = None
         self.stopping = False
         self.interrupt = threading.Event()  # set on shutdown: the decoder stops at its next token
@@ -94,6 +106,8 @@ class Planner(Node):
         self.create_subscription(PointCloud2, "camera/points", self.on_cloud, STREAM)
         self.create_subscription(String, "scene", self.on_scene, LATCHED)
         self.create_subscription(MarkerArray, "objects", self.on_objects, STREAM)
+        self.create_subscription(PointCloud2, "object_clouds", self.on_object_clouds, STREAM)
+        self.create_subscription(Odometry, "odom", self.on_odom, STREAM)
         self._status("idle")
         self.worker = threading.Thread(target=self._work, daemon=True)
         self.worker.start()
@@ -140,10 +154,32 @@ class Planner(Node):
             return
         names = set(self.scene.object_names)  # a new scene (the bridge reset): forget the old one's objects
         self.objects = {name: xyz for name, xyz in self.objects.items() if name in names}
+        self.marker_ids = {name: i for name, i in self.marker_ids.items() if name in names}
 
     def on_objects(self, msg: MarkerArray) -> None:
         for m in msg.markers:
             self.objects[m.ns] = (m.pose.position.x, m.pose.position.y, m.pose.position.z)
+            self.marker_ids[m.ns] = m.id
+
+    def on_object_clouds(self, msg: PointCloud2) -> None:
+        try:
+            self.object_clouds = object_cloud_arrays(msg)
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected object clouds: {exc}", throttle_duration_sec=1.0)
+
+    def on_odom(self, msg: Odometry) -> None:
+        try:
+            self.pose = odometry_pose(msg)
+        except ValueError as exc:
+            self.get_logger().warning(f"rejected odom: {exc}", throttle_duration_sec=1.0)
+
+    def known_object_clouds(self, names) -> list | None:
+        """The clouds of the named objects perception has sent, in the robot's frame: the model's object tokens
+        (None without odometry or clouds: a ground-truth world sends none, and the model plans without them)."""
+        if self.pose is None or not self.object_clouds or names is None:
+            return None
+        ids = [self.marker_ids.get(name) for name in names]
+        return [to_robot_frame(self.object_clouds[i], *self.pose) for i in ids if i in self.object_clouds]
 
     def on_instruction(self, msg: String) -> None:
         text = " ".join(msg.data.split())
@@ -266,7 +302,7 @@ class Planner(Node):
 
         if self.image is None or self.cloud is None:
             raise ValueError("no camera image and point cloud received yet")
-        request = PlanRequest(instruction, self.image, self.cloud, names)
+        request = PlanRequest(instruction, self.image, self.cloud, names, object_clouds=self.known_object_clouds(names))
         if self.router is not None:
             import ray
 

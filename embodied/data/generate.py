@@ -38,6 +38,7 @@ from embodied.data.phrasing import (
 )
 from embodied.io import atomic_dir, write_json
 from embodied.prompts import Sample, caption_sample, plan_sample, text_sample, vqa_sample
+from envs.object_views import resample
 from envs.paraphrase import paraphrase
 
 SPLITS = ("train", "val", "test", "compositional")
@@ -213,7 +214,7 @@ class _SceneWriter:
     def _observation(self, obs_id: str, seed: int, obs: dict, env) -> dict:
         """Record the observation, with the clouds of the objects the robot knows of (``env.object_clouds``)."""
         objects = env.object_clouds()
-        clouds = np.stack([_resample(c, self.config.scene_object_points) for c in objects.values()]) if objects else np.zeros((0, 6))
+        clouds = np.stack([resample(c, self.config.scene_object_points) for c in objects.values()]) if objects else np.zeros((0, 6))
         self.rows["observations"].append(
             {
                 "id": obs_id,
@@ -367,11 +368,6 @@ def _png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _resample(cloud: np.ndarray, count: int) -> np.ndarray:
-    """Exactly ``count`` points, spread evenly over the cloud (repeated when it has fewer)."""
-    return cloud[np.arange(count) % len(cloud)] if len(cloud) < count else cloud[np.linspace(0, len(cloud) - 1, count).astype(int)]
 
 
 def _f16(cloud: np.ndarray) -> bytes:

@@ -22,6 +22,8 @@ from ros_nodes.conversions import (
     image_msg,
     joint_positions,
     joint_state_msg,
+    object_cloud_arrays,
+    object_clouds_msg,
     odometry_msg,
     odometry_pose,
     twist_msg,
@@ -200,6 +202,22 @@ def test_malformed_cloud_raises(msg, match):
 def test_cloud_msg_wants_n_by_6():
     with pytest.raises(ValueError, match=r"\(N, 6\)"):
         cloud_msg(np.zeros((4, 3), np.float32), STAMP, "odom")
+
+
+def test_object_clouds_round_trip_by_marker_id():
+    rng = np.random.default_rng(3)
+    clouds = {7: rng.uniform(0, 1, (20, 6)).astype(np.float32), 2: rng.uniform(0, 1, (5, 6)).astype(np.float32)}
+    msg = object_clouds_msg(clouds, STAMP, "odom")
+    assert [f.name for f in msg.fields] == ["x", "y", "z", "rgb", "object"] and msg.width == 25
+    out = object_cloud_arrays(msg)
+    assert set(out) == {7, 2}
+    for i, cloud in clouds.items():
+        np.testing.assert_array_equal(out[i][:, :3], cloud[:, :3])
+        assert np.all(np.abs(out[i][:, 3:] - cloud[:, 3:]) <= 1 / 255 + 1e-6)
+    assert cloud_array(msg).shape == (25, 6)  # an ordinary cloud to any other reader (RViz)
+    assert object_cloud_arrays(object_clouds_msg({}, STAMP, "odom")) == {}
+    with pytest.raises(ValueError, match="'object' field"):
+        object_cloud_arrays(cloud_msg(clouds[7], STAMP, "odom"))
 
 
 # -- odometry, joints, commands --------------------------------------------------------------------------

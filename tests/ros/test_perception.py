@@ -168,6 +168,10 @@ def test_perceived_oracle_graph_completes_pick_place(ros, torch_threads):
     assert item in [m.data for m in probe.rec["truth_grasped"].messages]
     values, origin, resolution = occupancy_grid_array(probe.rec["map"].last)
     assert (values == 0).any() and (values == 100).any() and resolution == pytest.approx(0.05)
+    # The planner has each named object's cloud from perception, for the model's object tokens.
+    assert len(planner.known_object_clouds([item, container])) == 2
+    cloud = planner.object_clouds[planner.marker_ids[item]]
+    assert np.linalg.norm(cloud[:, :2].mean(axis=0) - truth[:2]) < 0.1
     report = probe.rec["perception"].last
     assert report["fused"] >= 20 and not report["last_skip"].startswith("odometry jump"), report
     assert any(abs(t.linear.x) + abs(t.linear.y) > 0.05 for t in probe.rec["cmd_vel"].messages)

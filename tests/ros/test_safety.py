@@ -30,7 +30,16 @@ from envs.plan import Plan, Step
 from envs.scene import generate_scene
 from envs.skills import REACH
 from ros_nodes.controller import Controller
-from ros_nodes.conversions import ARM_JOINTS, cloud_msg, image_msg, joint_state_msg, odometry_msg, odometry_pose
+from ros_nodes.conversions import (
+    ARM_JOINTS,
+    cloud_msg,
+    image_msg,
+    joint_state_msg,
+    object_clouds_msg,
+    object_marker,
+    odometry_msg,
+    odometry_pose,
+)
 from ros_nodes.planner import Planner
 from ros_nodes.qos import LATCHED, STREAM
 from ros_nodes.sim_bridge import SimBridge
@@ -389,6 +398,30 @@ def test_planner_drops_malformed_inputs_and_keeps_planning(ros):
     plan = probe.rec["plan"].wait(lambda p: p["instruction"] == f"go to the {name}", timeout=10)
     assert plan is not None and plan["valid"] and plan["plan"].splitlines()[1] == f"1. navigate({name})"
     assert planner.worker.is_alive()
+    ros.assert_alive()
+
+
+def test_planner_turns_perceptions_object_clouds_into_robot_frame_clouds_and_drops_malformed_ones(ros):
+    inputs = {
+        "objects": (MarkerArray, "objects", STREAM),
+        "object_clouds": (PointCloud2, "object_clouds", STREAM),
+        "odom": (Odometry, "odom", STREAM),
+    }
+    planner, probe = planner_rig(ros, inputs, {"rosout": (Log, "/rosout", ROSOUT_QOS)}, planner="oracle")
+    stamp = probe.get_clock().now().to_msg()
+    bad = object_clouds_msg({3: np.zeros((4, 6), np.float32)}, stamp, "odom")
+    bad.data = bytes(len(bad.data) - 1)
+    probe.publish("object_clouds", bad)
+    assert logged(probe, "planner", "rejected object clouds:")
+    markers = MarkerArray(markers=[object_marker("red cube", (2.0, 1.0, 0.8), 0.03, "cube", (1, 0, 0), stamp, "odom", 3)])
+    cloud = np.array([[2.0, 1.0, 0.8, 1.0, 0.0, 0.0]] * 40, np.float32)
+    probe.publish("objects", markers)
+    probe.publish("object_clouds", object_clouds_msg({3: cloud, 9: cloud + 1}, stamp, "odom"))  # 9: no name yet
+    probe.publish("odom", odometry_msg(1.0, 1.0, math.pi / 2, stamp))  # at (1, 1) facing +y: the cube is on its right
+    assert wait_for(lambda: planner.pose is not None and 3 in planner.object_clouds and "red cube" in planner.marker_ids, 5)
+    (robot_frame,) = planner.known_object_clouds(["red cube", "blue ball"])
+    np.testing.assert_allclose(robot_frame[0, :3], [0.0, -1.0, 0.8], atol=1e-5)
+    assert planner.known_object_clouds(None) is None
     ros.assert_alive()
 
 
