@@ -141,10 +141,14 @@ class Planner(Node):
             self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=1.0)
 
     def on_cloud(self, msg: PointCloud2) -> None:
+        self._keep("cloud", cloud_array, msg, "point cloud")
+
+    def _keep(self, attribute: str, parse, msg, what: str) -> None:
+        """``parse(msg)`` as ``attribute``; a malformed message is logged (throttled) and dropped."""
         try:
-            self.cloud = cloud_array(msg)
+            setattr(self, attribute, parse(msg))
         except ValueError as exc:
-            self.get_logger().warning(f"rejected point cloud: {exc}", throttle_duration_sec=1.0)
+            self.get_logger().warning(f"rejected {what}: {exc}", throttle_duration_sec=1.0)
 
     def on_scene(self, msg: String) -> None:
         try:
@@ -162,16 +166,10 @@ class Planner(Node):
             self.marker_ids[m.ns] = m.id
 
     def on_object_clouds(self, msg: PointCloud2) -> None:
-        try:
-            self.object_clouds = object_cloud_arrays(msg)
-        except ValueError as exc:
-            self.get_logger().warning(f"rejected object clouds: {exc}", throttle_duration_sec=1.0)
+        self._keep("object_clouds", object_cloud_arrays, msg, "object clouds")
 
     def on_odom(self, msg: Odometry) -> None:
-        try:
-            self.pose = odometry_pose(msg)
-        except ValueError as exc:
-            self.get_logger().warning(f"rejected odom: {exc}", throttle_duration_sec=1.0)
+        self._keep("pose", odometry_pose, msg, "odom")
 
     def known_object_clouds(self, names) -> list | None:
         """The clouds of the named objects perception has sent, in the robot's frame: the model's object tokens
