@@ -74,8 +74,8 @@ def tower_weights(ulip: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 class ObjectEncoder(nn.Module):
-    """Clouds of objects -> one token each. The tower stays frozen (it is never among the trainable parts);
-    the projector learns."""
+    """Clouds of objects -> one token each. The tower stays frozen (``train.language.FROZEN``, and no gradient
+    reaches it); the projector learns."""
 
     def __init__(self, config: ObjectTokensConfig, points: PointEncoderConfig, width: int):
         super().__init__()
