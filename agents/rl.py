@@ -41,7 +41,7 @@ class RLConfig:
     lr: float = 1e-4
     grad_clip: float = 1.0
     validity_bonus: float = 0.1  # reward for a plan that parses with known skills and objects
-    trainable: tuple[str, ...] = ("image_projector", "point_projector", "lora")
+    trainable: tuple[str, ...] = ("image_projector", "point_projector", "object_encoder", "lora")
     eval_every: int = 5
     eval_episodes: int = 8  # held-out episodes per task
     eval_seed: int = EVAL_SEED

@@ -146,6 +146,15 @@ def test_a_checkpoint_config_of_the_wrong_types_is_one_line(tmp_path, capsys, no
     assert _refused(capsys, argv) == f"embodied eval: error: {checkpoint / CONFIG_FILE}: {message}\n"
 
 
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "rl"])
+def test_every_recipe_stage_after_ulip_trains_every_input_projector(stage):
+    """The recipe's SFT once left the object tokens' projector out of its list, and the shipped model read
+    its objects through a projector only captioning had trained."""
+    path = CONFIGS / "train" / f"{stage}.yaml"
+    parts = RLConfig.load(path).trainable if stage == "rl" else TrainConfig.load(path).parts
+    assert {"image_projector", "point_projector", "object_encoder"} <= set(parts)
+
+
 def test_types_are_checked_against_the_annotations():
     config = TrainConfig.from_dict({**BASE, "lr": 1, "trainable": ["lora"], "init": None, "model": {"lora": {"dropout": 0}}})
     assert type(config.lr) is float and config.lr == 1.0  # an int where a float is expected
