@@ -55,6 +55,12 @@ def geometry(cloud: torch.Tensor) -> torch.Tensor:
     return torch.cat([(low + high) / 2, (high - low) / 2])
 
 
+def ulip_embedding(encoder: PointEncoder, head: nn.Linear, clouds: torch.Tensor) -> torch.Tensor:
+    """Unit vectors in the text space: the head on the encoder's class token. The ULIP stage trains this and
+    the tower runs it, so what the tower computes is what was aligned."""
+    return F.normalize(head(encoder(clouds)[:, 0]), dim=-1)
+
+
 class UlipPointTower(nn.Module):
     """The ULIP stage's point encoder and projection head: clouds in, unit vectors in the text space out."""
 
@@ -64,7 +70,7 @@ class UlipPointTower(nn.Module):
         self.head = nn.Linear(config.hidden_size, ULIP_DIM)
 
     def forward(self, clouds: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.encoder(clouds)[:, 0]), dim=-1)  # the class token
+        return ulip_embedding(self.encoder, self.head, clouds)
 
 
 def tower_weights(ulip: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -19,6 +19,7 @@ from torch import nn
 
 from embodied.data.dataset import SplitData, decode_cloud, decode_png
 from embodied.encoders.image import ImageEncoder
+from embodied.encoders.objects import ulip_embedding
 from embodied.encoders.pointcloud import PointEncoder, prepare_cloud, unit_sphere
 from embodied.io import atomic_dir, write_json
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
@@ -38,7 +39,7 @@ class UlipModel(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def embed_points(self, clouds: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.point_head(self.point_encoder(clouds)[:, 0]), dim=-1)  # the class token
+        return ulip_embedding(self.point_encoder, self.point_head, clouds)
 
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_head(self.image_encoder(images).mean(dim=1)), dim=-1)
