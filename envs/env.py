@@ -311,18 +311,21 @@ class EmbodiedEnv(gym.Env):
         episode parses plans against them."""
         return self.scene.object_names if self.world is None else self.world.known_objects()
 
+    def world_object_clouds(self) -> dict[str, np.ndarray]:
+        """The known objects' (N, 6) clouds in the world (odometry) frame, by name: the perceived world's fused
+        tracks, or in the privileged world every table looked at from a few sides (``envs.object_views``),
+        rendered once per step it is asked at."""
+        if self.world is not None:
+            return self.world.object_clouds()
+        if self._survey is None or self._survey[0] != self.steps:
+            self._survey = (self.steps, object_clouds(self.backend, self.scene, np.random.default_rng(self.episode_seed)))
+        return self._survey[1]
+
     def object_clouds(self) -> dict[str, np.ndarray]:
         """The known objects' clouds in the robot's frame (x ahead, y left), by name: what object tokens are
-        made of. The perceived world's fused tracks, or in the privileged world every table looked at from a
-        few sides (``envs.object_views``), rendered once per step it is asked at."""
-        if self.world is not None:
-            clouds = self.world.object_clouds()
-        else:
-            if self._survey is None or self._survey[0] != self.steps:
-                self._survey = (self.steps, object_clouds(self.backend, self.scene, np.random.default_rng(self.episode_seed)))
-            clouds = self._survey[1]
+        made of."""
         robot = self._state.robot
-        return {name: to_robot_frame(cloud, robot.x, robot.y, robot.yaw) for name, cloud in clouds.items()}
+        return {name: to_robot_frame(cloud, robot.x, robot.y, robot.yaw) for name, cloud in self.world_object_clouds().items()}
 
     def skill_view(self) -> tuple[SceneSpec, NavMap]:
         """The scene and navigation map the skills plan with."""

@@ -172,8 +172,8 @@ class Planner(Node):
         self._keep("pose", odometry_pose, msg, "odom")
 
     def known_object_clouds(self, names) -> list | None:
-        """The clouds of the named objects perception has sent, in the robot's frame: the model's object tokens
-        (None without odometry or clouds: a ground-truth world sends none, and the model plans without them)."""
+        """The clouds of the named objects perception (or the sim bridge's ground truth) has sent, in the robot's
+        frame: the model's object tokens (None without odometry or clouds: the model then plans without them)."""
         if self.pose is None or not self.object_clouds or names is None:
             return None
         ids = [self.marker_ids.get(name) for name in names]

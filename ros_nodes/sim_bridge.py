@@ -4,8 +4,10 @@ from hardware.
 Publishes camera/image (rgb8), camera/depth (32FC1), camera/camera_info, camera/points (PointCloud2),
 joint_states, odom, gripper/holding (Bool: the gripper holds something, as a gripper driver reports), the
 task (latched JSON) and task/status, and the simulator's ground truth: grasped (the held object's name, or
-empty), objects (a MarkerArray of object poses: perfect perception) and the scene description (latched
-JSON). ``perception`` says where that ground truth goes: ``ground_truth`` (the default) on those plain
+empty), objects (a MarkerArray of object poses: perfect perception), the scene description (latched
+JSON) and, with ``perception:=ground_truth``, object_clouds (every object's cloud as a perception node
+publishes them, for the model's object tokens: each table rendered from a few sides, again after
+something moved, at most once per ``object_cloud_period`` seconds). ``perception`` says where that ground truth goes: ``ground_truth`` (the default) on those plain
 names, for the planner and controller to use; ``node`` on ground_truth/grasped, ground_truth/objects and
 ground_truth/scene (for comparison and debugging only: the perception node publishes the plain names from
 the sensors); ``none`` nowhere, as on a robot. With a perception node (``node`` or ``none``) the camera
@@ -43,6 +45,7 @@ from ros_nodes.conversions import (
     cloud_msg,
     image_msg,
     joint_state_msg,
+    object_clouds_msg,
     odometry_msg,
     scene_markers,
     twist_velocity,
@@ -52,6 +55,7 @@ from ros_nodes.qos import LATCHED, STREAM
 
 PERCEPTION_MODES = ("ground_truth", "node", "none")
 CAMERA_SIZE = {"ground_truth": 128, "node": 256, "none": 256}  # px a side when width/height are 0 (auto)
+MOVED = 0.01  # m an object moves before its cloud is rendered again
 
 
 class SimBridge(Node):
@@ -71,6 +75,7 @@ class SimBridge(Node):
                 "odom_frame": "odom",
                 "camera_frame": "head_camera",
                 "perception": "ground_truth",  # or "node" / "none": see the module docstring
+                "object_cloud_period": 1.0,  # s between object_clouds messages (ground truth only)
             },
         )
         self.mode = param["perception"]
@@ -109,6 +114,9 @@ class SimBridge(Node):
             self.pub_grasped = self.create_publisher(String, truth + "grasped", STREAM)
             self.pub_scene = self.create_publisher(String, truth + "scene", LATCHED)
         self.pub_task = self.create_publisher(String, "task", LATCHED)
+        self.pub_object_clouds = self.create_publisher(PointCloud2, "object_clouds", STREAM) if self.mode == "ground_truth" else None
+        self.cloud_positions: dict | None = None  # where the objects were when their clouds were last rendered
+        self.object_clouds: dict[int, np.ndarray] = {}  # marker id -> (N, 6) cloud in the odometry frame
         self.create_subscription(Twist, "cmd_vel", self.on_cmd_vel, STREAM)
         self.create_subscription(JointTrajectory, "arm_command", self.on_arm_command, STREAM)
         self.create_service(Trigger, "~/reset", self.on_reset)
@@ -118,6 +126,8 @@ class SimBridge(Node):
         self.publish_episode()
         self.create_timer(self.period, self.step)
         self.create_timer(1.0 / param["camera_rate"], self.publish_camera)
+        if self.pub_object_clouds is not None:
+            self.create_timer(param["object_cloud_period"], self.publish_object_clouds)
         self.publish_state()
 
     def publish_episode(self) -> None:
@@ -133,6 +143,7 @@ class SimBridge(Node):
         self.env.reset(seed=self.seed)
         self.velocity, self.velocity_time = (0.0, 0.0, 0.0), None
         self.arm = {"lift": LIFT_RANGE[0], "extend": EXTEND_RANGE[0], "gripper": 0.0}
+        self.cloud_positions = None  # another room: its objects' clouds are rendered afresh
         if self.perception_reset is not None and self.perception_reset.service_is_ready():
             self.perception_reset.call_async(Trigger.Request())
         self.publish_episode()
@@ -207,6 +218,20 @@ class SimBridge(Node):
         info = base.info()
         status = {k: info[k] for k in ("success", "holding", "steps") if k in info}
         self.pub_status.publish(String(data=json.dumps(status)))
+
+    def publish_object_clouds(self) -> None:
+        """The objects' clouds in the odometry frame, by the ids of their markers on ``objects``; rendered
+        again only once something has moved more than ``MOVED`` (rendering takes tens of milliseconds)."""
+        base = self.env.unwrapped
+        positions = base.world_state().objects
+        moved = self.cloud_positions is None or any(
+            np.linalg.norm(np.subtract(positions[name], where)) > MOVED for name, where in self.cloud_positions.items()
+        )
+        if moved:
+            self.cloud_positions = {name: np.array(where) for name, where in positions.items()}
+            clouds = base.world_object_clouds()
+            self.object_clouds = {i: clouds[o.name] for i, o in enumerate(base.scene.objects) if o.name in clouds}
+        self.pub_object_clouds.publish(object_clouds_msg(self.object_clouds, self.get_clock().now().to_msg(), self.odom_frame))
 
     def destroy_node(self):
         self.env.close()

@@ -104,6 +104,9 @@ def test_tiny_model_planner_publishes_a_parseable_plan(ros, torch_threads):
     # The model plans from the camera image and the point cloud: wait until the planner has both.
     assert wait_for(lambda: planner.image is not None and planner.cloud is not None and planner.scene is not None, 30)
     assert planner.image.shape == (128, 128, 3) and planner.cloud.shape == (1024, 6)
+    # with the ground truth the bridge also sends every object's cloud, so the model has its object tokens
+    names = bridge.env.unwrapped.scene.object_names
+    assert wait_for(lambda: planner.pose is not None and len(planner.known_object_clouds(names) or ()) == len(names), 20)
     assert wait_for(lambda: probe.pub["instruction"].get_subscription_count() > 0, 20)
 
     probe.publish("instruction", String(data="  " + task["instruction"] + " \n"))
@@ -111,7 +114,6 @@ def test_tiny_model_planner_publishes_a_parseable_plan(ros, torch_threads):
     assert plan is not None, "the model planner published no plan"
     assert plan["valid"] is True and plan["error"] == "", plan
     assert plan["planner"] == "model" and plan["instruction"] == task["instruction"]  # whitespace normalised
-    names = bridge.env.unwrapped.scene.object_names
     parsed = parse_plan(plan["plan"], names)
     assert parsed.steps and parsed.steps[-1].terminal
     assert all(arg in names for step in parsed.steps if step.skill not in ("answer",) for arg in step.args)
