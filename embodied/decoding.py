@@ -30,8 +30,7 @@ ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spa
 MAX_THOUGHT_CHARS = 240
 TOP_K = 32
 FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
-# a colour word, letters glued to it, the space after it, and the next word
-_COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})([a-z]*)(\s*)([a-z]*)")
+_COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})\s+([a-z]+)")  # a colour and the word after it
 
 
 class PlanConstraint:
@@ -88,22 +87,14 @@ class PlanConstraint:
         )  # fmt: skip
 
     def _imagines(self, thought: str) -> bool:
-        """Does the thought name, or begin to name, an object the robot does not know of? A colour word must be
-        followed by the shape of a known object of that colour ("blue c" where no blue cube or cylinder is
-        known, "blue cubes" too, and so "blue ball", "bluebin" and "blue," as well: words that slipped past
-        the shape names). The thought says what the robot perceives, so a plan is not reasoned from objects
-        the model imagined."""
+        """Does the thought name, or begin to name, an object by colour and shape that the robot does not
+        know of? ("blue c" where no blue cube or cylinder is known; "blue cubes" too.) The thought says what
+        the robot perceives, so a plan is not reasoned from objects the model imagined."""
         if self.objects is None:
             return False
-        for match in _COLOUR_WORD.finditer(thought):
-            colour, glued, space, word = match.groups()
-            if match.end(1) == len(thought):
-                continue  # the colour word may still grow into another word
-            typing = match.end() == len(thought)  # the next word may still be growing
-            shapes = [s for s in SHAPES if f"{colour} {s}" in self._known]
-            if glued or not space or not (word or typing):
-                return True
-            if not any(word.startswith(s) or (typing and s.startswith(word)) for s in shapes):
+        for colour, word in _COLOUR_WORD.findall(thought):
+            shapes = [s for s in SHAPES if s.startswith(word) or word.startswith(s)]
+            if shapes and not any(f"{colour} {s}" in self._known for s in shapes):
                 return True
         return False
 
