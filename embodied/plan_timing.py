@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from embodied.decoding import DecodingConfig
@@ -48,10 +48,14 @@ class Timing:
         return self.tokens / self.seconds
 
 
-def time_plan(model: EmbodiedModel, request: PlanRequest, decoding: DecodingConfig, repeat: int = 3, warm_up: bool = True) -> Timing:
+def time_plan(
+    model: EmbodiedModel, request: PlanRequest, decoding: DecodingConfig, repeat: int = 3, warm_up: bool = True, inputs: Sequence[str] | None = None
+) -> Timing:
     """The plan for ``request`` and its latency, encoders and prompt included; with ``warm_up``, an untimed
-    call first (a path's first call builds its int8 copy and the system prompt's cache)."""
-    sample, objects = request.sample(model.inputs), [None if request.objects is None else list(request.objects)]
+    call first (a path's first call builds its int8 copy and the system prompt's cache). ``inputs``: what the
+    model is shown (``embodied.prompts.INPUTS``; None: all it reads)."""
+    sample = request.sample(model.inputs if inputs is None else inputs)
+    objects = [None if request.objects is None else list(request.objects)]
     if warm_up:
         model.plan([sample], objects, decoding=decoding)
     plans, seconds = [], []
