@@ -21,7 +21,7 @@ OBJECTS = ["red cube", "green bowl", "green cube", "blue sphere"]
 PLANS = [
     "thought: on table 1: red cube, green bowl.\n1. navigate(red cube)\n2. pick(red cube)\n3. navigate(green bowl)\n"
     "4. place(red cube, green bowl)\n5. done()",
-    "thought: a green cube and a green bowl.\n1. scan()\n2. look_at(green cube)\n3. place(green cube, green bowl)\n4. answer(two green things)",
+    "thought: two greens.\n1. scan()\n2. look_at(green cube)\n3. place(green cube, green bowl)\n4. answer(two green things)",
 ]
 FAST_EXACT = DecodingConfig(int8=False, threads=None)  # every exact technique, full-precision weights
 
