@@ -136,10 +136,10 @@ class EmbodiedModel(nn.Module):
         )
         return check_tokens(self.point_projector(self.point_encoder(points.to(self.device))), "clouds")
 
-    def encode_objects(self, sets: list) -> list[torch.Tensor]:
-        """Per set of object clouds (robot frame), its tokens (n, D): one per object, the nearest
-        ``objects.max_objects``, nearest first. A bad cloud raises a ValueError naming ``objects[i][j]``, a
-        model without object tokens one saying so."""
+    def encode_objects(self, sets: list) -> list[tuple[torch.Tensor, list[str]]]:
+        """Per set of object clouds (robot frame), its tokens (n, D), one per object (the nearest
+        ``objects.max_objects``, nearest first), and the words that follow each (``ObjectEncoder``). A bad
+        cloud raises a ValueError naming ``objects[i][j]``, a model without object tokens one saying so."""
         if self.object_encoder is None:
             raise ValueError(f"this model has no object tokens (its config's objects.enabled is false): leave {OBJECTS} out")
         return [self.object_encoder(list(clouds), f"objects[{i}]") for i, clouds in enumerate(sets)]
@@ -156,22 +156,27 @@ class EmbodiedModel(nn.Module):
             POINTS: iter(self.encode_clouds(clouds)) if clouds else iter(()),
             OBJECTS: iter(self.encode_objects(sets)) if sets else iter(()),
         }
-        embed = self.llm.get_input_embeddings()
         sequences = []
         for sample in samples:
-            parts, labels = [], []
+            pieces = []  # (embeddings, labels)
             for text, is_target in sample.segments():
                 for piece in PLACEHOLDER_RE.split(text):
-                    if piece in tokens_of:
+                    if piece == OBJECTS:  # each object's token, then its words
+                        tokens, words = next(tokens_of[piece])
+                        for token, said in zip(tokens, words):
+                            pieces += [(token[None], torch.full((1,), -100))] + ([self._text(said)] if said else [])
+                    elif piece in tokens_of:
                         tokens = next(tokens_of[piece])
-                        parts.append(tokens)
-                        labels.append(torch.full((len(tokens),), -100))
+                        pieces.append((tokens, torch.full((len(tokens),), -100)))
                     elif piece:
-                        ids = torch.tensor(self.tokenizer(piece, add_special_tokens=False).input_ids)
-                        parts.append(embed(ids.to(self.device)))
-                        labels.append(ids if is_target else torch.full_like(ids, -100))
-            sequences.append((torch.cat(parts), torch.cat(labels).to(self.device)))
+                        pieces.append(self._text(piece, is_target))
+            sequences.append((torch.cat([e for e, _ in pieces]), torch.cat([lab for _, lab in pieces]).to(self.device)))
         return sequences
+
+    def _text(self, text: str, is_target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of ``text``'s tokens and their labels (-100 unless a target)."""
+        ids = torch.tensor(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return self.llm.get_input_embeddings()(ids.to(self.device)), ids if is_target else torch.full_like(ids, -100)
 
     def forward(self, samples: list[Sample]):
         """Language-model loss on the assistant replies of ``samples`` (right-padded batch)."""
@@ -348,6 +353,8 @@ class EmbodiedModel(nn.Module):
             if version != FORMAT_VERSION:
                 raise CheckpointError(f"{config_file}: format_version {version!r}, this code reads {FORMAT_VERSION}")
             data.setdefault("objects", {"enabled": False})  # written before object tokens
+            if isinstance(data["objects"], dict):
+                data["objects"].setdefault("words", False)  # written before their words
             config = ModelConfig.from_dict(data)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{config_file}: {exc}") from exc

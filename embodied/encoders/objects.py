@@ -3,9 +3,15 @@
 A token is a projection of two things: the object's ULIP-2 embedding (the point encoder and head of the ULIP
 stage, frozen: the space where a cloud lies near the words that describe it, so "a small red cube" and its
 points already agree before the language model sees either) and where the object is: Fourier features of
-its centre and half-size in the robot's frame (x ahead, y left, metres). ULIP sees each cloud scaled into
-the unit sphere, so size and place come only from the geometry features: "the large bowl" and "whatever
-is closest to the bin" need them.
+its centre in the robot's frame (x ahead, y left, metres) and its half-size. ULIP sees each cloud squared to
+the axes and scaled into the unit sphere, so size and place come only from the geometry features: "the large
+bowl" and "whatever is closest to the bin" need them.
+
+With ``words`` on, each token is followed by what it says in words the language model already reads: the
+zero-shot name (the class prompt nearest the ULIP embedding, ``embodied.encoders.zero_shot``), the width
+and the place: "<token> red cube 5 cm: 62 ahead, 12 left;". The language model then grounds the
+instruction's words in the perceived objects' names (as ConceptGraphs' LLM reads its scene graph), while the
+token keeps what the words leave out.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, prepare_cloud, unit_sphere
+from embodied.encoders.pointcloud import PointEncoder, PointEncoderConfig, align_footprint, prepare_cloud, unit_sphere
+from embodied.encoders.zero_shot import CLASSES, prompt_embeddings
 from embodied.inputs import as_cloud, check_tokens
 
 ULIP_DIM = 384  # all-MiniLM-L6-v2's width, the space the ULIP stage aligns clouds to
@@ -30,6 +37,7 @@ class ObjectTokensConfig:
     max_objects: int = 16  # the nearest this many, when the robot knows of more
     bands: int = 6  # Fourier frequencies per coordinate: 1/(4 m) up to 2^(bands-1)/(4 m)
     hidden_size: int = 512
+    words: bool = True  # each token followed by the object's zero-shot name, width and place in words
 
     def __post_init__(self):
         if self.max_objects < 1 or self.bands < 1 or self.hidden_size < 1:
@@ -44,15 +52,23 @@ def ulip_input(cloud: torch.Tensor, config: PointEncoderConfig, where: str = "ob
         cloud = cloud[torch.from_numpy(np.random.default_rng(0).choice(len(cloud), ULIP_POINTS, replace=False))]
     elif 0 < len(cloud) < config.group_size:
         cloud = cloud[torch.arange(config.group_size) % len(cloud)]
-    return unit_sphere(prepare_cloud(cloud, ULIP_POINTS, config.group_size, config.in_channels, where))
+    return unit_sphere(align_footprint(prepare_cloud(cloud, ULIP_POINTS, config.group_size, config.in_channels, where)))
 
 
 def geometry(cloud: torch.Tensor) -> torch.Tensor:
-    """(6,) the bounding box's centre and half-size of a cloud's finite points (it has some: ``ulip_input``
-    checked)."""
+    """(6,) a cloud's bounding-box centre and its half-size squared to the axes, longer side first (the same
+    for any heading), from its finite points (it has some: ``ulip_input`` checked)."""
     xyz = cloud[:, :3][torch.isfinite(cloud).all(dim=1)]
     low, high = xyz.min(dim=0).values, xyz.max(dim=0).values
-    return torch.cat([(low + high) / 2, (high - low) / 2])
+    squared = align_footprint(xyz)
+    half = (squared.amax(dim=0) - squared.amin(dim=0)) / 2
+    return torch.cat([(low + high) / 2, half[:2].sort(descending=True).values, half[2:]])
+
+
+def describe(name: str, box: torch.Tensor) -> str:
+    """An object in words from its name and ``geometry``: " red cube 5 cm: 62 ahead, 12 left;" (centimetres)."""
+    width, ahead, left = (round(100 * float(v)) for v in (2 * box[3], box[0], box[1]))
+    return f" {name} {width} cm: {ahead} ahead, {abs(left)} {'left' if left >= 0 else 'right'};"
 
 
 def ulip_embedding(encoder: PointEncoder, head: nn.Linear, clouds: torch.Tensor) -> torch.Tensor:
@@ -91,20 +107,24 @@ class ObjectEncoder(nn.Module):
         features = ULIP_DIM + 6 * (1 + 2 * config.bands)
         self.projector = nn.Sequential(nn.Linear(features, config.hidden_size), nn.GELU(), nn.Linear(config.hidden_size, width))
 
-    def forward(self, clouds: list, where: str = "objects") -> torch.Tensor:
+    def forward(self, clouds: list, where: str = "objects") -> tuple[torch.Tensor, list[str]]:
         """(n, width) tokens of the nearest ``max_objects`` of ``clouds`` (each (N, 6) in the robot's frame),
-        nearest first: an order the model can learn from. A bad cloud raises a ValueError naming
-        ``where[i]``, i its place in ``clouds``."""
+        nearest first (an order the model can learn from), and each one's words (``describe``; "" with
+        ``words`` off). A bad cloud raises a ValueError naming ``where[i]``, i its place in ``clouds``."""
         checked = [as_cloud(c, self.points.in_channels, f"{where}[{i}]") for i, c in enumerate(clouds)]
         inputs = [ulip_input(c, self.points, f"{where}[{i}]") for i, c in enumerate(checked)]
         boxes = [geometry(c) for c in checked]
         order = sorted(range(len(boxes)), key=lambda i: float(boxes[i][:2].norm()))[: self.config.max_objects]
         if not order:
-            return torch.zeros(0, self.projector[-1].out_features, device=self.frequencies.device)
+            return torch.zeros(0, self.projector[-1].out_features, device=self.frequencies.device), []
         device = self.frequencies.device
         with torch.no_grad():
             embedded = self.tower(torch.stack([inputs[i] for i in order]).to(device))
         box = torch.stack([boxes[i] for i in order]).to(device)
         angles = box[:, :, None] * self.frequencies
         place = torch.cat([box, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1)
-        return check_tokens(self.projector(torch.cat([embedded, place], dim=1))[None], where)[0]
+        tokens = check_tokens(self.projector(torch.cat([embedded, place], dim=1))[None], where)[0]
+        if not self.config.words:
+            return tokens, [""] * len(order)
+        names = (embedded @ prompt_embeddings().to(device).T).argmax(dim=1).tolist()
+        return tokens, [describe(" ".join(CLASSES[k]), b) for k, b in zip(names, box.cpu())]

@@ -134,6 +134,34 @@ def prepare_cloud(
     return valid[index]
 
 
+_TURNS = torch.deg2rad(torch.arange(0.0, 90.0, 1.0))  # a rectangle's footprint repeats every quarter turn
+# A square's bounding box grows up to 2x as it turns, a disc's not at all. Squaring only footprints that grow
+# this much: 1.6-1.8 named 98.6% of privileged robot-frame objects (1.9: 91%) and kept perception's labels
+# at 96.8% (squaring every footprint: 94.5%, its one-sided views of cylinders read as cubes).
+SQUARE_GROWTH = 1.7
+
+
+def align_footprint(cloud: torch.Tensor) -> torch.Tensor:
+    """The cloud turned about the vertical (z) axis so its footprint's tightest bounding rectangle lies along
+    x and y (when it has sides: ``SQUARE_GROWTH``): the same object reads the same from any heading. ULIP
+    learned its shapes from simulated objects that stand square to the world's axes; seen from the robot's
+    frame, turned, a fifth of the cubes and bins read as cylinders and bowls. Its finite points must be
+    there (``prepare_cloud`` checks)."""
+    finite = torch.isfinite(cloud).all(dim=1)
+    xy = cloud[finite, :2] - cloud[finite, :2].mean(dim=0)
+    cos, sin = _TURNS.cos().to(cloud), _TURNS.sin().to(cloud)
+    along = xy[:, :1] * cos + xy[:, 1:] * sin
+    across = xy[:, 1:] * cos - xy[:, :1] * sin
+    area = (along.amax(0) - along.amin(0)) * (across.amax(0) - across.amin(0))
+    k = int(area.argmin())
+    if area.max() < SQUARE_GROWTH * area[k]:
+        return cloud  # round (or a round thing's arc, seen from one side): no sides to square, leave it be
+    c, s = cos[k], sin[k]
+    turned = cloud.clone()
+    turned[:, 0], turned[:, 1] = cloud[:, 0] * c + cloud[:, 1] * s, cloud[:, 1] * c - cloud[:, 0] * s
+    return turned
+
+
 def unit_sphere(cloud: torch.Tensor) -> torch.Tensor:
     """An object's cloud centred and scaled into the unit sphere, as PointBERT and ULIP train on (in metres an
     object's neighbourhoods are millimetres apart, too small a signal beside colour)."""

@@ -16,16 +16,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from embodied.data.phrasing import CLASS_PROMPT
 from embodied.encoders.objects import UlipPointTower, tower_weights, ulip_input
+from embodied.encoders.zero_shot import CLASSES, prompt_embeddings
 from embodied.errors import CheckpointError
 from embodied.inputs import as_cloud
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
 from embodied.threads import torch_threads
-from envs.scene import COLOURS, SHAPES
 
 SHIPPED = Path(__file__).resolve().parent.parent / "checkpoints" / "ulip"
-CLASSES = [(colour, shape) for colour in COLOURS for shape in SHAPES]
 UNKNOWN = "unknown"
 MIN_CONFIDENCE = 0.5
 
@@ -60,7 +58,7 @@ class ObjectNamer:
         self.tower.load_state_dict(tower_weights(weights))
         self.scale = float(weights["logit_scale"].clamp(max=np.log(100)).exp())
         self.tower.eval()
-        self.prompts = _prompt_embeddings()
+        self.prompts = prompt_embeddings()
 
     @torch.no_grad()
     def name(self, clouds: list[np.ndarray]) -> list[Label]:
@@ -79,21 +77,3 @@ def label_of(scores: np.ndarray) -> Label:
     confidence = float(scores[k])
     colour, shape = CLASSES[k] if confidence >= MIN_CONFIDENCE else (UNKNOWN, UNKNOWN)
     return Label(colour, shape, confidence, scores)
-
-
-_PROMPTS: torch.Tensor | None = None
-
-
-def _prompt_embeddings() -> torch.Tensor:
-    """The class prompts through the text tower, once per process."""
-    global _PROMPTS
-    if _PROMPTS is None:
-        from embodied.train.text_tower import TextTower
-
-        _PROMPTS = TextTower().embed(class_prompts())
-    return _PROMPTS
-
-
-def class_prompts() -> list[str]:
-    """One prompt per colour and shape, in ``CLASSES`` order: what zero-shot naming compares against."""
-    return [CLASS_PROMPT.format(colour=c, shape=s) for c, s in CLASSES]

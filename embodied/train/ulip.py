@@ -20,10 +20,10 @@ from torch import nn
 from embodied.data.dataset import SplitData, decode_cloud, decode_png
 from embodied.encoders.image import ImageEncoder
 from embodied.encoders.objects import ulip_embedding
-from embodied.encoders.pointcloud import PointEncoder, prepare_cloud, unit_sphere
+from embodied.encoders.pointcloud import PointEncoder, align_footprint, prepare_cloud, unit_sphere
+from embodied.encoders.zero_shot import CLASSES, class_prompts
 from embodied.io import atomic_dir, write_json
 from embodied.model import CONFIG_FILE, WEIGHTS_FILE, ModelConfig
-from embodied.perception.naming import CLASSES, class_prompts
 from embodied.train.checkpoints import check_loaded
 from embodied.train.text_tower import TextTower
 
@@ -138,9 +138,10 @@ def zero_shot_accuracy(module: UlipModel, rows: list[dict], class_embeddings: to
 
 
 def object_clouds(rows: list[dict], config) -> torch.Tensor:
-    """The rows' object clouds, each in the unit sphere."""
+    """The rows' object clouds, each squared to the axes and in the unit sphere, as the object tower reads them
+    (``embodied.encoders.objects.ulip_input``)."""
     clouds = []
     for row in rows:
         raw = decode_cloud(row["cloud"])
-        clouds.append(unit_sphere(prepare_cloud(raw, len(raw), config.group_size, config.in_channels)))
+        clouds.append(unit_sphere(align_footprint(prepare_cloud(raw, len(raw), config.group_size, config.in_channels))))
     return torch.stack(clouds)
