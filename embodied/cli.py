@@ -248,7 +248,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.eval_command == "vqa":
         from embodied.eval.vqa import evaluate_vqa
 
-        rows = evaluate_vqa(args.checkpoint, str(args.data), args.splits, args.policies, args.out, args.limit, args.seed)
+        rows = evaluate_vqa(args.checkpoint, str(args.data), args.splits, args.policies, args.out, args.limit, args.seed, progress=not args.quiet)
         metrics = ("exact_match", "refined_exact_match", "questions")
         group = "split"
     elif args.eval_command == "decoding":
@@ -374,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     vqa.add_argument("--limit", type=int, help="questions per split (default: all)")
     vqa.add_argument("--seed", type=int, default=0)
     vqa.add_argument("--out", type=Path, default=Path("runs/eval/vqa"))
+    vqa.add_argument("--quiet", action="store_true", help="no progress bar")
     vqa.set_defaults(run=_eval)
     pl = ev.add_parser("plan", help="plan, execute and measure success in simulation")
     pl.add_argument("--checkpoint", default="default", help=CHECKPOINT_HELP)

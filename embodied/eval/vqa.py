@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from embodied.data.dataset import SplitData
 from embodied.io import pyplot, write_atomic, write_figure
@@ -68,7 +69,15 @@ POLICIES = (*MODEL_INPUTS, "random", "oracle")
 
 
 def evaluate_vqa(
-    checkpoint: str, data: str, splits: list[str], policies: list[str], out: Path, limit: int | None = None, seed: int = 0, batch_size: int = 8
+    checkpoint: str,
+    data: str,
+    splits: list[str],
+    policies: list[str],
+    out: Path,
+    limit: int | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
 ) -> list[dict]:
     """Every policy answers the VQA samples of every split (the first ``limit`` of each); per split and
     question type, exact match and refined exact match. Writes report.{json,md,png} and answers.jsonl."""
@@ -83,11 +92,13 @@ def evaluate_vqa(
     candidates = {normalize_answer(row["answer"]) for row in train.select(("vqa",))}
     rows, answers_out = [], []
     out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(splits) * len(policies), desc="VQA", unit="policy", disable=not progress)
     for split in splits:
         split_data = SplitData(data, split)
         questions = split_data.select(("vqa",))[:limit]
         by_policy = {}
         for policy in policies:
+            bar.set_postfix_str(f"{split}: {policy}")
             if policy == "oracle":
                 replies = [row["answer"] for row in questions]
             elif policy == "random":
@@ -95,6 +106,7 @@ def evaluate_vqa(
             else:
                 replies = answer_rows(model, split_data, questions, batch_size, MODEL_INPUTS[policy])
             by_policy[policy] = replies
+            bar.update()
             scored = [
                 (row, reply, exact_match(reply, row["answer"]), refined_exact_match(reply, row["answer"], candidates))
                 for row, reply in zip(questions, replies)
@@ -115,6 +127,7 @@ def evaluate_vqa(
                     }
                 )
         write_examples(out / f"examples_{split}.png", split_data, questions, by_policy)
+    bar.close()
     write_atomic(out / "answers.jsonl", lambda tmp: tmp.write_text("".join(json.dumps(a) + "\n" for a in answers_out)))
     note = (
         f"checkpoint {checkpoint}, dataset {data}; blind: the same model shown nothing but the question (objects_only:"
