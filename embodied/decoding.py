@@ -19,7 +19,7 @@ from transformers import DynamicCache
 from embodied.backbone import causal_lm
 from envs.plan import PlanError, normalize_arg, parse_plan, parse_step
 from envs.scene import COLOURS, SHAPES
-from envs.skills import SKILLS
+from envs.skills import OBJECT_KINDS, SKILLS, suits
 
 # Tokens a planner may decode: the longest plan in the dataset, a three-object rearrangement with its
 # thought, is 188 SmolLM2 tokens, and a plan cut off by the limit ends early (closed with done()).
@@ -44,6 +44,7 @@ class PlanConstraint:
         self.tokenizer = tokenizer
         self.objects = None if objects is None else sorted({normalize_arg(o) for o in objects})
         self._known = frozenset(self.objects or ())
+        self._fitting = {kind: [o for o in self.objects or () if suits(kind, o)] for kind in OBJECT_KINDS}
         self.max_thought_chars = max_thought_chars
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -115,9 +116,9 @@ class PlanConstraint:
             return False
         call = line[len(prefix) :]
         if "(" not in call:
-            return any(name.startswith(call) for name in SKILLS)
+            return any(name.startswith(call) and self._callable(name) for name in SKILLS)
         name, args = call.split("(", 1)
-        if name not in SKILLS:
+        if name not in SKILLS or not self._callable(name):
             return False
         if args.endswith(")"):
             return self._full_step(line, number) is not None
@@ -134,12 +135,17 @@ class PlanConstraint:
                 return False
         return True
 
+    def _callable(self, skill: str) -> bool:
+        """Can every object argument of ``skill`` be filled (no ``place`` where no container is known)?"""
+        return self.objects is None or all(self._fitting[k] for k in SKILLS[skill].args if k in OBJECT_KINDS)
+
     def _arg_ok(self, arg: str, kind: str, partial: bool) -> bool:
         if ARG_PREFIX.fullmatch(arg) is None:
             return False
-        if kind != "object" or self.objects is None:
+        if kind not in OBJECT_KINDS or self.objects is None:
             return partial or bool(arg.strip())
-        return any(o.startswith(arg) for o in self.objects) if partial else arg in self.objects
+        names = self._fitting[kind]
+        return any(o.startswith(arg) for o in names) if partial else arg in names
 
     def continuations(self, text: str) -> list[str]:
         """Short strings that keep ``text`` legal: the fallback when no top-k token does."""
@@ -181,7 +187,7 @@ class PlanConstraint:
             return prefix[len(line) : -1]  # "N." (its space comes with the skill's name)
         call = line[len(prefix) :]
         if "(" not in call:
-            names = [name for name in SKILLS if name.startswith(call)]
+            names = [name for name in SKILLS if name.startswith(call) and self._callable(name)]
             return names[0][len(call) :] + "(" if call and len(names) == 1 else ""
         name, args = call.split("(", 1)
         kinds = SKILLS[name].args
@@ -191,11 +197,11 @@ class PlanConstraint:
             return ")"
         parts = args.split(",")
         index, part = len(parts) - 1, parts[-1]
-        if kinds[index] != "object" or self.objects is None:
+        if kinds[index] not in OBJECT_KINDS or self.objects is None:
             return ""  # free text
         space = " " if index and not part.startswith(" ") else ""
         partial = part[1:] if index and part.startswith(" ") else part
-        rests = [o[len(partial) :] for o in self.objects if o.startswith(partial)]
+        rests = [o[len(partial) :] for o in self._fitting[kinds[index]] if o.startswith(partial)]
         if len(rests) == 1:
             return space + rests[0] + (")" if index == len(kinds) - 1 else ",")
         shared = commonprefix(rests)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from envs.skills import SKILLS
+from envs.skills import OBJECT_KINDS, SKILLS, suits
 
 _WORD = r"[a-z0-9]+(?: [a-z0-9]+)*"
 _ARG_RE = re.compile(rf"^{_WORD}$")
@@ -87,8 +87,10 @@ def parse_step(text: str, line: int = 0, objects: Iterable[str] | None = None) -
     for arg, kind in zip(args, kinds):
         if not _ARG_RE.match(arg):
             raise PlanError(f"bad argument {arg!r} in {name}(): use lower-case words and digits", line)
-        if kind == "object" and known is not None and arg not in known:
+        if kind in OBJECT_KINDS and known is not None and arg not in known:
             raise PlanError(f"{name}() names unknown object {arg!r}", line)
+        if not suits(kind, arg):
+            raise PlanError(f"{name}() takes {'a container' if kind == 'container' else 'an item, not a container'}, got {arg!r}", line)
     return Step(name, args)
 
 

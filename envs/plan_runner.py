@@ -14,7 +14,7 @@ import numpy as np
 
 from envs.backend import WorldState
 from envs.plan import Plan, Step
-from envs.skills import SKILLS, SkillContext, SkillResult
+from envs.skills import OBJECT_KINDS, SKILLS, SkillContext, SkillResult
 from envs.survey import TableSearch
 
 
@@ -31,7 +31,7 @@ class StepOutcome:
 
 def missing_objects(step: Step, state: WorldState) -> list[str]:
     """The objects ``step`` names that ``state`` holds no pose for."""
-    return [a for a, kind in zip(step.args, SKILLS[step.skill].args) if kind == "object" and a not in state.objects]
+    return [a for a, kind in zip(step.args, SKILLS[step.skill].args) if kind in OBJECT_KINDS and a not in state.objects]
 
 
 class SkillRunner:

@@ -13,6 +13,7 @@ import numpy as np
 from envs.env import EmbodiedEnv
 from envs.plan import Plan, Step
 from envs.scene import COLOURS, SHAPES, SIZES, SceneSpec
+from envs.skills import SKILLS, suits
 from envs.tasks import EmbodiedQA
 
 
@@ -78,8 +79,9 @@ class RandomPlanner:
         steps = []
         for _ in range(int(self.rng.integers(1, 6))):
             skill = str(self.rng.choice(["navigate", "pick", "place", "look_at"]))
-            args = tuple(str(a) for a in self.rng.choice(names, 2 if skill == "place" else 1))
-            steps.append(Step(skill, args))
+            fits = [[n for n in names if suits(kind, n)] for kind in SKILLS[skill].args]
+            if all(fits):
+                steps.append(Step(skill, tuple(str(self.rng.choice(f)) for f in fits)))
         return Plan("random steps.", (*steps, Step("done"))).to_text()
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from envs.backend import EXTEND_RANGE, LIFT_RANGE, MAX_ANGULAR_SPEED, MAX_LINEAR_SPEED, WorldState, to_unit
 from envs.navmap import NavMap
-from envs.scene import CONTAINER_WALL_HEIGHT, ObjectSpec, SceneSpec
+from envs.scene import CONTAINER_WALL_HEIGHT, CONTAINERS, ObjectSpec, SceneSpec
 from envs.tasks import inside
 
 REACH = (0.35, 0.72)  # base-to-object distances a navigate() ends at, inside the arm's extension range
@@ -241,11 +241,24 @@ def place(ctx: SkillContext, state: WorldState, name: str, container: str) -> Sk
     return SkillResult(True)
 
 
+OBJECT_KINDS = frozenset({"object", "item", "container"})  # argument kinds that name a scene object
+
+
+def suits(kind: str, name: str) -> bool:
+    """Can the object called ``name`` ("red bowl") fill an argument of ``kind``? An item is what the robot
+    carries, a container what holds it: telling them apart at the plan keeps ``pick(green bin)`` and
+    ``place(red cube, red cube)`` out of plans instead of failing them in motion."""
+    if kind not in ("item", "container"):
+        return True
+    return (name.rsplit(" ", 1)[-1] in CONTAINERS) == (kind == "container")
+
+
 @dataclass(frozen=True)
 class SkillSpec:
-    """A skill as plans see it: the kinds of its arguments ("object" names a scene object, "text" is free
-    words), the controller that carries it out and its time limit in seconds. A skill without a controller
-    is terminal: it ends the plan (``answer(x)``, ``done()``)."""
+    """A skill as plans see it: the kinds of its arguments ("object" names any scene object, "item" one the
+    robot can carry, "container" one that holds items, "text" is free words), the controller that carries
+    it out and its time limit in seconds. A skill without a controller is terminal: it ends the plan
+    (``answer(x)``, ``done()``)."""
 
     args: tuple[str, ...] = ()
     controller: Callable[..., Skill] | None = None
@@ -260,8 +273,8 @@ SKILLS: dict[str, SkillSpec] = {
     "navigate": SkillSpec(("object",), navigate, 40.0),
     "look_at": SkillSpec(("object",), look_at, 8.0),
     "scan": SkillSpec((), scan, 12.0),
-    "pick": SkillSpec(("object",), pick, 15.0),
-    "place": SkillSpec(("object", "object"), place, 15.0),
+    "pick": SkillSpec(("item",), pick, 15.0),
+    "place": SkillSpec(("item", "container"), place, 15.0),
     "answer": SkillSpec(("text",)),
     "done": SkillSpec(()),
 }

@@ -176,6 +176,19 @@ def test_free_objects_allow_any_name_but_a_list_restricts_them(tokenizer):
     assert PlanConstraint(tokenizer, OBJECTS).valid("thought: x\n1. answer(purple dinosaur)")
 
 
+def test_plans_carry_items_into_containers(tokenizer):
+    rule = PlanConstraint(tokenizer, OBJECTS)
+    assert rule.continuations("thought: x\n1. pick(red ") == ["cube", "c"]  # not the red bowl
+    assert rule.continuations("thought: x\n1. place(blue sphere, red ") == ["bowl", "b"]
+    assert not rule.valid("thought: x\n1. pick(green b")
+    assert not rule.valid("thought: x\n1. place(red cube, blue s")
+    assert rule.forced("thought: x\n1. place(blue") == " sphere,"
+    # with no container known, place cannot be written at all: "p" can only be pick
+    items = PlanConstraint(tokenizer, ["red cube", "blue sphere"])
+    assert items.forced("thought: x\n1. p") == "ick("
+    assert not items.valid("thought: x\n1. place(")
+
+
 def test_long_arguments_are_checked_quickly(tokenizer):
     rule = PlanConstraint(tokenizer)
     # an earlier ARG_PREFIX, (?:[a-z0-9]+ ?)*, backtracked exponentially here (~30 letters: seconds)

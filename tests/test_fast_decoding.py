@@ -79,9 +79,9 @@ def test_forced_text_on_oracle_plans(tokenizer, make_env):
         ("thought: x.\n1. navigate(green", ""),  # green bowl or green cube
         ("thought: x.\n1. navigate(gr", "een"),  # the shared word, not its space
         ("thought: x.\n1. navigate(blue", " sphere)\n2."),
-        ("thought: x.\n1. place(red cube", ","),
-        ("thought: x.\n1. place(red cube,", ""),  # any of four objects
-        ("thought: x.\n1. place(red cube, blue", " sphere)\n2."),
+        ("thought: x.\n1. pick(green", " cube)\n2."),  # the green bowl is not an item
+        ("thought: x.\n1. place(red cube", ", green bowl)\n2."),  # the one container
+        ("thought: x.\n1. place(blue sphere,", " green bowl)\n2."),
         ("thought: x.\n1. scan", "()\n2."),
         ("thought: x.\n1. done", "()"),
         ("thought: x.\n1. answer(", ""),  # free text

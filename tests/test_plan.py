@@ -15,8 +15,14 @@ PICK_PLACE = """thought: the red cube is on the left table, the green bowl on th
 OBJECTS = ["red cube", "green bowl", "blue sphere"]
 
 
+def _args(skill: str, n_args: int) -> tuple[str, ...]:
+    """``n_args`` arguments for ``skill``, each of the kind it asks for (extra ones items)."""
+    kinds = SKILLS[skill].args
+    return tuple("green bowl" if i < len(kinds) and kinds[i] == "container" else "red cube" for i in range(n_args))
+
+
 def _call(skill: str, n_args: int) -> str:
-    return f"{skill}({', '.join(['red cube'] * n_args)})"
+    return f"{skill}({', '.join(_args(skill, n_args))})"
 
 
 def _error(text: str, **kwargs) -> PlanError:
@@ -81,10 +87,25 @@ def test_answer_property():
 @pytest.mark.parametrize("skill", sorted(SKILLS))
 def test_each_skill_takes_its_arity(skill):
     arity = len(SKILLS[skill].args)
-    assert parse_step(_call(skill, arity)).args == ("red cube",) * arity
+    assert parse_step(_call(skill, arity)).args == _args(skill, arity)
     for wrong in {arity + 1, max(arity - 1, 0)} - {arity}:
         with pytest.raises(PlanError, match=rf"{skill}\(\) takes {arity} argument\(s\), got {wrong}"):
             parse_step(_call(skill, wrong))
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        ("pick(green bowl)", "pick() takes an item, not a container, got 'green bowl'"),
+        ("place(green bowl, green bowl)", "place() takes an item, not a container, got 'green bowl'"),
+        ("place(red cube, red cube)", "place() takes a container, got 'red cube'"),
+        ("place(red cube, blue sphere)", "place() takes a container, got 'blue sphere'"),
+    ],
+)
+def test_items_are_carried_and_containers_hold_them(call, message):
+    error = _error(f"thought: x\n1. navigate(red cube)\n2. {call}\n3. done()", objects=OBJECTS)
+    assert error.line == 3 and message in str(error)
+    assert parse_step("navigate(green bowl)", objects=OBJECTS).args == ("green bowl",)  # any object to go to
 
 
 def test_wrong_arity_in_a_plan_names_its_line():

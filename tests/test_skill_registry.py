@@ -12,7 +12,7 @@ from envs.backend import RobotState, WorldState
 from envs.plan import Plan, PlanError, Step, parse_plan, parse_step
 from envs.plan_runner import PlanRunner, SkillRunner
 from envs.scene import ObjectSpec, SceneSpec, TableSpec, generate_scene
-from envs.skills import SKILLS, SkillContext, SkillResult, SkillSpec
+from envs.skills import OBJECT_KINDS, SKILLS, SkillContext, SkillResult, SkillSpec
 
 OBJECTS = ["red cube", "green bowl"]
 
@@ -34,7 +34,7 @@ def _state(scene) -> WorldState:
 
 def test_every_registered_skill_is_well_formed():
     for name, spec in SKILLS.items():
-        assert set(spec.args) <= {"object", "text"}, name
+        assert set(spec.args) <= OBJECT_KINDS | {"text"}, name
         if spec.terminal:
             assert spec.time_limit == 0.0, name
         else:
