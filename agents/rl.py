@@ -41,6 +41,7 @@ class RLConfig:
     lr: float = 1e-4
     grad_clip: float = 1.0
     validity_bonus: float = 0.1  # reward for a plan that parses with known skills and objects
+    kl: float = 0.1  # weight of the KL penalty to the starting policy (0: none)
     trainable: tuple[str, ...] = ("image_projector", "point_projector", "object_encoder", "lora")
     eval_every: int = 5
     eval_episodes: int = 8  # held-out episodes per task
@@ -67,7 +68,7 @@ class RLConfig:
         for name in ("temperature", "lr", "grad_clip"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("validity_bonus", "seed", "eval_seed"):
+        for name in ("validity_bonus", "kl", "seed", "eval_seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.out:
@@ -95,6 +96,8 @@ class Learner:
         torch.manual_seed(self.config.seed)
         self.model = load_model(self.config.init).train()
         freeze_all_but(self.model, self.config.trainable)
+        # the policy the KL penalty measures from: the starting one, also when a run resumes
+        self.reference = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=self.config.lr, weight_decay=0.0)
         self.step = 0
@@ -125,12 +128,28 @@ class Learner:
         self.step += 1
         if not samples:  # every group scored all its plans alike: no signal this time
             return {"loss": 0.0, "trained_plans": 0}
-        loss = policy_loss(self.model, samples, advantages)
+        loss = policy_loss(self.model, samples, advantages, self._reference_logprobs(samples), self.config.kl)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
         self.optimizer.step()
         return {"loss": float(loss), "grad_norm": float(norm), "trained_plans": len(samples)}
+
+    def _reference_logprobs(self, samples: list):
+        """The starting policy's token log-probabilities of ``samples`` (its weights swapped in for one pass)."""
+        import torch
+
+        from embodied.train.grpo import token_logprobs
+
+        if self.config.kl == 0.0:
+            return None
+        current = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
+        self.model.load_matching(self.reference)
+        try:
+            with torch.no_grad():
+                return token_logprobs(self.model, samples)[0]
+        finally:
+            self.model.load_matching(current)
 
     def save(self) -> None:
         from embodied.train.checkpoints import CHECKPOINT, save_checkpoint

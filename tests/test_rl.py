@@ -8,7 +8,7 @@ import torch
 
 from embodied.model import EmbodiedModel, ModelConfig
 from embodied.prompts import plan_sample
-from embodied.train.grpo import group_advantages, mean_token_logprobs, policy_loss
+from embodied.train.grpo import group_advantages, per_sample_mean, policy_loss, token_logprobs
 from envs.plan import parse_plan
 
 PLAN = "thought: go.\n1. navigate(red cube)\n2. done()"
@@ -18,6 +18,10 @@ def test_group_advantages_are_relative_to_the_group():
     a = group_advantages([1.0, 0.0, 0.0, 1.0])
     assert np.allclose(a, [1, -1, -1, 1]) and abs(a.sum()) < 1e-9
     assert not group_advantages([1.1, 1.1, 1.1]).any()  # no spread, no signal
+
+
+def mean_token_logprobs(model, samples):
+    return per_sample_mean(*token_logprobs(model, samples), len(samples))
 
 
 def test_a_grpo_step_makes_the_better_plan_more_likely():
@@ -34,6 +38,18 @@ def test_a_grpo_step_makes_the_better_plan_more_likely():
         optimizer.step()
     after = mean_token_logprobs(model, [good, bad]).detach()
     assert after[0] > before[0] and after[1] < before[1]
+
+
+def test_the_kl_penalty_is_zero_at_the_reference_and_grows_away_from_it():
+    torch.manual_seed(0)
+    model = EmbodiedModel(ModelConfig.tiny()).eval()
+    samples = [plan_sample("find the red cube", plan=PLAN), plan_sample("find the red cube", plan="thought: no.\n1. done()")]
+    with torch.no_grad():
+        reference, _ = token_logprobs(model, samples)
+        plain = policy_loss(model, samples, [1.0, -1.0])
+        assert torch.isclose(policy_loss(model, samples, [1.0, -1.0], reference, kl=0.5), plain)
+        shifted = policy_loss(model, samples, [1.0, -1.0], reference + 0.3, kl=0.5)
+    assert shifted > plain + 0.5 * 0.01  # exp(0.3) - 0.3 - 1 = 0.05 per token
 
 
 def test_sampled_plans_parse_differ_and_repeat_with_their_seed():
@@ -53,6 +69,8 @@ def test_rl_config_is_validated():
         RLConfig(group=1)
     with pytest.raises(ValueError, match="tasks"):
         RLConfig(tasks=("juggling",))
+    with pytest.raises(ValueError, match="kl"):
+        RLConfig(kl=-0.1)
 
 
 def test_rl_loop_on_ray_trains_logs_evaluates_and_resumes(tiny_checkpoint, tmp_path):

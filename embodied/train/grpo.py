@@ -3,7 +3,10 @@ for one episode, each plan's reward is compared with its group's mean (in units 
 and the policy gradient raises the log-likelihood of plans that beat their group and lowers the others.
 
 One gradient step per batch of fresh samples (on-policy), so the PPO ratio is 1 and needs no clipping;
-log-likelihoods are the model's own (unconstrained) token probabilities of the plan text.
+log-likelihoods are the model's own (unconstrained) token probabilities of the plan text. A KL penalty to
+the starting policy (DeepSeekMath's k3 estimator, per token) keeps the policy near what instruction tuning
+taught it: without one, a run on tasks where answering is right for some episodes (refusals, conditionals)
+learned to answer "there is no ..." to every instruction.
 """
 
 from __future__ import annotations
@@ -24,14 +27,28 @@ def group_advantages(rewards: list[float]) -> np.ndarray:
     return np.zeros_like(r) if spread < MIN_SPREAD else (r - r.mean()) / spread
 
 
-def mean_token_logprobs(model: EmbodiedModel, samples: list[Sample]) -> torch.Tensor:
-    """Per sample, the mean log-probability of its reply tokens (teacher-forced), shape (B,)."""
-    logprobs, rows = model.target_logprobs(model._sequences(samples))
-    sums = torch.zeros(len(samples), device=logprobs.device).index_add(0, rows, logprobs)
-    counts = torch.zeros(len(samples), device=logprobs.device).index_add(0, rows, torch.ones_like(logprobs))
+def token_logprobs(model: EmbodiedModel, samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-probability of every reply token (teacher-forced), and the sample each belongs to."""
+    return model.target_logprobs(model._sequences(samples))
+
+
+def per_sample_mean(values: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) the mean of the token ``values`` of each sample (``rows`` says whose each is): a plan's score
+    that does not grow with its length."""
+    sums = torch.zeros(n, device=values.device).index_add(0, rows, values)
+    counts = torch.zeros(n, device=values.device).index_add(0, rows, torch.ones_like(values))
     return sums / counts.clamp(min=1)
 
 
-def policy_loss(model: EmbodiedModel, samples: list[Sample], advantages: list[float]) -> torch.Tensor:
+def policy_loss(
+    model: EmbodiedModel, samples: list[Sample], advantages: list[float], reference: torch.Tensor | None = None, kl: float = 0.0
+) -> torch.Tensor:
+    """The policy-gradient loss, plus ``kl`` times the KL divergence from the policy whose token
+    log-probabilities (``token_logprobs`` of the same samples) are ``reference``."""
+    logprobs, rows = token_logprobs(model, samples)
     advantage = torch.as_tensor(advantages, dtype=torch.float32, device=model.device)
-    return -(advantage * mean_token_logprobs(model, samples)).mean()
+    loss = -(advantage * per_sample_mean(logprobs, rows, len(samples))).mean()
+    if reference is None or kl == 0.0:
+        return loss
+    log_ratio = reference.to(logprobs.device) - logprobs
+    return loss + kl * per_sample_mean(log_ratio.exp() - log_ratio - 1, rows, len(samples)).mean()
