@@ -96,9 +96,9 @@ class Learner:
         torch.manual_seed(self.config.seed)
         self.model = load_model(self.config.init).train()
         freeze_all_but(self.model, self.config.trainable)
-        # the policy the KL penalty measures from: the starting one, also when a run resumes
-        self.reference = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+        # the policy the KL penalty measures from: the starting one, also when a run resumes
+        self.reference = [p.detach().clone() for p in self.parameters]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=self.config.lr, weight_decay=0.0)
         self.step = 0
         folder = Path(self.config.out) / CHECKPOINT
@@ -135,6 +135,11 @@ class Learner:
         self.optimizer.step()
         return {"loss": float(loss), "grad_norm": float(norm), "trained_plans": len(samples)}
 
+    def _swap_reference(self) -> None:
+        """Exchange the trained weights with the starting ones, without copying: a second call undoes it."""
+        for i, parameter in enumerate(self.parameters):
+            parameter.data, self.reference[i] = self.reference[i], parameter.data
+
     def _reference_logprobs(self, samples: list):
         """The starting policy's token log-probabilities of ``samples`` (its weights swapped in for one pass)."""
         import torch
@@ -143,13 +148,12 @@ class Learner:
 
         if self.config.kl == 0.0:
             return None
-        current = {k: v.detach().clone() for k, v in self.model.trainable_state().items()}
-        self.model.load_matching(self.reference)
+        self._swap_reference()
         try:
             with torch.no_grad():
                 return token_logprobs(self.model, samples)[0]
         finally:
-            self.model.load_matching(current)
+            self._swap_reference()
 
     def save(self) -> None:
         from embodied.train.checkpoints import CHECKPOINT, save_checkpoint

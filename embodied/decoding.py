@@ -45,6 +45,10 @@ class PlanConstraint:
         self.objects = None if objects is None else sorted({normalize_arg(o) for o in objects})
         self._known = frozenset(self.objects or ())
         self._fitting = {kind: [o for o in self.objects or () if suits(kind, o)] for kind in OBJECT_KINDS}
+        # skills whose object arguments a known object can fill (no place() where no container is known)
+        self._callable = frozenset(
+            name for name, spec in SKILLS.items() if self.objects is None or all(self._fitting[k] for k in spec.args if k in OBJECT_KINDS)
+        )
         self.max_thought_chars = max_thought_chars
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -116,9 +120,9 @@ class PlanConstraint:
             return False
         call = line[len(prefix) :]
         if "(" not in call:
-            return any(name.startswith(call) and self._callable(name) for name in SKILLS)
+            return any(name.startswith(call) for name in self._callable)
         name, args = call.split("(", 1)
-        if name not in SKILLS or not self._callable(name):
+        if name not in self._callable:
             return False
         if args.endswith(")"):
             return self._full_step(line, number) is not None
@@ -134,10 +138,6 @@ class PlanConstraint:
             if not self._arg_ok(part, kind, partial=last):
                 return False
         return True
-
-    def _callable(self, skill: str) -> bool:
-        """Can every object argument of ``skill`` be filled (no ``place`` where no container is known)?"""
-        return self.objects is None or all(self._fitting[k] for k in SKILLS[skill].args if k in OBJECT_KINDS)
 
     def _arg_ok(self, arg: str, kind: str, partial: bool) -> bool:
         if ARG_PREFIX.fullmatch(arg) is None:
@@ -187,7 +187,7 @@ class PlanConstraint:
             return prefix[len(line) : -1]  # "N." (its space comes with the skill's name)
         call = line[len(prefix) :]
         if "(" not in call:
-            names = [name for name in SKILLS if name.startswith(call) and self._callable(name)]
+            names = [name for name in SKILLS if name.startswith(call) and name in self._callable]
             return names[0][len(call) :] + "(" if call and len(names) == 1 else ""
         name, args = call.split("(", 1)
         kinds = SKILLS[name].args
