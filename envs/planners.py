@@ -6,6 +6,7 @@ and the same skills.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -14,7 +15,7 @@ from envs.env import EmbodiedEnv
 from envs.plan import Plan, Step
 from envs.scene import COLOURS, SHAPES, SIZES, SceneSpec
 from envs.skills import SKILLS, suits
-from envs.tasks import EmbodiedQA
+from envs.tasks import EmbodiedQA, evidence
 
 
 class Planner(Protocol):
@@ -25,17 +26,26 @@ class Planner(Protocol):
         """Plan text for the episode that ``env`` has just reset to."""
 
 
-def plan_from_goal(goal: dict, scene: SceneSpec) -> str:
+def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None = None) -> str:
     """The oracle's plan for a navigation goal ``{"target": name}``, a rearrangement goal
     ``{"moves": [[item, container], ...]}`` (the shapes ``Task.goal()`` and ``parse_instruction`` give), or
-    a goal that is a reply ``{"answer": text}`` (a question, a refusal and its reason)."""
+    a goal that is a reply ``{"answer": text}`` (a question, a refusal and its reason).
+
+    The thought first lists the objects of each shape the plan goes to or moves, or the request names and
+    the scene lacks (``"missing"``), or a question asks about (``"checks"``), nearest ``origin`` (default:
+    the scene's robot start) first: "cubes: red cube, green cube." Whether to act or to say that something
+    is not there then follows from names already written."""
     where = {o.name: o.table for o in scene.objects}
+    shape = {o.name: o.shape for o in scene.objects}
+    named = [goal["target"]] if "target" in goal else [item for item, _ in goal.get("moves", ())]
+    checks = [*goal.get("checks", ()), *(shape[n] for n in named), *([goal["missing"].split()[-1]] if "missing" in goal else [])]
+    listed = evidence(checks, scene, scene.robot_start[:2] if origin is None else origin) + "." if checks else ""
     if "answer" in goal:
-        thought = "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
+        thought = listed or "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
         return Plan(thought, (Step("answer", (goal["answer"],)),)).to_text()
     if "target" in goal:
         target = goal["target"]
-        return Plan(f"the {target} is on {where[target]}.", (Step("navigate", (target,)), Step("done"))).to_text()
+        return Plan(f"{listed} the {target} is on {where[target]}.".lstrip(), (Step("navigate", (target,)), Step("done"))).to_text()
     steps, tables = [], {}
     for item, box in goal["moves"]:
         steps += [Step("navigate", (item,)), Step("pick", (item,)), Step("navigate", (box,)), Step("place", (item, box))]
@@ -43,7 +53,7 @@ def plan_from_goal(goal: dict, scene: SceneSpec) -> str:
             on_table = tables.setdefault(where[name], [])
             if name not in on_table:
                 on_table.append(name)
-    thought = " ".join(f"on {table}: {', '.join(names)}." for table, names in sorted(tables.items()))
+    thought = " ".join([listed, *(f"on {table}: {', '.join(names)}." for table, names in sorted(tables.items()))]).lstrip()
     return Plan(thought, (*steps, Step("done"))).to_text()
 
 
@@ -55,7 +65,7 @@ class OraclePlanner:
 
     def plan(self, observation: dict, env: EmbodiedEnv) -> str:
         task = env.unwrapped.task
-        return plan_from_goal(task.goal(), task.scene)
+        return plan_from_goal(task.goal(), task.scene, task.start[:2])
 
 
 class RandomPlanner:

@@ -30,6 +30,11 @@ def inside(obj: np.ndarray, container: ObjectSpec, container_pos: np.ndarray) ->
     return bool(within and container_pos[2] - 0.01 < obj[2] < container_pos[2] + CONTAINER_WALL_HEIGHT + 0.03)
 
 
+def final_answer(reply: str) -> str:
+    """The answer a reply ends with: what follows its last ", so " (``reasoned``), else all of it."""
+    return reply.rsplit(REASONED, 1)[-1]
+
+
 def normalize_answer(text: str | None) -> str:
     """Lower-case words without articles or punctuation, number words as digits."""
     if text is None:
@@ -242,6 +247,36 @@ def absent_names(scene: SceneSpec, shapes: Sequence[str] = SHAPES) -> list[str]:
 
 _ASK = {"attribute": _ask_attribute, "count": _ask_count, "spatial": _ask_spatial, "existence": _ask_existence}
 
+# The question forms whose answer is read off a short list of objects (attribute, count, existence; the
+# spatial ones compare places instead), and what joins that list to the answer.
+_LISTED = frozenset({"colour", "shape", "count_colour", "count_shape", "exists"})
+REASONED = ", so "
+
+
+def looked_for(form: str, words: Sequence[str]) -> tuple[str, ...]:
+    """The shape or colour word whose objects a reply to a question of ``form`` lists first."""
+    return (words[0].split()[-1],) if form in _LISTED else ()  # "exists": the shape of the name asked about
+
+
+def evidence(words: Sequence[str], scene: SceneSpec, origin: Sequence[float]) -> str:
+    """The check a reply reasons from, before it answers or acts: per shape or colour word, the scene's
+    objects it fits, nearest ``origin`` first (the order the model's object tokens come in), e.g.
+    "cubes: green cube, red cube; red things: red cube" or "bins: none". A small model that copies the
+    matching names before answering counts and checks presence far better than one that must answer at
+    once (the chain of thought PaLM-E plans with)."""
+    near = sorted(scene.objects, key=lambda o: float(np.hypot(o.x - origin[0], o.y - origin[1])))
+    parts = []
+    for word in dict.fromkeys(words):
+        fits = [o.name for o in near if word in (o.shape, o.colour)]
+        label = f"{word}s" if word in SHAPES else f"{word} things"
+        parts.append(f"{label}: {', '.join(fits) or 'none'}")
+    return "; ".join(parts)
+
+
+def reasoned(evidence: str, answer: str) -> str:
+    """A reply that states its evidence, then the answer (``final_answer`` reads it back)."""
+    return f"{evidence}{REASONED}{answer}" if evidence else answer
+
 
 class EmbodiedQA(Task):
     """Answer a question about the one table in front of the robot: attribute, count, spatial relation,
@@ -268,12 +303,14 @@ class EmbodiedQA(Task):
         form, words, self.answer = ask(self.question_type, self.scene, self.start[2], rng)
         self.question = QUESTIONS[form].format(*words)
         self.instruction = self.question
+        self.checks = looked_for(form, words)
 
     def goal(self):
-        return {"question_type": self.question_type, "answer": self.answer}
+        return {"question_type": self.question_type, "answer": self.answer, "checks": list(self.checks)}
 
     def evaluate(self, state, answer):
-        return {"success": normalize_answer(answer) == normalize_answer(self.answer), "answered": answer is not None}
+        said = final_answer(answer or "")
+        return {"success": normalize_answer(said) == normalize_answer(self.answer), "answered": answer is not None}
 
 
 def parse_instruction(text: str, scene: SceneSpec) -> dict:

@@ -130,7 +130,7 @@ class IfPresent(PickPlace):
         )
 
     def goal(self):
-        return {"answer": f"there is no {self.missing}"} if self.missing else super().goal()
+        return {"answer": f"there is no {self.missing}", "missing": self.missing} if self.missing else super().goal()
 
     def evaluate(self, state, answer):
         if self.missing is None:
@@ -169,9 +169,10 @@ class Refuse(Task):
         }
         self.instruction = draw(rng, getattr(self, self.kind)).format(**words)
         self.reason = REASONS[self.kind].format(**words)
+        self.missing = missing if self.kind == "absent" else None
 
     def goal(self):
-        return {"answer": self.reason, "kind": self.kind}
+        return {"answer": self.reason, "kind": self.kind, **({"missing": self.missing} if self.missing else {})}
 
     def evaluate(self, state, answer):
         return {"success": bool(said_why(answer) and unmoved(self, state)), "answered": answer is not None}

@@ -19,7 +19,7 @@ from embodied.prompts import IMAGE, OBJECTS, PLAN_SYSTEM, POINTS, Sample
 from envs.paraphrase import FRAMES, WORDS
 from envs.plan import parse_plan
 from envs.scene import COLOURS, SHAPES
-from envs.tasks import QUESTION_TYPES, QUESTIONS
+from envs.tasks import QUESTION_TYPES, QUESTIONS, REASONED, final_answer
 
 KINDS = ("caption", "vqa", "plan", "dialogue", "text")
 HELD_NAMES = {f"{colour} {shape}" for colour, shape in HELD_OUT_COMBOS}
@@ -104,7 +104,7 @@ def test_ids_are_unique_and_samples_point_at_their_split_observations(splits):
         assert len({r["id"] for r in data.objects}) == len(data.objects)
         assert {r["split"] for r in data.samples + data.objects} == {split}
         for row in data.samples:
-            assert row["answer"] == _turns(row)[-1][1]
+            assert row["answer"] == final_answer(_turns(row)[-1][1])  # a VQA reply lists its evidence first
             if row["kind"] == "text":
                 assert row["observation"] == ""
             else:
@@ -231,6 +231,22 @@ def test_every_plan_parses(splits):
                 assert {a for step in plan.steps for a in step.args} <= ALL_NAMES
 
 
+def test_vqa_replies_list_the_objects_they_read_the_answer_off(splits):
+    listed = 0
+    for data in splits.values():
+        for row in data.select(("vqa",)):
+            reply = json.loads(row["turns"])[-1][1]
+            assert final_answer(reply) == row["answer"], row["id"]  # scored on the answer alone
+            if row["question_type"] in ("count", "existence"):
+                evidence = reply.removesuffix(REASONED + row["answer"])
+                label, names = evidence.split(": ")
+                listed += names != "none"
+                assert names == "none" or all(label.split()[0].removesuffix("s") in n for n in names.split(", ")), reply
+            if row["question_type"] == "count":
+                assert int(row["answer"]) == (0 if names == "none" else len(names.split(", "))), reply
+    assert listed > 0
+
+
 # -- samples and objects read back -------------------------------------------------------------------------
 
 
@@ -244,7 +260,7 @@ def test_sample_decodes_images_and_clouds_for_its_placeholders(splits, config):
         assert len(sample.images) == text.count(IMAGE)
         assert len(sample.clouds) == text.count(POINTS)
         assert sample.turns == _turns(row)
-        assert sample.turns[-1][1] == row["answer"]
+        assert final_answer(sample.turns[-1][1]) == row["answer"]
         if row["kind"] == "text":
             assert sample.images == [] and sample.clouds == []
         else:

@@ -512,6 +512,24 @@ def test_exact_and_refined_exact_match():
     assert not refined_exact_match("it is blue", "red", candidates)
     assert not refined_exact_match("reddish", "red", candidates)  # whole words only
     assert refined_exact_match("there are two", "2", candidates)
+    # a reply that lists the objects it read the answer from is scored on what follows its last ", so "
+    assert exact_match("cubes: red cube, green cube, so 2", "2")
+    assert exact_match("bowls: none, so no", "no") and not exact_match("bowls: none, so no", "yes")
+    assert not refined_exact_match("reds: red cube, so no", "red", candidates)
+
+
+def test_length_groups_pad_less_and_keep_the_loss():
+    model = EmbodiedModel(ModelConfig.tiny()).eval()
+    lengths = [5, 30, 6, 28, 7, 31]
+    sequences = [(torch.randn(n, model.llm.config.hidden_size), torch.randint(0, 50, (n,))) for n in lengths]
+    groups = language.by_length(sequences)
+    assert [[len(e) for e, _ in g] for g in groups] == [[5, 6, 7], [28, 30, 31]]
+    assert sum(len(g) * len(g[-1][0]) for g in groups) < len(lengths) * max(lengths)
+    whole = model.target_logprobs(sequences)[0]
+    grouped = torch.cat([model.target_logprobs(g)[0] for g in groups])
+    assert torch.allclose(whole.mean(), grouped.mean(), atol=1e-5)
+    same = [sequences[0]] * 3
+    assert language.by_length(sequences[:1]) == [sequences[:1]] and language.by_length(same) == [same]
 
 
 def test_random_answers_come_from_the_question_form(data):

@@ -7,8 +7,9 @@ import pytest
 from envs.backend import RobotState, WorldState
 from envs.executor import execute_plan
 from envs.plan import parse_plan
-from envs.planners import OraclePlanner
+from envs.planners import OraclePlanner, plan_from_goal
 from envs.scene import ObjectSpec, SceneSpec, TableSpec
+from envs.tasks import evidence, final_answer, looked_for, reasoned
 from envs.vision_tasks import AllOf, IfPresent, Refer, Refuse, references
 
 SEEDS = range(3_000_000, 3_000_040)
@@ -69,6 +70,27 @@ def test_every_seed_gives_a_task_whose_words_need_the_scene(task_cls, make_env):
                     goal["answer"].startswith("there is no ")
                     and goal["answer"][len("there is no ") :] not in env.unwrapped.scene.object_names
                 )
+
+
+def test_the_oracle_lists_the_objects_a_request_names_before_it_acts_or_refuses():
+    red, green = _object("red", "cube", x=0.2), _object("green", "cube", x=-0.2)
+    scene = _scene(red, green, _object("white", "bowl", "large", y=0.15))
+    thought = lambda goal, origin=(2.0, 0.0): plan_from_goal(goal, scene, origin).split("\n")[0]
+    assert thought({"answer": "there is no blue cube", "missing": "blue cube"}) == "thought: cubes: red cube, green cube."
+    assert thought({"moves": [["green cube", "white bowl"]]}, (-2.0, 0.0)) == (
+        "thought: cubes: green cube, red cube. on table 1: green cube, white bowl."  # nearest first
+    )
+    assert thought({"target": "white bowl"}) == "thought: bowls: white bowl. the white bowl is on table 1."
+    assert thought({"answer": "0", "checks": ["sphere"]}) == "thought: spheres: none."
+    assert evidence(["red", "cube"], scene, (2.0, 0.0)) == "red things: red cube; cubes: red cube, green cube"
+    assert thought({"answer": "i cannot fly"}).startswith("thought: i see a small red cube")  # nothing to check
+
+
+def test_a_reply_states_its_evidence_then_the_answer():
+    assert looked_for("count_shape", ("cube",)) == ("cube",) and looked_for("exists", ("blue bowl",)) == ("bowl",)
+    assert looked_for("left_of", ("red cube", "blue bowl")) == ()  # spatial questions compare places
+    assert reasoned("cubes: red cube", "1") == "cubes: red cube, so 1" and reasoned("", "large") == "large"
+    assert final_answer("cubes: red cube, green cube, so 2") == "2" and final_answer("red cube") == "red cube"
 
 
 def test_conditional_tasks_ask_for_present_and_absent_objects_about_equally(make_env):

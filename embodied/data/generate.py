@@ -228,7 +228,8 @@ class _SceneWriter:
         )
         return obs
 
-    def _sample(self, sample_id, seed, kind, sample: Sample, observation="", question_type="", compositional=False):
+    def _sample(self, sample_id, seed, kind, sample: Sample, observation="", question_type="", compositional=False, answer=None):
+        """A sample row; ``answer``: what a reply is scored against (default: the whole last reply)."""
         self.rows["samples"].append(
             {
                 "id": sample_id,
@@ -239,7 +240,7 @@ class _SceneWriter:
                 "system": sample.system or "",
                 "turns": json.dumps(sample.turns),
                 "observation": observation,
-                "answer": sample.turns[-1][1],
+                "answer": sample.turns[-1][1] if answer is None else answer,
                 "compositional": compositional,
             }
         )
@@ -287,7 +288,7 @@ class _SceneWriter:
     def _views_and_objects(self, scene, seed: int, start, prefix: str, rng) -> None:
         from envs.backend import HEAD_CAMERA
         from envs.pointcloud import backproject, sample_cloud
-        from envs.tasks import TaskUnavailable, ask
+        from envs.tasks import TaskUnavailable, ask, evidence, looked_for, reasoned
 
         env, config = self.envs["eqa"], self.config
         table = scene.tables[0]
@@ -314,10 +315,11 @@ class _SceneWriter:
                     continue
                 phrasing, held = choose(QUESTION_PHRASINGS[form], rng, self.held_out)
                 question = phrasing.format(*words)
-                answers.append((question, answer))
-                sample = vqa_sample(question, obs["rgb"], obs["points"], answer)
+                reply = reasoned(evidence(looked_for(form, words), scene, (x, y)), answer)
+                answers.append((question, reply))
+                sample = vqa_sample(question, obs["rgb"], obs["points"], reply)
                 combo = any(w in {f"{c} {s}" for c, s in HELD_OUT_COMBOS} for w in words) or self.held_out
-                self._sample(f"{obs_id}-{question_type}", seed, "vqa", sample, obs_id, question_type, held or combo)
+                self._sample(f"{obs_id}-{question_type}", seed, "vqa", sample, obs_id, question_type, held or combo, answer)
             if view == 0 and len(answers) >= 2:
                 self._dialogue(f"{obs_id}-dialogue", seed, obs, obs_id, answers[:2])
             xyz, rgb, seg = backproject(frame, env.config.max_depth, 1)
@@ -357,10 +359,12 @@ class _SceneWriter:
         self._sample(f"{obs_id}-caption", seed, "caption", caption_sample(obs["rgb"], obs["points"], caption), obs_id, "", self.held_out)
 
     def _dialogue(self, sample_id, seed, obs, obs_id, answers) -> None:
+        from envs.tasks import final_answer
+
         first = vqa_sample(answers[0][0], obs["rgb"], obs["points"], answers[0][1])
         turns = [first.turns[0], *((f"Question: {q} Answer briefly.", a) for q, a in answers[1:])]
         sample = Sample(turns, first.images, first.clouds)
-        self._sample(sample_id, seed, "dialogue", sample, obs_id, "", self.held_out)
+        self._sample(sample_id, seed, "dialogue", sample, obs_id, "", self.held_out, final_answer(turns[-1][1]))
 
 
 

@@ -1,7 +1,8 @@
 """Embodied VQA evaluation: the model and its baselines answer held-out questions about simulated scenes.
 
-Exact match compares normalised answers; refined exact match also accepts a reply that states the answer
-inside a longer phrase ("it is red"), as long as it names no other candidate of the same question.
+Exact match compares normalised answers: a reply's final answer, after the objects it lists first
+("cubes: red cube, green cube, so 2"). Refined exact match also accepts one that states the answer inside
+a longer phrase ("it is red"), as long as it names no other candidate of the same question.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from tqdm import tqdm
 from embodied.data.dataset import SplitData
 from embodied.io import pyplot, write_atomic, write_figure
 from embodied.prompts import MODEL_INPUTS, PLACEHOLDER_RE
-from envs.tasks import normalize_answer
+from envs.tasks import final_answer, normalize_answer
 
-MAX_ANSWER_TOKENS = 8
+MAX_ANSWER_TOKENS = 48  # the listed objects (up to seven names and their labels), then the answer
 
 
 def exact_match(prediction: str, answer: str) -> bool:
-    return normalize_answer(prediction) == normalize_answer(answer)
+    """Do the reply's final answer (``envs.tasks.final_answer``: after the objects it lists) and ``answer``
+    agree, normalised?"""
+    return normalize_answer(final_answer(prediction)) == normalize_answer(answer)
 
 
 def refined_exact_match(prediction: str, answer: str, candidates: set[str]) -> bool:
@@ -31,7 +34,7 @@ def refined_exact_match(prediction: str, answer: str, candidates: set[str]) -> b
     answer itself aside: "purple cube" also names "cube")."""
     if exact_match(prediction, answer):
         return True
-    said, wanted = f" {normalize_answer(prediction)} ", f" {normalize_answer(answer)} "
+    said, wanted = f" {normalize_answer(final_answer(prediction))} ", f" {normalize_answer(answer)} "
     if wanted.strip() == "" or wanted not in said:
         return False
     return not any(f" {c} " in said and f" {c} " not in wanted for c in candidates)

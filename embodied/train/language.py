@@ -27,8 +27,18 @@ class _Loss(nn.Module):
     def forward(self, samples) -> torch.Tensor:
         sequences = self.model._sequences(samples)
         self.tokens = sum(len(embeds) for embeds, _ in sequences)  # text and projected tokens: the throughput unit
-        logprobs, _ = self.model.target_logprobs(sequences)
+        logprobs = torch.cat([self.model.target_logprobs(group)[0] for group in by_length(sequences)])
         return -logprobs.mean()
+
+
+def by_length(sequences: list) -> list[list]:
+    """The sequences sorted by length, in the one or two groups that pad the fewest positions: a batch
+    of 100- to 300-token samples padded as one wastes about 40% of the language model's work (on 2 CPU
+    cores, a quarter of the step time); the loss, a mean over every target token, is the same."""
+    ordered = sorted(sequences, key=lambda s: len(s[0]))
+    lengths, n = [len(s[0]) for s in ordered], len(ordered)
+    split = min(range(1, n + 1), key=lambda k: (k * lengths[k - 1] + (n - k) * lengths[-1], -k))  # ties: one group
+    return [ordered[:split], ordered[split:]] if split < n else [ordered]
 
 
 class LanguageStage:
