@@ -287,7 +287,7 @@ class Planner(Node):
             raise ValueError(f"not in the scene: the {', '.join(unseen)} (not perceived yet? scan_first:=true looks around first)")
         known = scene
         if unseen:  # the oracle's thought says where each object is: these are still to be found
-            extra = tuple(ObjectSpec(name, "cube", "red", "small", 0.0, 0.0, 0.0, 0.0, UNSEEN) for name in unseen)
+            extra = tuple(ObjectSpec(name, *name.split()[::-1], "small", 0.0, 0.0, 0.0, 0.0, UNSEEN) for name in unseen)
             known = SceneSpec(scene.seed, scene.room_half, scene.tables, scene.objects + extra, scene.robot_start)
         text = plan_from_goal(goal, known)
         if not self.scan_first:
