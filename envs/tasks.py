@@ -35,6 +35,11 @@ def final_answer(reply: str) -> str:
     return reply.rsplit(REASONED, 1)[-1]
 
 
+def same_answer(reply: str | None, answer: str) -> bool:
+    """Does a reply's final answer say ``answer``, normalised? (Exact match, for VQA and embodied QA.)"""
+    return normalize_answer(final_answer(reply or "")) == normalize_answer(answer)
+
+
 def normalize_answer(text: str | None) -> str:
     """Lower-case words without articles or punctuation, number words as digits."""
     if text is None:
@@ -309,8 +314,7 @@ class EmbodiedQA(Task):
         return {"question_type": self.question_type, "answer": self.answer, "checks": list(self.checks)}
 
     def evaluate(self, state, answer):
-        said = final_answer(answer or "")
-        return {"success": normalize_answer(said) == normalize_answer(self.answer), "answered": answer is not None}
+        return {"success": same_answer(answer, self.answer), "answered": answer is not None}
 
 
 def parse_instruction(text: str, scene: SceneSpec) -> dict:

@@ -18,15 +18,12 @@ from tqdm import tqdm
 from embodied.data.dataset import SplitData
 from embodied.io import pyplot, write_atomic, write_figure
 from embodied.prompts import MODEL_INPUTS, PLACEHOLDER_RE
-from envs.tasks import final_answer, normalize_answer
+from envs.tasks import final_answer, normalize_answer, same_answer
 
 MAX_ANSWER_TOKENS = 48  # the listed objects (up to seven names and their labels), then the answer
 
 
-def exact_match(prediction: str, answer: str) -> bool:
-    """Do the reply's final answer (``envs.tasks.final_answer``: after the objects it lists) and ``answer``
-    agree, normalised?"""
-    return normalize_answer(final_answer(prediction)) == normalize_answer(answer)
+exact_match = same_answer  # the reply's final answer (after the objects it lists) against the truth
 
 
 def refined_exact_match(prediction: str, answer: str, candidates: set[str]) -> bool:
