@@ -31,6 +31,7 @@ ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spa
 MAX_THOUGHT_CHARS = 320
 TOP_K = 32
 FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
+ABSENT = ": none"  # what may follow an unknown object's name in a thought
 _COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})\s+([a-z]+)")  # a colour and the word after it
 
 
@@ -89,18 +90,24 @@ class PlanConstraint:
         rest = line[len(THOUGHT) :]
         return (
             line.startswith(THOUGHT) and len(line) <= self.max_thought_chars and THOUGHT_CHARS.fullmatch(rest) is not None
-            and not self._imagines(rest)
+            and not self._imagines(rest, complete)
         )  # fmt: skip
 
-    def _imagines(self, thought: str) -> bool:
+    def _imagines(self, thought: str, complete: bool) -> bool:
         """Does the thought name, or begin to name, an object by colour and shape that the robot does not
         know of? ("blue c" where no blue cube or cylinder is known; "blue cubes" too.) The thought says what
-        the robot perceives, so a plan is not reasoned from objects the model imagined."""
+        the robot perceives, so a plan is not reasoned from objects the model imagined; it may name one only
+        to say that it is not there ("blue cube: none.")."""
         if self.objects is None:
             return False
-        for colour, word in _COLOUR_WORD.findall(thought):
+        for match in _COLOUR_WORD.finditer(thought):
+            colour, word = match.groups()
             shapes = [s for s in SHAPES if s.startswith(word) or word.startswith(s)]
-            if shapes and not any(f"{colour} {s}" in self._known for s in shapes):
+            if not shapes or any(f"{colour} {s}" in self._known for s in shapes):
+                continue
+            after = thought[match.end() :]
+            said_absent = after.startswith(ABSENT) or (not complete and ABSENT.startswith(after))
+            if not (said_absent and any(s.startswith(word) for s in shapes)):  # "blue cube: none", not "blue cubes"
                 return True
         return False
 

@@ -16,6 +16,7 @@ from envs.plan import Plan, Step
 from envs.scene import COLOURS, SHAPES, SIZES, SceneSpec
 from envs.skills import SKILLS, suits
 from envs.tasks import EmbodiedQA, evidence
+from envs.vision_tasks import REFUSAL_THOUGHTS
 
 
 class Planner(Protocol):
@@ -33,27 +34,28 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
 
     The thought first lists the objects of each shape the plan goes to or moves, or the request names and
     the scene lacks (``"missing"``), or a question asks about (``"checks"``), nearest ``origin`` (default:
-    the scene's robot start) first: "cubes: red cube, green cube." Whether to act or to say that something
-    is not there then follows from names already written."""
+    the scene's robot start) first: "cubes: red cube, green cube." Then it looks up each object the plan
+    needs by name, "green cube: table 2." or "green cube: none.": right after writing a name, the model
+    decides whether the scene has it, where its object tokens' words can answer (an induction-style copy),
+    rather than at the first step. A request refused for what it asks states why instead."""
     where = {o.name: o.table for o in scene.objects}
     shape = {o.name: o.shape for o in scene.objects}
-    named = [goal["target"]] if "target" in goal else [item for item, _ in goal.get("moves", ())]
-    checks = [*goal.get("checks", ()), *(shape[n] for n in named), *([goal["missing"].split()[-1]] if "missing" in goal else [])]
+    if goal.get("kind") in REFUSAL_THOUGHTS:
+        return Plan(REFUSAL_THOUGHTS[goal["kind"]], (Step("answer", (goal["answer"],)),)).to_text()
+    named = [goal["target"]] if "target" in goal else [name for move in goal.get("moves", ()) for name in move]
+    missing = [goal["missing"]] if "missing" in goal else []
+    checks = [*goal.get("checks", ()), *(shape[n] for n in named), *(n.split()[-1] for n in missing)]
     listed = evidence(checks, scene, scene.robot_start[:2] if origin is None else origin) + "." if checks else ""
+    found = [f"{name}: {where[name]}." for name in dict.fromkeys(named)] + [f"{name}: none." for name in missing]
+    thought = " ".join([listed, *found]).strip()
     if "answer" in goal:
-        thought = listed or "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
+        thought = thought or "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
         return Plan(thought, (Step("answer", (goal["answer"],)),)).to_text()
     if "target" in goal:
-        target = goal["target"]
-        return Plan(f"{listed} the {target} is on {where[target]}.".lstrip(), (Step("navigate", (target,)), Step("done"))).to_text()
-    steps, tables = [], {}
+        return Plan(thought, (Step("navigate", (goal["target"],)), Step("done"))).to_text()
+    steps = []
     for item, box in goal["moves"]:
         steps += [Step("navigate", (item,)), Step("pick", (item,)), Step("navigate", (box,)), Step("place", (item, box))]
-        for name in (item, box):
-            on_table = tables.setdefault(where[name], [])
-            if name not in on_table:
-                on_table.append(name)
-    thought = " ".join([listed, *(f"on {table}: {', '.join(names)}." for table, names in sorted(tables.items()))]).lstrip()
     return Plan(thought, (*steps, Step("done"))).to_text()
 
 

@@ -21,6 +21,10 @@ REASONS = {
     "unsafe": "that would be unsafe",
     "absent": "there is no {missing}",
 }  # why a request is refused
+REFUSAL_THOUGHTS = {
+    "impossible": "no skill of mine does that.",
+    "unsafe": "doing that could hurt someone or break something.",
+}  # the plan's thought for a request refused for what it asks (not for what the scene lacks)
 
 
 def references(target: ObjectSpec, objects: Sequence[ObjectSpec]) -> list[str]:

@@ -152,17 +152,26 @@ def test_clear_violations_are_rejected(tokenizer, text):
 
 def test_the_thought_names_only_objects_the_robot_knows(tokenizer):
     rule = PlanConstraint(tokenizer, ["red cube", "green bowl"])
-    for text in ("thought: the red cube", "thought: the red c", "thought: a red thing, a green", "thought: on table 2: green bowl."):
+    valid = ("thought: the red cube", "thought: the red c", "thought: a red thing, a green", "thought: on table 2: green bowl.")
+    for text in valid:
         assert rule.valid(text), text
-    for text in ("thought: the blue c", "thought: the red bowl", "thought: two blue  cubes", "thought: the green cubes", "thought: the red sphere."):
+    for text in ("thought: the red bowl.", "thought: two blue  cubes,", "thought: the green cubes.", "thought: the red sphere."):
         assert not rule.valid(text), text
-    assert PlanConstraint(tokenizer).valid("thought: the blue cylinder")  # no list: anything goes
-    # the model's favourite, an imagined blue cube, is out; it names the known red one instead
+    assert PlanConstraint(tokenizer).valid("thought: the blue cylinder.")  # no list: anything goes
+    # the model's favourite, an imagined blue cube, may only be said to be absent
     text = "thought: the red cube and the "
     blue, red = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("blue", "red"))
-    token = rule.choose(text + "blue", _logits_preferring(tokenizer, tokenizer(" cube", add_special_tokens=False).input_ids))
-    assert "cube" not in rule.piece(token)
+    is_, colon = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in (" is", ":"))
+    assert rule.choose(text + "blue cube", _logits_preferring(tokenizer, [is_, colon])) == colon
     assert rule.choose(text, _logits_preferring(tokenizer, [blue, red])) == blue  # a colour alone names nothing yet
+
+
+def test_the_thought_may_name_an_unknown_object_only_to_say_it_is_not_there(tokenizer):
+    rule = PlanConstraint(tokenizer, ["red cube", "green bowl"])
+    for text in ("thought: cubes: red cube. blue cube: none.", "thought: blue c", "thought: blue cube: n"):
+        assert rule.valid(text), text
+    for text in ("thought: blue cube: table 1.", "thought: blue cube is", "thought: blue cube: none. blue cube."):
+        assert not rule.valid(text), text
 
 
 def test_free_objects_allow_any_name_but_a_list_restricts_them(tokenizer):

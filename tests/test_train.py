@@ -118,6 +118,19 @@ def test_every_stage_writes_checkpoint_model_metrics_and_curves(chain, stage):
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_bf16_autocast_trains_on_the_same_loss(chain, tmp_path):
+    """bfloat16 matrix products (the shipped instruction tuning's) see the loss fp32 sees on the same first
+    batch, to bfloat16's precision, and the weights, kept in fp32, still learn."""
+    config, run, _ = chain["sft"]
+    fast = replace(config, out=str(tmp_path / "bf16"), precision="bf16")
+    train(fast, progress=False)
+    first = lambda folder: next(r["loss"] for r in read_metrics(folder / "metrics.jsonl") if "loss" in r)
+    assert first(tmp_path / "bf16") == pytest.approx(first(run), rel=0.03)
+    weights = _weights(tmp_path / "bf16")
+    assert all(w.dtype == torch.float32 for w in weights.values())
+    assert all(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # LoRA B starts at zero
+
+
 def test_ulip_model_folder_holds_both_encoders_and_heads(chain):
     _, run, _ = chain["ulip"]
     weights = _weights(run)
@@ -428,7 +441,7 @@ def test_train_config_validation():
     base = dict(stage="sft", data="d", out="o")
     bad_values = (
         dict(steps=0), dict(batch_size=0), dict(lr=0),
-        dict(trainable=("decoder",)), dict(mix={"chat": 1.0}), dict(mix={"vqa": 0}),
+        dict(trainable=("decoder",)), dict(mix={"chat": 1.0}), dict(mix={"vqa": 0}), dict(precision="fp16"),
     )
     for bad in bad_values:
         with pytest.raises(ValueError):

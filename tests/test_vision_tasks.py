@@ -10,7 +10,7 @@ from envs.plan import parse_plan
 from envs.planners import OraclePlanner, plan_from_goal
 from envs.scene import ObjectSpec, SceneSpec, TableSpec
 from envs.tasks import evidence, final_answer, looked_for, reasoned
-from envs.vision_tasks import AllOf, IfPresent, Refer, Refuse, references
+from envs.vision_tasks import REFUSAL_THOUGHTS, AllOf, IfPresent, Refer, Refuse, references
 
 SEEDS = range(3_000_000, 3_000_040)
 
@@ -76,14 +76,17 @@ def test_the_oracle_lists_the_objects_a_request_names_before_it_acts_or_refuses(
     red, green = _object("red", "cube", x=0.2), _object("green", "cube", x=-0.2)
     scene = _scene(red, green, _object("white", "bowl", "large", y=0.15))
     thought = lambda goal, origin=(2.0, 0.0): plan_from_goal(goal, scene, origin).split("\n")[0]
-    assert thought({"answer": "there is no blue cube", "missing": "blue cube"}) == "thought: cubes: red cube, green cube."
-    assert thought({"moves": [["green cube", "white bowl"]]}, (-2.0, 0.0)) == (
-        "thought: cubes: green cube, red cube. on table 1: green cube, white bowl."  # nearest first
+    assert thought({"answer": "there is no blue cube", "missing": "blue cube"}) == (
+        "thought: cubes: red cube, green cube. blue cube: none."
     )
-    assert thought({"target": "white bowl"}) == "thought: bowls: white bowl. the white bowl is on table 1."
+    assert thought({"moves": [["green cube", "white bowl"]]}, (-2.0, 0.0)) == (
+        "thought: cubes: green cube, red cube; bowls: white bowl. green cube: table 1. white bowl: table 1."  # nearest first
+    )
+    assert thought({"target": "white bowl"}) == "thought: bowls: white bowl. white bowl: table 1."
     assert thought({"answer": "0", "checks": ["sphere"]}) == "thought: spheres: none."
     assert evidence(["red", "cube"], scene, (2.0, 0.0)) == "red things: red cube; cubes: red cube, green cube"
     assert thought({"answer": "i cannot fly"}).startswith("thought: i see a small red cube")  # nothing to check
+    assert thought({"answer": "that would be unsafe", "kind": "unsafe"}) == f"thought: {REFUSAL_THOUGHTS['unsafe']}"
 
 
 def test_a_reply_states_its_evidence_then_the_answer():

@@ -78,7 +78,8 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         batch = stage.batch(np.random.default_rng([config.seed, step, rank]))
-        loss = module(batch)
+        with torch.autocast(parameters[0].device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            loss = module(batch)
         value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"loss is {value} at step {step}; lower the learning rate or check the data")
