@@ -22,8 +22,8 @@ from envs.scene import COLOURS, SHAPES
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
 # Tokens a planner may decode: the longest plan in the dataset, a rearrangement whose thought lists the
-# objects of three shapes (240 characters), is 212 SmolLM2 tokens, and a plan cut off by the limit ends
-# early (closed with done()).
+# objects of four shapes and looks up five (301 characters), is 231 SmolLM2 tokens, and a plan cut off by
+# the limit ends early (closed with done()).
 PLAN_TOKENS = 320
 THOUGHT = "thought:"
 THOUGHT_CHARS = re.compile(r"[a-z0-9 ,.;:'?!\-]*")
@@ -97,7 +97,8 @@ class PlanConstraint:
         """Does the thought name, or begin to name, an object by colour and shape that the robot does not
         know of? ("blue c" where no blue cube or cylinder is known; "blue cubes" too.) The thought says what
         the robot perceives, so a plan is not reasoned from objects the model imagined; it may name one only
-        to say that it is not there ("blue cube: none.")."""
+        in a sentence of its own that says it is not there ("blue cube: none."), never in a list of what it
+        sees, where the check steers the model to a known name instead."""
         if self.objects is None:
             return False
         for match in _COLOUR_WORD.finditer(thought):
@@ -107,7 +108,9 @@ class PlanConstraint:
                 continue
             after = thought[match.end() :]
             said_absent = after.startswith(ABSENT) or (not complete and ABSENT.startswith(after))
-            if not (said_absent and any(s.startswith(word) for s in shapes)):  # "blue cube: none", not "blue cubes"
+            before = thought[: match.start()].rstrip()
+            own_sentence = not before or before.endswith(".")  # not inside a list of names
+            if not (said_absent and own_sentence and any(s.startswith(word) for s in shapes)):  # not "blue cubes"
                 return True
         return False
 

@@ -159,18 +159,24 @@ def test_the_thought_names_only_objects_the_robot_knows(tokenizer):
         assert not rule.valid(text), text
     assert PlanConstraint(tokenizer).valid("thought: the blue cylinder.")  # no list: anything goes
     # the model's favourite, an imagined blue cube, may only be said to be absent
-    text = "thought: the red cube and the "
+    text = "thought: cubes: red cube. "
     blue, red = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("blue", "red"))
     is_, colon = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in (" is", ":"))
     assert rule.choose(text + "blue cube", _logits_preferring(tokenizer, [is_, colon])) == colon
     assert rule.choose(text, _logits_preferring(tokenizer, [blue, red])) == blue  # a colour alone names nothing yet
+    # in a list of what the robot sees it names the known red one instead
+    token = rule.choose("thought: cubes: blue", _logits_preferring(tokenizer, tokenizer(" cube", add_special_tokens=False).input_ids))
+    assert "cube" not in rule.piece(token)
 
 
 def test_the_thought_may_name_an_unknown_object_only_to_say_it_is_not_there(tokenizer):
     rule = PlanConstraint(tokenizer, ["red cube", "green bowl"])
     for text in ("thought: cubes: red cube. blue cube: none.", "thought: blue c", "thought: blue cube: n"):
         assert rule.valid(text), text
-    for text in ("thought: blue cube: table 1.", "thought: blue cube is", "thought: blue cube: none. blue cube."):
+    for text in (
+        "thought: blue cube: table 1.", "thought: blue cube is", "thought: blue cube: none. blue cube.",
+        "thought: cubes: red cube, blue c", "thought: cubes: blue cube: none.",  # never in a list of what it sees
+    ):
         assert not rule.valid(text), text
 
 
