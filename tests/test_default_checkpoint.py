@@ -22,16 +22,22 @@ def test_the_default_checkpoint_ships_and_is_small():
 
 
 def test_it_loads_as_the_default_model_and_plans_from_the_head_camera():
+    """Four held-out pick-and-place scenes: each plan parses with the scene's objects, and at least three
+    carry an object into a container (the shipped model stops after navigating in about one in ten; README,
+    Evaluation)."""
     planner = ModelPlanner("default")
     assert planner.model.config == ModelConfig()
     env = gym.make(envs.ENV_IDS["pick_place"], sensors=planner.sensors)
+    carried = 0
     try:
-        obs, _ = env.reset(seed=500_000)
-        plan = parse_plan(planner.plan(obs, env), env.unwrapped.scene.object_names)
+        for seed in range(500_000, 500_004):
+            obs, _ = env.reset(seed=seed)
+            skills = [step.skill for step in parse_plan(planner.plan(obs, env), env.unwrapped.scene.object_names).steps]
+            assert skills[-1] == "done", seed
+            carried += "pick" in skills and "place" in skills
     finally:
         env.close()
-    skills = [step.skill for step in plan.steps]
-    assert skills[-1] == "done" and "pick" in skills and "place" in skills
+    assert carried >= 3
 
 
 def test_from_pretrained_default_is_the_shipped_folder():

@@ -74,7 +74,7 @@ def test_oracle_plans_for_objects_not_perceived_yet_only_after_a_scan():
     plan = validate_plan(text, seen.object_names)
     assert [str(s) for s in plan.steps] == [
         "scan()", "navigate(blue sphere)", "pick(blue sphere)", "navigate(red bowl)", "place(blue sphere, red bowl)", "done()"]  # fmt: skip
-    assert "not seen yet: blue sphere" in plan.thought
+    assert "blue sphere: a table not seen yet." in plan.thought
     empty = SceneSpec(-1, 6.0, (), (), (0.0, 0.0, 0.0))  # nothing perceived at all: any colour and shape is read
     assert Planner._oracle_plan(SimpleNamespace(scan_first=True), "find the purple bin", empty).splitlines()[1:] == [
         "1. scan()", "2. navigate(purple bin)", "3. done()"]  # fmt: skip
