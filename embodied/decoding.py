@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from embodied.backbone import causal_lm
-from envs.plan import PlanError, normalize_arg, parse_plan, parse_step
+from envs.plan import ABSENT, PlanError, normalize_arg, parse_plan, parse_step
 from envs.scene import COLOURS, SHAPES
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
@@ -31,7 +31,6 @@ ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spa
 MAX_THOUGHT_CHARS = 320
 TOP_K = 32
 FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
-ABSENT = ": none"  # what may follow an unknown object's name in a thought
 _COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})\s+([a-z]+)")  # a colour and the word after it
 
 

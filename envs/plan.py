@@ -22,6 +22,9 @@ from dataclasses import dataclass
 
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
+# How a thought says that an object the request names is not there ("blue cube: none."): the one place a
+# thought may name an object the robot does not know of (the constrained decoder allows nothing else).
+ABSENT = ": none"
 _WORD = r"[a-z0-9]+(?: [a-z0-9]+)*"
 _ARG_RE = re.compile(rf"^{_WORD}$")
 _STEP_RE = re.compile(r"^(\d+)\.\s*([a-z_]+)\((.*)\)$")

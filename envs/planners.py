@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from envs.env import EmbodiedEnv
-from envs.plan import Plan, Step
+from envs.plan import ABSENT, Plan, Step
 from envs.scene import COLOURS, SHAPES, SIZES, SceneSpec
 from envs.skills import SKILLS, suits
 from envs.tasks import EmbodiedQA, evidence
@@ -38,15 +38,15 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
     needs by name, "green cube: table 2." or "green cube: none.": right after writing a name, the model
     decides whether the scene has it, where its object tokens' words can answer (an induction-style copy),
     rather than at the first step. A request refused for what it asks states why instead."""
-    where = {o.name: o.table for o in scene.objects}
-    shape = {o.name: o.shape for o in scene.objects}
     if goal.get("kind") in REFUSAL_THOUGHTS:
         return Plan(REFUSAL_THOUGHTS[goal["kind"]], (Step("answer", (goal["answer"],)),)).to_text()
+    where = {o.name: o.table for o in scene.objects}
+    shape = {o.name: o.shape for o in scene.objects}
     named = [goal["target"]] if "target" in goal else [name for move in goal.get("moves", ()) for name in move]
     missing = [goal["missing"]] if "missing" in goal else []
     checks = [*goal.get("checks", ()), *(shape[n] for n in named), *(n.split()[-1] for n in missing)]
     listed = evidence(checks, scene, scene.robot_start[:2] if origin is None else origin) + "." if checks else ""
-    found = [f"{name}: {where[name]}." for name in dict.fromkeys(named)] + [f"{name}: none." for name in missing]
+    found = [f"{name}: {where[name]}." for name in dict.fromkeys(named)] + [f"{name}{ABSENT}." for name in missing]
     thought = " ".join([listed, *found]).strip()
     if "answer" in goal:
         thought = thought or "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
