@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from embodied.backbone import causal_lm
-from envs.plan import ABSENT, PlanError, normalize_arg, parse_plan, parse_step
+from envs.plan import ABSENT, LOOKUP_VERBS, PlanError, normalize_arg, parse_plan, parse_step
 from envs.scene import COLOURS, SHAPES
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
@@ -28,10 +28,11 @@ PLAN_TOKENS = 320
 THOUGHT = "thought:"
 THOUGHT_CHARS = re.compile(r"[a-z0-9 ,.;:'?!\-]*")
 ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spaces; linear to match
-MAX_THOUGHT_CHARS = 320
+MAX_THOUGHT_CHARS = 384
 TOP_K = 32
 FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
 _COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})\s+([a-z]+)")  # a colour and the word after it
+_LOOKUP_VERB = re.compile(rf"(?:^|(?<=\.)) ?(?:{'|'.join(LOOKUP_VERBS.values())})$")  # "... take" opening a lookup
 
 
 class PlanConstraint:
@@ -96,7 +97,7 @@ class PlanConstraint:
         """Does the thought name, or begin to name, an object by colour and shape that the robot does not
         know of? ("blue c" where no blue cube or cylinder is known; "blue cubes" too.) The thought says what
         the robot perceives, so a plan is not reasoned from objects the model imagined; it may name one only
-        in a sentence of its own that says it is not there ("blue cube: none."), never in a list of what it
+        in a lookup of its own that says it is not there ("take blue cube: none."), never in a list of what it
         sees, where the check steers the model to a known name instead."""
         if self.objects is None:
             return False
@@ -107,8 +108,8 @@ class PlanConstraint:
                 continue
             after = thought[match.end() :]
             said_absent = after.startswith(ABSENT) or (not complete and ABSENT.startswith(after))
-            before = thought[: match.start()].rstrip()
-            own_sentence = not before or before.endswith(".")  # not inside a list of names
+            before = _LOOKUP_VERB.sub("", thought[: match.start()].rstrip())
+            own_sentence = not before or before.endswith(".")  # its own lookup, not inside a list of names
             if not (said_absent and own_sentence and any(s.startswith(word) for s in shapes)):  # not "blue cubes"
                 return True
         return False

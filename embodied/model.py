@@ -355,6 +355,7 @@ class EmbodiedModel(nn.Module):
             data.setdefault("objects", {"enabled": False})  # written before object tokens
             if isinstance(data["objects"], dict):
                 data["objects"].setdefault("words", False)  # written before their words
+                data["objects"].setdefault("nearest", False)  # written before the words named the nearest object
             config = ModelConfig.from_dict(data)
         except (ValueError, TypeError) as exc:
             raise CheckpointError(f"{config_file}: {exc}") from exc

@@ -22,9 +22,13 @@ from dataclasses import dataclass
 
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
-# How a thought says that an object the request names is not there ("blue cube: none."): the one place a
-# thought may name an object the robot does not know of (the constrained decoder allows nothing else).
+# How a thought says that an object the request names is not there ("take blue cube: none."): the one place
+# a thought may name an object the robot does not know of (the constrained decoder allows nothing else).
 ABSENT = ": none"
+# What a thought's lookup says the plan does with each object it looks up, by the object's role in the
+# request: "go to red cube: table 1.", "take red cube: table 1. into yellow bin: table 2.". Going to an
+# object and carrying it read differently before the first step is written.
+LOOKUP_VERBS = {"target": "go to", "item": "take", "container": "into"}
 _WORD = r"[a-z0-9]+(?: [a-z0-9]+)*"
 _ARG_RE = re.compile(rf"^{_WORD}$")
 _STEP_RE = re.compile(r"^(\d+)\.\s*([a-z_]+)\((.*)\)$")

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from envs.env import EmbodiedEnv
-from envs.plan import ABSENT, Plan, Step
+from envs.plan import ABSENT, LOOKUP_VERBS, Plan, Step
 from envs.scene import COLOURS, SHAPES, SIZES, SceneSpec
 from envs.skills import SKILLS, suits
 from envs.tasks import EmbodiedQA, evidence
@@ -32,22 +32,31 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
     ``{"moves": [[item, container], ...]}`` (the shapes ``Task.goal()`` and ``parse_instruction`` give), or
     a goal that is a reply ``{"answer": text}`` (a question, a refusal and its reason).
 
-    The thought first lists the objects of each shape the plan goes to or moves, or the request names and
-    the scene lacks (``"missing"``), or a question asks about (``"checks"``), nearest ``origin`` (default:
-    the scene's robot start) first: "cubes: red cube, green cube." Then it looks up each object the plan
-    needs by name, "green cube: table 2." or "green cube: none.": right after writing a name, the model
-    decides whether the scene has it, where its object tokens' words can answer (an induction-style copy),
-    rather than at the first step. A request refused for what it asks states why instead."""
+    The thought first says which object each of the request's descriptions means (``"refers"``: "closest to
+    the yellow bin: red cube."), then lists the objects of each shape the plan goes to or moves, or the
+    request names and the scene lacks (``"missing"``, wanted as ``"missing_as"``: a target or an item), or a
+    question asks about (``"checks"``), nearest ``origin`` (default: the scene's robot start) first: "cubes:
+    red cube, green cube." Then it looks up each object the plan needs by name, with what the plan does with
+    it (``LOOKUP_VERBS``): "take green cube: table 2." or "take green cube: none.": right after writing a
+    name, the model decides whether the scene has it, where its object tokens' words can answer (an
+    induction-style copy), rather than at the first step. A request refused for what it asks states why
+    instead."""
     if goal.get("kind") in REFUSAL_THOUGHTS:
         return Plan(REFUSAL_THOUGHTS[goal["kind"]], (Step("answer", (goal["answer"],)),)).to_text()
     where = {o.name: o.table for o in scene.objects}
     shape = {o.name: o.shape for o in scene.objects}
-    named = [goal["target"]] if "target" in goal else [name for move in goal.get("moves", ()) for name in move]
+    roles = (
+        {goal["target"]: "target"}
+        if "target" in goal
+        else {name: role for move in goal.get("moves", ()) for name, role in zip(move, ("item", "container"))}
+    )
     missing = [goal["missing"]] if "missing" in goal else []
-    checks = [*goal.get("checks", ()), *(shape[n] for n in named), *(n.split()[-1] for n in missing)]
+    checks = [*goal.get("checks", ()), *(shape[n] for n in roles), *(n.split()[-1] for n in missing)]
     listed = evidence(checks, scene, scene.robot_start[:2] if origin is None else origin) + "." if checks else ""
-    found = [f"{name}: {where[name]}." for name in dict.fromkeys(named)] + [f"{name}{ABSENT}." for name in missing]
-    thought = " ".join([listed, *found]).strip()
+    resolved = [f"{phrase}: {name}." for phrase, name in goal.get("refers", ())]
+    found = [f"{LOOKUP_VERBS[role]} {name}: {where[name]}." for name, role in roles.items()]
+    found += [f"{LOOKUP_VERBS[goal.get('missing_as', 'item')]} {name}{ABSENT}." for name in missing]
+    thought = " ".join([*resolved, listed, *found]).strip()
     if "answer" in goal:
         thought = thought or "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
         return Plan(thought, (Step("answer", (goal["answer"],)),)).to_text()

@@ -46,6 +46,12 @@ def references(target: ObjectSpec, objects: Sequence[ObjectSpec]) -> list[str]:
     return found
 
 
+def resolved(phrase: str) -> str:
+    """How a plan's thought quotes a description it resolves: "closest to the yellow bin" (from "whatever
+    is closest to the yellow bin"), "the large bowl"."""
+    return phrase.removeprefix("whatever is ")
+
+
 def unmoved(task: Task, state: WorldState) -> bool:
     """Every object where the scene put it and none in the gripper (the robot may have driven about to look)."""
     return state.robot.holding is None and all(
@@ -76,6 +82,10 @@ class Refer(PickPlace):
         )
         self.moves = [(item, box)]
         self.instruction = draw(rng, PLACE_VERBS).format(phrase, box_phrase)
+        self.refers = [(resolved(p), o.name) for p, o in ((phrase, item), (box_phrase, box)) if p != f"the {o.name}"]
+
+    def goal(self):
+        return {**super().goal(), "refers": [list(r) for r in self.refers]}
 
 
 class AllOf(Rearrange):
@@ -174,9 +184,11 @@ class Refuse(Task):
         self.instruction = draw(rng, getattr(self, self.kind)).format(**words)
         self.reason = REASONS[self.kind].format(**words)
         self.missing = missing if self.kind == "absent" else None
+        self.missing_as = "target" if self.instruction.startswith("go to") else "item"
 
     def goal(self):
-        return {"answer": self.reason, "kind": self.kind, **({"missing": self.missing} if self.missing else {})}
+        absent = {"missing": self.missing, "missing_as": self.missing_as} if self.missing else {}
+        return {"answer": self.reason, "kind": self.kind, **absent}
 
     def evaluate(self, state, answer):
         return {"success": bool(said_why(answer) and unmoved(self, state)), "answered": answer is not None}

@@ -171,11 +171,15 @@ def test_the_thought_names_only_objects_the_robot_knows(tokenizer):
 
 def test_the_thought_may_name_an_unknown_object_only_to_say_it_is_not_there(tokenizer):
     rule = PlanConstraint(tokenizer, ["red cube", "green bowl"])
-    for text in ("thought: cubes: red cube. blue cube: none.", "thought: blue c", "thought: blue cube: n"):
+    for text in (
+        "thought: cubes: red cube. blue cube: none.", "thought: blue c", "thought: blue cube: n",
+        "thought: cubes: red cube. take blue cube: none.", "thought: go to blue c", "thought: x. into blue cube: n",
+    ):  # a lookup may say what the plan would do with it
         assert rule.valid(text), text
     for text in (
         "thought: blue cube: table 1.", "thought: blue cube is", "thought: blue cube: none. blue cube.",
         "thought: cubes: red cube, blue c", "thought: cubes: blue cube: none.",  # never in a list of what it sees
+        "thought: cubes: take blue cube: none.", "thought: take blue cube: table 1.", "thought: retake blue c",
     ):
         assert not rule.valid(text), text
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from embodied.encoders.objects import ObjectEncoder, ObjectTokensConfig, describe, geometry, tower_weights
+from embodied.encoders.objects import ObjectEncoder, ObjectTokensConfig, describe, geometry, nearest, tower_weights
 from embodied.encoders.pointcloud import PointEncoderConfig, align_footprint
 from embodied.model import EmbodiedModel, ModelConfig
 from embodied.model_planner import ModelPlanner, env_request
@@ -85,7 +85,9 @@ def test_one_token_per_object_nearest_first_whatever_the_order_given(encoder):
     assert tokens.shape == (3, 24) and len(words) == 3  # max_objects of four
     torch.testing.assert_close(encoder(clouds[::-1])[0], tokens)
     torch.testing.assert_close(encoder([clouds[1]])[0][0], tokens[0])  # the nearest comes first
-    assert [w.split(": ")[1] for w in words] == ["100 ahead, 20 left;", "200 ahead, 40 left;", "300 ahead, 60 left;"]
+    assert [w.split(": ")[1].split(", near ")[0] for w in words] == ["100 ahead, 20 left", "200 ahead, 40 left", "300 ahead, 60 left"]
+    second = words[1].split(" cm:")[0].rsplit(" ", 1)[0].strip()
+    assert words[0].endswith(f", near {second};")  # the one at 2 m is nearest the one at 1 m
     empty, none = encoder([])
     assert empty.shape == (0, 24) and none == []
 
@@ -115,6 +117,14 @@ def test_the_words_say_name_width_and_place():
     box = torch.tensor([0.62, -0.12, 0.8, 0.025, 0.025, 0.025])
     assert describe("red cube", box) == " red cube 5 cm: 62 ahead, 12 right;"
     assert describe("blue bin", torch.tensor([1.5, 0.3, 0.8, 0.13, 0.13, 0.05])) == " blue bin 26 cm: 150 ahead, 30 left;"
+    assert describe("red cube", box, "blue bin") == " red cube 5 cm: 62 ahead, 12 right, near blue bin;"
+
+
+def test_the_nearest_object_is_nearest_on_the_floor_whatever_the_heights():
+    boxes = torch.tensor([[0.0, 0.0, 0.8], [0.3, 0.0, 0.8], [0.0, 0.2, 2.0], [2.0, 2.0, 0.8]])
+    boxes = torch.cat([boxes, torch.full((4, 3), 0.03)], dim=1)
+    assert nearest(boxes) == [2, 0, 0, 1]
+    assert nearest(boxes[:1]) == [None] and nearest(boxes[:0]) == []
 
 
 def test_the_shipped_ulip_tower_names_the_objects_as_the_robot_sees_them(make_env):
@@ -250,6 +260,7 @@ def test_a_checkpoint_from_before_object_words_reads_without_them(tmp_path):
     torch.manual_seed(0)
     folder = EmbodiedModel(ModelConfig.tiny()).save_pretrained(tmp_path / "old")
     written = json.loads((folder / "config.json").read_text())
-    del written["objects"]["words"]
+    del written["objects"]["words"], written["objects"]["nearest"]
     (folder / "config.json").write_text(json.dumps(written))
     assert EmbodiedModel.from_pretrained(folder).config.objects.words is False
+    assert EmbodiedModel.from_pretrained(folder).config.objects.nearest is False  # nor the nearest object

@@ -70,23 +70,44 @@ def test_every_seed_gives_a_task_whose_words_need_the_scene(task_cls, make_env):
                     goal["answer"].startswith("there is no ")
                     and goal["answer"][len("there is no ") :] not in env.unwrapped.scene.object_names
                 )
+                assert (goal.get("missing_as") == "target") == text.startswith("go to")  # what the thought says
 
 
-def test_the_oracle_lists_the_objects_a_request_names_before_it_acts_or_refuses():
+def test_the_oracle_lists_the_objects_a_request_names_then_looks_each_up_with_what_it_does_with_it():
     red, green = _object("red", "cube", x=0.2), _object("green", "cube", x=-0.2)
     scene = _scene(red, green, _object("white", "bowl", "large", y=0.15))
     thought = lambda goal, origin=(2.0, 0.0): plan_from_goal(goal, scene, origin).split("\n")[0]
     assert thought({"answer": "there is no blue cube", "missing": "blue cube"}) == (
-        "thought: cubes: red cube, green cube. blue cube: none."
+        "thought: cubes: red cube, green cube. take blue cube: none."
+    )
+    assert thought({"answer": "there is no blue cube", "missing": "blue cube", "missing_as": "target"}) == (
+        "thought: cubes: red cube, green cube. go to blue cube: none."
     )
     assert thought({"moves": [["green cube", "white bowl"]]}, (-2.0, 0.0)) == (
-        "thought: cubes: green cube, red cube; bowls: white bowl. green cube: table 1. white bowl: table 1."  # nearest first
-    )
-    assert thought({"target": "white bowl"}) == "thought: bowls: white bowl. white bowl: table 1."
+        "thought: cubes: green cube, red cube; bowls: white bowl. take green cube: table 1. into white bowl: table 1."
+    )  # nearest first
+    assert thought({"moves": [["green cube", "white bowl"], ["red cube", "white bowl"]]}).endswith(
+        "take green cube: table 1. into white bowl: table 1. take red cube: table 1."
+    )  # each object looked up once
+    assert thought({"target": "white bowl"}) == "thought: bowls: white bowl. go to white bowl: table 1."
+    assert thought({"moves": [["green cube", "white bowl"]], "refers": [["closest to the red cube", "green cube"]]}).startswith(
+        "thought: closest to the red cube: green cube. cubes: "
+    )  # which object a description means, first
     assert thought({"answer": "0", "checks": ["sphere"]}) == "thought: spheres: none."
     assert evidence(["red", "cube"], scene, (2.0, 0.0)) == "red things: red cube; cubes: red cube, green cube"
     assert thought({"answer": "i cannot fly"}).startswith("thought: i see a small red cube")  # nothing to check
     assert thought({"answer": "that would be unsafe", "kind": "unsafe"}) == f"thought: {REFUSAL_THOUGHTS['unsafe']}"
+
+
+def test_a_reference_resolves_to_the_object_it_singles_out(make_env):
+    env = make_env("refer")
+    for seed in SEEDS[:10]:
+        env.reset(seed=seed)
+        task = env.unwrapped.task
+        ((item, box),) = task.moves
+        refers = dict(map(tuple, task.goal()["refers"]))
+        assert refers and set(refers.values()) <= {item.name, box.name} and item.name in refers.values()
+        assert all(not phrase.startswith("whatever") and phrase in task.instruction for phrase in refers)
 
 
 def test_a_reply_states_its_evidence_then_the_answer():

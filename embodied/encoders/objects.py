@@ -8,8 +8,9 @@ the axes and scaled into the unit sphere, so size and place come only from the g
 bowl" and "whatever is closest to the bin" need them.
 
 With ``words`` on, each token is followed by what it says in words the language model already reads: the
-zero-shot name (the class prompt nearest the ULIP embedding, ``embodied.encoders.zero_shot``), the width
-and the place: "<token> red cube 5 cm: 62 ahead, 12 left;". The language model then grounds the
+zero-shot name (the class prompt nearest the ULIP embedding, ``embodied.encoders.zero_shot``), the width,
+the place and (``nearest``) the object nearest it: "<token> red cube 5 cm: 62 ahead, 12 left, near blue
+bowl;", so "whatever is closest to the blue bowl" is a lookup, not arithmetic. The language model then grounds the
 instruction's words in the perceived objects' names (as ConceptGraphs' LLM reads its scene graph), while the
 token keeps what the words leave out.
 """
@@ -38,6 +39,7 @@ class ObjectTokensConfig:
     bands: int = 6  # Fourier frequencies per coordinate: 1/(4 m) up to 2^(bands-1)/(4 m)
     hidden_size: int = 512
     words: bool = True  # each token followed by the object's zero-shot name, width and place in words
+    nearest: bool = True  # and, in those words, the name of the object nearest it
 
     def __post_init__(self):
         if self.max_objects < 1 or self.bands < 1 or self.hidden_size < 1:
@@ -65,10 +67,20 @@ def geometry(cloud: torch.Tensor) -> torch.Tensor:
     return torch.cat([(low + high) / 2, half[:2].sort(descending=True).values, half[2:]])
 
 
-def describe(name: str, box: torch.Tensor) -> str:
-    """An object in words from its name and ``geometry``: " red cube 5 cm: 62 ahead, 12 left;" (centimetres)."""
+def describe(name: str, box: torch.Tensor, near: str | None = None) -> str:
+    """An object in words from its name and ``geometry``, and the name of the object ``near`` it: " red cube
+    5 cm: 62 ahead, 12 left, near blue bowl;" (centimetres)."""
     width, ahead, left = (round(100 * float(v)) for v in (2 * box[3], box[0], box[1]))
-    return f" {name} {width} cm: {ahead} ahead, {abs(left)} {'left' if left >= 0 else 'right'};"
+    return f" {name} {width} cm: {ahead} ahead, {abs(left)} {'left' if left >= 0 else 'right'}{f', near {near}' if near else ''};"
+
+
+def nearest(boxes: torch.Tensor) -> list[int | None]:
+    """For each of (n, 6) ``geometry`` boxes, the index of the one whose centre is nearest on the floor
+    (None when it is alone)."""
+    if len(boxes) < 2:
+        return [None] * len(boxes)
+    apart = torch.cdist(boxes[:, :2], boxes[:, :2]).fill_diagonal_(float("inf"))
+    return apart.argmin(dim=1).tolist()
 
 
 def ulip_embedding(encoder: PointEncoder, head: nn.Linear, clouds: torch.Tensor) -> torch.Tensor:
@@ -126,5 +138,7 @@ class ObjectEncoder(nn.Module):
         tokens = check_tokens(self.projector(torch.cat([embedded, place], dim=1))[None], where)[0]
         if not self.config.words:
             return tokens, [""] * len(order)
-        names = (embedded @ prompt_embeddings().to(device).T).argmax(dim=1).tolist()
-        return tokens, [describe(" ".join(CLASSES[k]), b) for k, b in zip(names, box.cpu())]
+        names = [" ".join(CLASSES[k]) for k in (embedded @ prompt_embeddings().to(device).T).argmax(dim=1).tolist()]
+        box = box.cpu()
+        near = nearest(box) if self.config.nearest else [None] * len(names)
+        return tokens, [describe(n, b, None if j is None else names[j]) for n, b, j in zip(names, box, near)]
