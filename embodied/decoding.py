@@ -22,7 +22,7 @@ from envs.scene import COLOURS, SHAPES
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
 # Tokens a planner may decode: the longest plan in the dataset, a rearrangement whose thought lists the
-# objects of four shapes and looks up five (301 characters), is 231 SmolLM2 tokens, and a plan cut off by
+# objects of four shapes and looks up five (328 characters), is 237 SmolLM2 tokens, and a plan cut off by
 # the limit ends early (closed with done()).
 PLAN_TOKENS = 320
 THOUGHT = "thought:"

@@ -309,9 +309,11 @@ class EmbodiedQA(Task):
         self.question = QUESTIONS[form].format(*words)
         self.instruction = self.question
         self.checks = looked_for(form, words)
+        self.refers = [(f"closest to the {words[0]}", self.answer)] if form == "closest" else []
 
     def goal(self):
-        return {"question_type": self.question_type, "answer": self.answer, "checks": list(self.checks)}
+        refers = {"refers": [list(r) for r in self.refers]} if self.refers else {}
+        return {"question_type": self.question_type, "answer": self.answer, "checks": list(self.checks), **refers}
 
     def evaluate(self, state, answer):
         return {"success": same_answer(answer, self.answer), "answered": answer is not None}

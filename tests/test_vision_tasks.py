@@ -94,6 +94,9 @@ def test_the_oracle_lists_the_objects_a_request_names_then_looks_each_up_with_wh
         "thought: closest to the red cube: green cube. cubes: "
     )  # which object a description means, first
     assert thought({"answer": "0", "checks": ["sphere"]}) == "thought: spheres: none."
+    assert thought({"answer": "red cube", "checks": [], "refers": [["closest to the white bowl", "red cube"]]}) == (
+        "thought: closest to the white bowl: red cube."
+    )  # a question about what is nearest resolves it, then answers
     assert evidence(["red", "cube"], scene, (2.0, 0.0)) == "red things: red cube; cubes: red cube, green cube"
     assert thought({"answer": "i cannot fly"}).startswith("thought: i see a small red cube")  # nothing to check
     assert thought({"answer": "that would be unsafe", "kind": "unsafe"}) == f"thought: {REFUSAL_THOUGHTS['unsafe']}"
@@ -153,3 +156,19 @@ def test_the_oracle_carries_out_each_new_task(task, make_env):
         obs, _ = env.reset(seed=seed)
         _, info = execute_plan(env.unwrapped, parse_plan(OraclePlanner().plan(obs, env), env.unwrapped.known_objects()))
         assert info["success"], (seed, env.unwrapped.task.instruction, info)
+
+
+def test_a_question_about_what_is_closest_resolves_it_in_the_thought(make_env):
+    env = make_env("eqa")
+    asked = 0
+    for seed in range(3_000_000, 3_000_060):
+        obs, _ = env.reset(seed=seed)
+        task = env.unwrapped.task
+        if not task.question.startswith("what is closest to the "):
+            assert "refers" not in task.goal()
+            continue
+        asked += 1
+        anchor = task.question.removeprefix("what is closest to the ").rstrip("?")
+        plan = parse_plan(OraclePlanner().plan(obs, env))
+        assert plan.thought == f"closest to the {anchor}: {task.answer}." and str(plan.steps[0]) == f"answer({task.answer})"
+    assert asked >= 3
