@@ -180,6 +180,8 @@ class Rearrange(PickPlace):
         self.instruction = "put " + ", then ".join(parts)
 
 
+# What is nearest an object, as questions and references ask for it and as a plan's thought resolves it.
+CLOSEST_TO = "closest to the {}"
 # Question form -> how the EQA task phrases it (the data generator adds more phrasings of each form).
 QUESTIONS = {
     "colour": "what colour is the {}?",
@@ -188,7 +190,7 @@ QUESTIONS = {
     "count_colour": "how many {} objects are there?",
     "count_shape": "how many {}s are there?",
     "left_of": "is the {} left of the {}?",
-    "closest": "what is closest to the {}?",
+    "closest": f"what is {CLOSEST_TO}?",
     "exists": "is there a {}?",
 }
 QUESTION_TYPES = ("attribute", "count", "spatial", "existence")
@@ -309,7 +311,7 @@ class EmbodiedQA(Task):
         self.question = QUESTIONS[form].format(*words)
         self.instruction = self.question
         self.checks = looked_for(form, words)
-        self.refers = [(f"closest to the {words[0]}", self.answer)] if form == "closest" else []
+        self.refers = [(CLOSEST_TO.format(words[0]), self.answer)] if form == "closest" else []
 
     def goal(self):
         refers = {"refers": [list(r) for r in self.refers]} if self.refers else {}

@@ -11,7 +11,7 @@ import numpy as np
 
 from envs.backend import WorldState
 from envs.scene import COLOURS, CONTAINERS, SHAPES, ObjectSpec
-from envs.tasks import PickPlace, Rearrange, Task, TaskUnavailable, absent_names, draw, room_in, width_of
+from envs.tasks import CLOSEST_TO, PickPlace, Rearrange, Task, TaskUnavailable, absent_names, draw, room_in, width_of
 
 UNMOVED = 0.05  # m an object may be from where it started and still count as not moved
 APART = 0.05  # m by which the nearest object must be nearer than the next for "closest" to single it out
@@ -42,7 +42,7 @@ def references(target: ObjectSpec, objects: Sequence[ObjectSpec]) -> list[str]:
     for anchor in others:
         near = sorted((np.hypot(o.x - anchor.x, o.y - anchor.y), o.name) for o in objects if o is not anchor)
         if near[0][1] == target.name and (len(near) == 1 or near[1][0] - near[0][0] > APART):
-            found.append(f"whatever is closest to the {anchor.name}")
+            found.append(f"whatever is {CLOSEST_TO.format(anchor.name)}")
     return found
 
 
