@@ -23,7 +23,7 @@ def test_the_default_checkpoint_ships_and_is_small():
 
 def test_it_loads_as_the_default_model_and_plans_from_the_head_camera():
     """Four held-out pick-and-place scenes: each plan parses with the scene's objects, and at least three
-    carry an object into a container (the shipped model stops after navigating in about one in ten; README,
+    carry an object into a container (the shipped model stops after navigating in about one in twenty; README,
     Evaluation)."""
     planner = ModelPlanner("default")
     assert planner.model.config == ModelConfig()
