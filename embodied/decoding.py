@@ -17,8 +17,8 @@ import torch
 from transformers import DynamicCache
 
 from embodied.backbone import causal_lm
-from envs.plan import ABSENT, LOOKUP_VERBS, PlanError, normalize_arg, parse_plan, parse_step
-from envs.scene import COLOURS, SHAPES
+from embodied.plan_rules import Progress, thought_fits
+from envs.plan import PlanError, normalize_arg, parse_plan, parse_step
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
 # Tokens a planner may decode: the longest plan in the dataset, a rearrangement whose thought lists the
@@ -31,8 +31,6 @@ ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spa
 MAX_THOUGHT_CHARS = 384
 TOP_K = 32
 FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
-_COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})\s+([a-z]+)")  # a colour and the word after it
-_LOOKUP_VERB = re.compile(rf"(?:^|(?<=\.)) ?(?:{'|'.join(LOOKUP_VERBS.values())})$")  # "... take" opening a lookup
 
 
 class PlanConstraint:
@@ -47,14 +45,11 @@ class PlanConstraint:
         self.objects = None if objects is None else sorted({normalize_arg(o) for o in objects})
         self._known = frozenset(self.objects or ())
         self._fitting = {kind: [o for o in self.objects or () if suits(kind, o)] for kind in OBJECT_KINDS}
-        # skills whose object arguments a known object can fill (no place() where no container is known)
-        self._callable = frozenset(
-            name for name, spec in SKILLS.items() if self.objects is None or all(self._fitting[k] for k in spec.args if k in OBJECT_KINDS)
-        )
         self.max_thought_chars = max_thought_chars
         self.temperature = temperature
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self._piece = lru_cache(maxsize=None)(self._decode_one)
+        self._progress = lru_cache(maxsize=256)(self._progress_after)
 
     def _decode_one(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
@@ -66,13 +61,8 @@ class PlanConstraint:
         lines = text.split("\n")
         if len(lines) == 1:
             return self._thought_ok(lines[0], complete=False)
-        if not self._thought_ok(lines[0], complete=True):
-            return False
-        for number, line in enumerate(lines[1:-1], 1):
-            step = self._full_step(line, number)
-            if step is None or step.terminal:
-                return False  # a broken line, or a line after the terminal step
-        return self._step_prefix_ok(lines[-1], len(lines) - 1)
+        progress = self._progress("\n".join(lines[:-1]))
+        return progress is not None and self._step_prefix_ok(lines[-1], len(lines) - 1, progress)
 
     def complete(self, text: str) -> bool:
         """Does ``text`` end with its terminal step (nothing more may follow)?"""
@@ -90,29 +80,22 @@ class PlanConstraint:
         rest = line[len(THOUGHT) :]
         return (
             line.startswith(THOUGHT) and len(line) <= self.max_thought_chars and THOUGHT_CHARS.fullmatch(rest) is not None
-            and not self._imagines(rest, complete)
+            and (self.objects is None or thought_fits(rest, self._known, complete))
         )  # fmt: skip
 
-    def _imagines(self, thought: str, complete: bool) -> bool:
-        """Does the thought name, or begin to name, an object by colour and shape that the robot does not
-        know of? ("blue c" where no blue cube or cylinder is known; "blue cubes" too.) The thought says what
-        the robot perceives, so a plan is not reasoned from objects the model imagined; it may name one only
-        in a lookup of its own that says it is not there ("take blue cube: none."), never in a list of what it
-        sees, where the check steers the model to a known name instead."""
-        if self.objects is None:
-            return False
-        for match in _COLOUR_WORD.finditer(thought):
-            colour, word = match.groups()
-            shapes = [s for s in SHAPES if s.startswith(word) or word.startswith(s)]
-            if not shapes or any(f"{colour} {s}" in self._known for s in shapes):
-                continue
-            after = thought[match.end() :]
-            said_absent = after.startswith(ABSENT) or (not complete and ABSENT.startswith(after))
-            before = _LOOKUP_VERB.sub("", thought[: match.start()].rstrip())
-            own_sentence = not before or before.endswith(".")  # its own lookup, not inside a list of names
-            if not (said_absent and own_sentence and any(s.startswith(word) for s in shapes)):  # not "blue cubes"
-                return True
-        return False
+    def _progress_after(self, lines: str) -> Progress | None:
+        """Where the finished ``lines`` (the thought and whole steps) leave the robot, or None when one of
+        them breaks the grammar or its rules (a line after the terminal step, a step its thought rules out)."""
+        thought, *steps = lines.split("\n")
+        if not self._thought_ok(thought, complete=True):
+            return None
+        progress = Progress() if self.objects is None else Progress.of(thought[len(THOUGHT) :], self._known)
+        for number, line in enumerate(steps, 1):
+            step = self._full_step(line, number)
+            if step is None or step.terminal or not progress.allows(step):
+                return None
+            progress = progress.after(step)
+        return progress
 
     def _full_step(self, line: str, number: int):
         prefix = f"{number}. "
@@ -123,7 +106,23 @@ class PlanConstraint:
         except PlanError:
             return None
 
-    def _step_prefix_ok(self, line: str, number: int) -> bool:
+    def _names(self, progress: Progress, skill: str, index: int) -> list[str] | None:
+        """The objects argument ``index`` of ``skill`` may name after ``progress`` (None: any words)."""
+        kind = SKILLS[skill].args[index]
+        if kind not in OBJECT_KINDS or self.objects is None:
+            return None
+        names = progress.candidates(skill, index)
+        return self._fitting[kind] if names is None else names
+
+    def _callable(self, progress: Progress) -> list[str]:
+        """Skills the plan so far leaves open whose object arguments a known object can fill now (no place()
+        where no container is known, or before anything is held)."""
+        return [
+            skill for skill, spec in SKILLS.items()
+            if progress.opens(skill) and all(self._names(progress, skill, i) != [] for i in range(len(spec.args)))
+        ]  # fmt: skip
+
+    def _step_prefix_ok(self, line: str, number: int, progress: Progress) -> bool:
         prefix = f"{number}. "
         if len(line) <= len(prefix):
             return prefix.startswith(line)
@@ -131,31 +130,31 @@ class PlanConstraint:
             return False
         call = line[len(prefix) :]
         if "(" not in call:
-            return any(name.startswith(call) for name in self._callable)
+            return any(name.startswith(call) for name in self._callable(progress))
         name, args = call.split("(", 1)
-        if name not in self._callable:
+        if name not in self._callable(progress):
             return False
         if args.endswith(")"):
-            return self._full_step(line, number) is not None
+            step = self._full_step(line, number)
+            return step is not None and progress.allows(step)
         if ")" in args:
             return False
         kinds = SKILLS[name].args
         parts = args.split(",")
         if len(parts) > max(1, len(kinds)) or (not kinds and args):
             return False
-        for i, (part, kind) in enumerate(zip(parts, kinds)):
+        for i, part in enumerate(parts[: len(kinds)]):
             part = part[1:] if i and part.startswith(" ") else part
-            last = i == len(parts) - 1
-            if not self._arg_ok(part, kind, partial=last):
+            if not self._arg_ok(part, self._names(progress, name, i), partial=i == len(parts) - 1):
                 return False
         return True
 
-    def _arg_ok(self, arg: str, kind: str, partial: bool) -> bool:
+    @staticmethod
+    def _arg_ok(arg: str, names: list[str] | None, partial: bool) -> bool:
         if ARG_PREFIX.fullmatch(arg) is None:
             return False
-        if kind not in OBJECT_KINDS or self.objects is None:
+        if names is None:
             return partial or bool(arg.strip())
-        names = self._fitting[kind]
         return any(o.startswith(arg) for o in names) if partial else arg in names
 
     def continuations(self, text: str) -> list[str]:
@@ -196,9 +195,12 @@ class PlanConstraint:
         prefix = f"{number}. "
         if len(line) < len(prefix):
             return prefix[len(line) : -1]  # "N." (its space comes with the skill's name)
+        progress = self._progress(text[: len(text) - len(line) - 1])
         call = line[len(prefix) :]
+        if progress is None:
+            return ""
         if "(" not in call:
-            names = [name for name in SKILLS if name.startswith(call) and name in self._callable]
+            names = [name for name in self._callable(progress) if name.startswith(call)]
             return names[0][len(call) :] + "(" if call and len(names) == 1 else ""
         name, args = call.split("(", 1)
         kinds = SKILLS[name].args
@@ -208,11 +210,12 @@ class PlanConstraint:
             return ")"
         parts = args.split(",")
         index, part = len(parts) - 1, parts[-1]
-        if kinds[index] not in OBJECT_KINDS or self.objects is None:
+        names = self._names(progress, name, index)
+        if names is None:
             return ""  # free text
         space = " " if index and not part.startswith(" ") else ""
         partial = part[1:] if index and part.startswith(" ") else part
-        rests = [o[len(partial) :] for o in self._fitting[kinds[index]] if o.startswith(partial)]
+        rests = [o[len(partial) :] for o in names if o.startswith(partial)]
         if len(rests) == 1:
             return space + rests[0] + (")" if index == len(kinds) - 1 else ",")
         shared = commonprefix(rests)

@@ -1,0 +1,235 @@
+"""What a plan may say about the scene, beyond its syntax: the rules the constrained decoder adds once it
+knows which objects the robot perceives.
+
+The thought says what the robot perceives, never what it imagines: a list under a heading ("cubes:", "red
+things:") holds every known object that fits it, each once, and "none" only when none does; a description
+resolves to a known object that fits its words ("the large bowl: blue bowl.", nothing is closest to
+itself); each item is looked up once, by a role it can play ("take" an item, "into" a container), and an
+unknown one only to say it is not there ("take blue cube: none."). The steps then carry out the thought's
+lookups as a robot can: pick what it went to, carry each item to the container its lookup leads into, place
+what it holds where it stands, and end only when every item it looked up is placed. The oracle's plans
+(``envs.planners.plan_from_goal``) keep every rule, so a model tuned on them loses nothing it was taught;
+one that slips is held to the scene and to its own thought.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from envs.plan import ABSENT, LOOKUP_VERBS, Step
+from envs.scene import COLOURS, SHAPES
+from envs.skills import suits
+from envs.tasks import CLOSEST_TO
+
+NONE = ABSENT.removeprefix(": ")  # what a list or a lookup says when nothing fits
+_ROLES = {verb: role for role, verb in LOOKUP_VERBS.items()}
+_LOOKUP = re.compile(rf"^({'|'.join(LOOKUP_VERBS.values())}) ")
+_CLOSEST = CLOSEST_TO.format("")  # "closest to the "
+_COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})\s+([a-z]+)")  # a colour and the word after it
+_LOOKUP_VERB = re.compile(rf"(?:^|(?<=\.)) ?(?:{'|'.join(LOOKUP_VERBS.values())})$")  # "... take" opening a lookup
+# the headings of the thought's lists (``envs.tasks.evidence``): "cubes", "red things"
+LABELS = {**{f"{s}s": s for s in SHAPES}, **{f"{c} things": c for c in COLOURS}}
+NAMEABLE = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)  # every name a lookup may say is absent
+
+
+def fits(word: str, name: str) -> bool:
+    """Is ``name`` ("red cube") an object of the shape or colour ``word``?"""
+    parts = name.split()
+    return word in (parts[0], parts[-1])
+
+
+def imagines(thought: str, known: frozenset[str], complete: bool) -> bool:
+    """Does the thought name, or begin to name, an object by colour and shape that the robot does not know
+    of? ("blue c" where no blue cube or cylinder is known; "blue cubes" too.) It may name one only in a
+    lookup of its own that says it is not there ("take blue cube: none."), never in a list of what it sees,
+    where the check steers the model to a known name instead."""
+    for match in _COLOUR_WORD.finditer(thought):
+        colour, word = match.groups()
+        shapes = [s for s in SHAPES if s.startswith(word) or word.startswith(s)]
+        if not shapes or any(f"{colour} {s}" in known for s in shapes):
+            continue
+        after = thought[match.end() :]
+        said_absent = after.startswith(ABSENT) or (not complete and ABSENT.startswith(after))
+        before = _LOOKUP_VERB.sub("", thought[: match.start()].rstrip())
+        own_sentence = not before or before.endswith(".")  # its own lookup, not inside a list of names
+        if not (said_absent and own_sentence and any(s.startswith(word) for s in shapes)):  # not "blue cubes"
+            return True
+    return False
+
+
+def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
+    """Do the thought's lists, descriptions and lookups (all of it, or the start of it so far) say only
+    what the known objects allow? Clauses end at "." or ";"; the last is still being written unless
+    ``complete``."""
+    if imagines(thought, known, complete):
+        return False
+    clauses = re.split(r"[.;]", thought)
+    looked_up: set[str] = set()
+    labels: set[str] = set()
+    for index, clause in enumerate(clauses):
+        clause = clause.lstrip(" ")
+        open_ = not complete and index == len(clauses) - 1
+        lookup = _LOOKUP.match(clause)
+        head, colon, body = clause.partition(":")
+        if colon and body and not body.startswith(" "):
+            return False
+        body = body[1:]
+        if lookup:
+            role, name = _ROLES[lookup.group(1)], head[lookup.end() :]
+            if not _lookup_ok(name, body, role, known, looked_up, named=bool(colon), open_=open_):
+                return False
+            looked_up |= {name} if role != "container" else set()  # many items may go into one container
+        elif colon and head in LABELS:
+            items = (body + " " if open_ and body.endswith(",") else body).split(", ")  # "red cube," goes on
+            if head in labels or not _list_ok(items, [o for o in known if fits(LABELS[head], o)], open_):
+                return False
+            labels.add(head)
+        elif colon and head.startswith(("the ", _CLOSEST)):
+            names = [o for o in known if _described(head, o)]
+            if not (any(o.startswith(body) for o in names) if open_ else body in names):
+                return False
+    return True
+
+
+def _lookup_ok(
+    name: str, body: str, role: str, known: frozenset[str], looked_up: set[str], named: bool, open_: bool
+) -> bool:
+    """A lookup names an object that can play its role and (but for a container) was not looked up
+    before, then says where it is, or "none" for an object the robot does not know of (whatever the request
+    wanted done with it)."""
+    names = [
+        n
+        for n in (*(k for k in known if suits(role, k)), *(n for n in NAMEABLE if n not in known))
+        if n not in looked_up
+    ]
+    if not named:
+        return any(n.startswith(name) for n in names)
+    if name not in names:
+        return False
+    if name in known:
+        return not (body and NONE.startswith(body))
+    return NONE.startswith(body) if open_ else body == NONE
+
+
+def _list_ok(items: list[str], fitting: list[str], open_: bool) -> bool:
+    """A list holds each fitting object once, all of them once it ends, and "none" only when none fits."""
+    if not fitting:
+        return NONE.startswith(items[0]) if open_ and len(items) == 1 else items == [NONE]
+    *whole, last = items
+    if len(set(whole)) < len(whole) or not set(whole) <= set(fitting):
+        return False
+    rest = [o for o in fitting if o not in whole]
+    return any(o.startswith(last) for o in rest) if open_ else last in rest and len(rest) == 1
+
+
+def _described(phrase: str, name: str) -> bool:
+    """Can ``phrase`` ("the large bowl", "closest to the red cube") describe the object ``name``? Only its
+    colour, shape and kind words are checked (sizes and distances are for the model to read)."""
+    if phrase.startswith(_CLOSEST):
+        return name != phrase[len(_CLOSEST) :]
+    container = suits("container", name)
+    for word in phrase.split()[1:]:
+        if (word in COLOURS or word in SHAPES) and not fits(word, name):
+            return False
+        if (word == "container" and not container) or (word == "thing" and container):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a plan's steps so far have left the robot, against its thought's lookups. The steps of a
+    thought that found all it looked up carry it out as a robot can: pick what the robot went to, carry it
+    to the container its lookup leads into ("take red cube: table 1. into green bin: table 1."), or to any
+    known container when its lookup leads into none of its own, place it there, and end once every item
+    looked up is placed and the robot is at its target. Where the thought missed an object, the steps may
+    still move it. A thought that did not find what it looked up only replies, and nothing moves; one
+    that looked nothing up leaves the steps free."""
+
+    pairs: dict[str, str | None] = field(default_factory=dict)  # each item found: its own container, if any
+    targets: frozenset[str] = frozenset()
+    containers: tuple[str, ...] = ()  # every known container
+    absent: bool = False  # a lookup said "none"
+    at: str | None = None  # what the robot last went to
+    held: str | None = None
+    placed: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, thought: str, known: Iterable[str]) -> Progress:
+        known = sorted(known)
+        lookups = []
+        for clause in re.split(r"[.;]", thought):
+            head, _, body = clause.lstrip(" ").partition(": ")
+            verb = _LOOKUP.match(head)
+            if verb:
+                name = head[verb.end() :]
+                lookups.append((_ROLES[verb.group(1)], name, name in known and body != NONE))
+        found = [(role, name) for role, name, ok in lookups if ok]
+        pairs = {}
+        for i, (role, name) in enumerate(found):
+            if role == "item":
+                after = next(
+                    ((r, n) for r, n in found[i + 1 :] if r != "target"), (None, None)
+                )  # unless an item comes first
+                pairs[name] = after[1] if after[0] == "container" else None
+        targets = frozenset(name for role, name in found if role == "target")
+        containers = tuple(n for n in known if suits("container", n))
+        return cls(pairs, targets, containers, absent=len(found) < len(lookups))
+
+    def _acts(self) -> bool:
+        return bool(self.pairs or self.targets)
+
+    def opens(self, skill: str) -> bool:
+        """May a step of ``skill`` come now?"""
+        if self.absent:
+            return skill == "answer"
+        if skill == "done":
+            return self.may_end()
+        return skill != "answer" or not self._acts()
+
+    def candidates(self, skill: str, index: int) -> list[str] | None:
+        """The objects argument ``index`` of ``skill`` may name now (None: any that suits it)."""
+        if skill not in ("navigate", "pick", "place") or not (self._acts() or self.absent):
+            return None
+        if self.absent:
+            return []
+        own = self.pairs.get(self.held)
+        boxes = ([own] if own else list(self.containers)) if self.held else []
+        if skill == "navigate":
+            return boxes if self.held else None
+        if skill == "pick":
+            return (
+                [self.at]
+                if self.held is None and self.at is not None and suits("item", self.at) and self.at not in self.placed
+                else []
+            )
+        if self.at not in boxes:
+            return []
+        return [self.held] if index == 0 else [self.at]
+
+    def may_end(self) -> bool:
+        """May ``done()`` come now: every item looked up placed, nothing held, the robot at its target?"""
+        if self.absent:
+            return False
+        carried = self.held is None and set(self.pairs) <= self.placed
+        return carried and (not self.targets or self.at in self.targets)
+
+    def after(self, step: Step) -> Progress:
+        if step.skill == "navigate":
+            return replace(self, at=step.args[0])
+        if step.skill == "pick":
+            return replace(self, held=step.args[0])
+        if step.skill == "place":
+            return replace(self, held=None, placed=self.placed | {step.args[0]})
+        return self
+
+    def allows(self, step: Step) -> bool:
+        if not self.opens(step.skill):
+            return False
+        for index, arg in enumerate(step.args):
+            names = self.candidates(step.skill, index)
+            if names is not None and arg not in names:
+                return False
+        return True
