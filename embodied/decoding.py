@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from embodied.backbone import causal_lm
-from embodied.plan_rules import Progress, thought_fits
+from embodied.plan_rules import Progress, thought_fits, thought_forced
 from envs.plan import PlanError, normalize_arg, parse_plan, parse_step
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
@@ -191,7 +191,10 @@ class PlanConstraint:
         line = text.split("\n")[-1]
         number = text.count("\n")
         if number == 0:
-            return THOUGHT[len(line) :] if len(line) < len(THOUGHT) else ""
+            if len(line) < len(THOUGHT):
+                return THOUGHT[len(line) :]
+            piece = "" if self.objects is None else thought_forced(line[len(THOUGHT) :], self._known)
+            return piece if piece and self.valid(text + piece) else ""
         prefix = f"{number}. "
         if len(line) < len(prefix):
             return prefix[len(line) : -1]  # "N." (its space comes with the skill's name)

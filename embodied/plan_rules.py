@@ -93,6 +93,29 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
     return True
 
 
+def thought_forced(thought: str, known: frozenset[str]) -> str:
+    """What the rules leave one way to write next in a thought being written: the next name of a list or a
+    description that only one known object can fill (" red cube", ", green cube" where one cube is left to
+    name), so that jump-forward decoding feeds it without asking the model. Like the decoder's other forced
+    text, it stops before a space that starts a word the model has a choice of."""
+    head, colon, body = re.split(r"[.;]", thought)[-1].lstrip(" ").partition(":")
+    if not colon or (body and not body.startswith(" ")):
+        return ""
+    if head in LABELS:
+        fitting = [o for o in sorted(known) if fits(LABELS[head], o)]
+        if not body:
+            return f" {fitting[0] if fitting else NONE}" if len(fitting) <= 1 else ""
+        named = body[1:].removesuffix(",").split(", ")
+        left = [o for o in fitting if o not in named]
+        if not set(named) <= set(fitting) or not left:
+            return ""
+        return f" {left[0]}" if body.endswith(",") and len(left) == 1 else "," if not body.endswith(",") else ""
+    if not body and head.startswith(("the ", _CLOSEST)):
+        names = [o for o in known if _described(head, o)]
+        return f" {names[0]}" if len(names) == 1 else ""
+    return ""
+
+
 def _lookup_ok(
     name: str, body: str, role: str, known: frozenset[str], looked_up: set[str], named: bool, open_: bool
 ) -> bool:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
+import envs
 from embodied.backbone import SMOLLM2, TINY, Int8Linear, SharedInput, int8_backbone, load_backbone, load_tokenizer
 from embodied.cli import main
 from embodied.decoding import DECODINGS, REFERENCE, DecodingConfig, EarlierReplies, PlanConstraint
@@ -62,9 +63,11 @@ def test_forced_text_is_what_the_plan_holds_and_tokenizes_as_it_does(tokenizer, 
     assert "1." in pieces and all(not p.endswith(" ") for p in pieces)  # the next word's space is chosen with it
 
 
-def test_forced_text_on_oracle_plans(tokenizer, make_env):
-    for task, seed in [("pick_place", 1), ("rearrange", 2), ("eqa", 0)]:
-        env = make_env(task)
+@pytest.mark.parametrize("task", sorted(envs.TASKS))
+def test_forced_text_on_oracle_plans(tokenizer, make_env, task):
+    """Forced text, in the steps and in the thought's lists and descriptions, is what the oracle writes."""
+    env = make_env(task)
+    for seed in range(6):
         obs, _ = env.reset(seed=seed)
         _walk(tokenizer, OraclePlanner().plan(obs, env), env.unwrapped.scene.object_names)
 
