@@ -147,6 +147,8 @@ class PlanConstraint:
             part = part[1:] if i and part.startswith(" ") else part
             if not self._arg_ok(part, self._names(progress, name, i), partial=i == len(parts) - 1):
                 return False
+            if kinds[i] == "text" and not progress.may_say(part):
+                return False
         return True
 
     @staticmethod

@@ -7,7 +7,8 @@ resolves to a known object that fits its words ("the large bowl: blue bowl.", no
 itself); each item is looked up once, by a role it can play ("take" an item, "into" a container), and an
 unknown one only to say it is not there ("take blue cube: none."). The steps then carry out the thought's
 lookups as a robot can: pick what it went to, carry each item to the container its lookup leads into, place
-what it holds where it stands, and end only when every item it looked up is placed. The oracle's plans
+what it holds where it stands, and end only when every item it looked up is placed; a reply names no colour
+or shape its thought did not (the answer reads the evidence). The oracle's plans
 (``envs.planners.plan_from_goal``) keep every rule, so a model tuned on them loses nothing it was taught;
 one that slips is held to the scene and to its own thought.
 """
@@ -32,6 +33,13 @@ _LOOKUP_VERB = re.compile(rf"(?:^|(?<=\.)) ?(?:{'|'.join(LOOKUP_VERBS.values())}
 # the headings of the thought's lists (``envs.tasks.evidence``): "cubes", "red things"
 LABELS = {**{f"{s}s": s for s in SHAPES}, **{f"{c} things": c for c in COLOURS}}
 NAMEABLE = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)  # every name a lookup may say is absent
+_OBJECT_WORDS = frozenset({*COLOURS, *SHAPES})
+
+
+def _object_words(text: str) -> set[str]:
+    """The colour and shape words in ``text`` ("cubes" counts as "cube")."""
+    words = (w.removesuffix("s") if w.removesuffix("s") in SHAPES else w for w in re.findall(r"[a-z]+", text))
+    return {w for w in words if w in _OBJECT_WORDS}
 
 
 def fits(word: str, name: str) -> bool:
@@ -169,9 +177,10 @@ class Progress:
     known container when its lookup leads into none of its own, place it there, and end once every item
     looked up is placed and the robot is at its target. Where the thought missed an object, the steps may
     still move it. A thought that did not find what it looked up only replies, and nothing moves; one
-    that looked nothing up leaves the steps free."""
+    that looked nothing up leaves the steps free. A reply names no colour or shape the thought did not."""
 
     pairs: dict[str, str | None] = field(default_factory=dict)  # each item found: its own container, if any
+    said: frozenset[str] = frozenset()  # the colours and shapes the thought named
     targets: frozenset[str] = frozenset()
     containers: tuple[str, ...] = ()  # every known container
     absent: bool = False  # a lookup said "none"
@@ -199,7 +208,7 @@ class Progress:
                 pairs[name] = after[1] if after[0] == "container" else None
         targets = frozenset(name for role, name in found if role == "target")
         containers = tuple(n for n in known if suits("container", n))
-        return cls(pairs, targets, containers, absent=len(found) < len(lookups))
+        return cls(pairs, frozenset(_object_words(thought)), targets, containers, absent=len(found) < len(lookups))
 
     def _acts(self) -> bool:
         return bool(self.pairs or self.targets)
@@ -232,6 +241,11 @@ class Progress:
             return []
         return [self.held] if index == 0 else [self.at]
 
+    def may_say(self, reply: str) -> bool:
+        """Does a reply (or its start) name only colours and shapes its thought named, where the thought named
+        any? The answer reads the evidence: "bins: green bin." then "green", not "black"."""
+        return not self.said or _object_words(reply) <= self.said
+
     def may_end(self) -> bool:
         """May ``done()`` come now: every item looked up placed, nothing held, the robot at its target?"""
         if self.absent:
@@ -249,7 +263,7 @@ class Progress:
         return self
 
     def allows(self, step: Step) -> bool:
-        if not self.opens(step.skill):
+        if not self.opens(step.skill) or (step.skill == "answer" and not self.may_say(step.args[0])):
             return False
         for index, arg in enumerate(step.args):
             names = self.candidates(step.skill, index)

@@ -128,3 +128,21 @@ def test_the_decoder_holds_the_steps_to_the_thought(tokenizer):
         + "\n5. navigate(green cube)\n6. pick(green cube)\n7. navigate(green bin)\n8. place(green cube, green bin)\n9. done()"
     )
     assert not rule.valid(thought + "\n1. answer(")  # it found what it looked up: it acts
+
+
+def test_a_reply_names_only_colours_and_shapes_its_thought_named(tokenizer):
+    rule = PlanConstraint(tokenizer, sorted(KNOWN))
+    for ok in ("thought: bins: green bin.\n1. answer(green)", "thought: spheres: blue sphere.\n1. answer(1)",
+               "thought: closest to the red cube: green cube.\n1. answer(green cube)",
+               "thought: cylinders: none.\n1. answer(there are no cylinders)",
+               "thought: no skill of mine does that.\n1. answer(i cannot fly to the purple moon)"):  # fmt: skip
+        assert rule.valid(ok), ok
+    for bad in ("thought: bins: green bin.\n1. answer(black", "thought: closest to the red cube: green cube.\n1. answer(orange",
+                "thought: spheres: blue sphere.\n1. answer(bowls)"):  # fmt: skip
+        assert not rule.valid(bad), bad
+    # the model's "orange" after a resolved description becomes a word of the resolution
+    text = "thought: closest to the red cube: green cube.\n1. answer("
+    orange, green = (tokenizer(w, add_special_tokens=False).input_ids[0] for w in ("orange", "green"))
+    logits = torch.zeros(len(tokenizer))
+    logits[orange], logits[green] = 10.0, 5.0
+    assert rule.piece(rule.choose(text, logits)) == "green"
