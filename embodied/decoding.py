@@ -57,7 +57,7 @@ class PlanConstraint:
     # -- the grammar, one prefix at a time -----------------------------------------------------------
 
     def valid(self, text: str) -> bool:
-        """Is ``text`` a prefix of some plan in the grammar?"""
+        """Is ``text`` a prefix of some plan in the grammar, keeping the plan rules?"""
         lines = text.split("\n")
         if len(lines) == 1:
             return self._thought_ok(lines[0], complete=False)

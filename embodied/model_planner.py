@@ -1,7 +1,9 @@
 """The embodied model as a planner: one code path from an observation to plan text, shared by simulated
 rollouts, the Ray inference replicas and the ROS 2 planner node. Every request names the objects the robot
 knows of, and the decoder writes only plans over those. A ``policy`` other than "model" shows the model less
-(``embodied.prompts.MODEL_INPUTS``): "blind" is the baseline that shows what seeing adds."""
+(``embodied.prompts.MODEL_INPUTS``): "blind" is the baseline that shows what seeing adds, so it is shown
+nothing perceived at all, not even the known objects' names through its decoder (whose plan rules would
+copy them into its thought)."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class ModelPlanner:
         samples = [r.sample(self.inputs) for r in requests]
         return self.model.plan(
             samples,
-            [None if r.objects is None else list(r.objects) for r in requests],
+            [None if r.objects is None or not self.inputs else list(r.objects) for r in requests],
             self.max_new_tokens,
             [r.temperature for r in requests],
             [r.seed for r in requests],

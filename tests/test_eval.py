@@ -78,13 +78,20 @@ def test_plan_report_mean_weighs_tasks_alike_and_combines_their_margins():
     assert mean["ci95"] == pytest.approx(0.08)  # independent tasks: sqrt(0.16^2 + 0^2) / 2
 
 
-def test_blind_planner_sees_no_camera_and_still_writes_a_plan(tiny_checkpoint, make_env):
+def test_blind_planner_sees_nothing_perceived_and_still_writes_a_plan(tiny_checkpoint, make_env, monkeypatch):
     planner = ModelPlanner(str(tiny_checkpoint), policy="blind", max_new_tokens=24)
     assert planner.sensors == () and planner.name == "blind"
     env = make_env("pick_place")
     obs, _ = env.reset(seed=3)
     assert "rgb" not in obs
-    parse_plan(planner.plan(obs, env), env.unwrapped.scene.object_names)
+    parse_plan(planner.plan(obs, env))
+    # not even the known objects' names reach its decoder; the model policy's decoder gets them
+    decoded = []
+    for policy in ("blind", "model"):
+        other = ModelPlanner(model=planner.model, policy=policy, max_new_tokens=24)
+        monkeypatch.setattr(other.model, "plan", lambda samples, objects, *args, **kwargs: decoded.append(objects) or [""])
+        other.plan(obs, env)
+    assert decoded == [[None], [env.unwrapped.known_objects()]]
 
 
 def test_eval_command_line(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
