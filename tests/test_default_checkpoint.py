@@ -70,13 +70,13 @@ def test_a_missing_shipped_checkpoint_is_a_clear_error(monkeypatch, tmp_path):
 def test_a_rollout_config_with_no_checkpoint_runs_the_shipped_model(tmp_path):
     """The library's trap: RolloutConfig(policy="model") once ran an untrained model (10% object navigation
     instead of 100%); it is the shipped one, as on the command line."""
-    runner = EpisodeRunner(RolloutConfig(task="object_nav", policy="model", episodes=2, seed=500_000, out=tmp_path, gifs=0))
+    runner = EpisodeRunner(RolloutConfig(task="object_nav", policy="model", episodes=4, seed=500_000, out=tmp_path, gifs=0))
     try:
         assert _is_shipped(runner.planner.model)
-        records = [runner.run(i)[0] for i in range(2)]
+        records = [runner.run(i)[0] for i in range(4)]
     finally:
         runner.close()
-    assert all(r["plan_valid"] and r["success"] for r in records), records
+    assert all(r["plan_valid"] for r in records) and sum(r["success"] for r in records) >= 3, records
 
 
 @pytest.mark.slow
