@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from envs.plan import ABSENT, LOOKUP_VERBS, Step
 from envs.scene import COLOURS, SHAPES
 from envs.skills import suits
-from envs.tasks import CLOSEST_TO
+from envs.tasks import CLOSEST_TO, evidence_heading
 
 NONE = ABSENT.removeprefix(": ")  # what a list or a lookup says when nothing fits
 _ROLES = {verb: role for role, verb in LOOKUP_VERBS.items()}
@@ -30,8 +30,7 @@ _LOOKUP = re.compile(rf"^({'|'.join(LOOKUP_VERBS.values())}) ")
 _CLOSEST = CLOSEST_TO.format("")  # "closest to the "
 _COLOUR_WORD = re.compile(rf"\b({'|'.join(COLOURS)})\s+([a-z]+)")  # a colour and the word after it
 _LOOKUP_VERB = re.compile(rf"(?:^|(?<=\.)) ?(?:{'|'.join(LOOKUP_VERBS.values())})$")  # "... take" opening a lookup
-# the headings of the thought's lists (``envs.tasks.evidence``): "cubes", "red things"
-LABELS = {**{f"{s}s": s for s in SHAPES}, **{f"{c} things": c for c in COLOURS}}
+LABELS = {evidence_heading(w): w for w in (*SHAPES, *COLOURS)}  # the thought's list headings: "cubes", "red things"
 NAMEABLE = tuple(f"{c} {s}" for c in COLOURS for s in SHAPES)  # every name a lookup may say is absent
 _OBJECT_WORDS = frozenset({*COLOURS, *SHAPES})
 
@@ -40,6 +39,17 @@ def _object_words(text: str) -> set[str]:
     """The colour and shape words in ``text`` ("cubes" counts as "cube")."""
     words = (w.removesuffix("s") if w.removesuffix("s") in SHAPES else w for w in re.findall(r"[a-z]+", text))
     return {w for w in words if w in _OBJECT_WORDS}
+
+
+def _clauses(thought: str) -> list[tuple[str, bool, str | None]]:
+    """Each clause of a thought (clauses end at "." or ";"): its head, whether a colon ended the head, and
+    the body after the colon's space ("" before it is written; None when the colon has no space after it,
+    which no clause has)."""
+    out = []
+    for clause in re.split(r"[.;]", thought):
+        head, colon, body = clause.lstrip(" ").partition(":")
+        out.append((head, bool(colon), body[1:] if not body or body.startswith(" ") else None))
+    return out
 
 
 def fits(word: str, name: str) -> bool:
@@ -73,20 +83,17 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
     ``complete``."""
     if imagines(thought, known, complete):
         return False
-    clauses = re.split(r"[.;]", thought)
+    clauses = _clauses(thought)
     looked_up: set[str] = set()
     labels: set[str] = set()
-    for index, clause in enumerate(clauses):
-        clause = clause.lstrip(" ")
+    for index, (head, colon, body) in enumerate(clauses):
         open_ = not complete and index == len(clauses) - 1
-        lookup = _LOOKUP.match(clause)
-        head, colon, body = clause.partition(":")
-        if colon and body and not body.startswith(" "):
+        lookup = _LOOKUP.match(head)
+        if body is None:
             return False
-        body = body[1:]
         if lookup:
             role, name = _ROLES[lookup.group(1)], head[lookup.end() :]
-            if not _lookup_ok(name, body, role, known, looked_up, named=bool(colon), open_=open_):
+            if not _lookup_ok(name, body, role, known, looked_up, named=colon, open_=open_):
                 return False
             looked_up |= {name} if role != "container" else set()  # many items may go into one container
         elif colon and head in LABELS:
@@ -106,14 +113,14 @@ def thought_forced(thought: str, known: frozenset[str]) -> str:
     description that only one known object can fill (" red cube", ", green cube" where one cube is left to
     name), so that jump-forward decoding feeds it without asking the model. Like the decoder's other forced
     text, it stops before a space that starts a word the model has a choice of."""
-    head, colon, body = re.split(r"[.;]", thought)[-1].lstrip(" ").partition(":")
-    if not colon or (body and not body.startswith(" ")):
+    head, colon, body = _clauses(thought)[-1]
+    if not colon or body is None or thought.endswith(" "):  # the model chose the next word's space
         return ""
     if head in LABELS:
         fitting = [o for o in sorted(known) if fits(LABELS[head], o)]
         if not body:
             return f" {fitting[0] if fitting else NONE}" if len(fitting) <= 1 else ""
-        named = body[1:].removesuffix(",").split(", ")
+        named = body.removesuffix(",").split(", ")
         left = [o for o in fitting if o not in named]
         if not set(named) <= set(fitting) or not left:
             return ""
@@ -192,8 +199,7 @@ class Progress:
     def of(cls, thought: str, known: Iterable[str]) -> Progress:
         known = sorted(known)
         lookups = []
-        for clause in re.split(r"[.;]", thought):
-            head, _, body = clause.lstrip(" ").partition(": ")
+        for head, _, body in _clauses(thought):
             verb = _LOOKUP.match(head)
             if verb:
                 name = head[verb.end() :]

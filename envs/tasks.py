@@ -265,6 +265,11 @@ def looked_for(form: str, words: Sequence[str]) -> tuple[str, ...]:
     return (words[0].split()[-1],) if form in _LISTED else ()  # "exists": the shape of the name asked about
 
 
+def evidence_heading(word: str) -> str:
+    """The heading of an evidence list for a shape or colour word: "cubes", "red things"."""
+    return f"{word}s" if word in SHAPES else f"{word} things"
+
+
 def evidence(words: Sequence[str], scene: SceneSpec, origin: Sequence[float]) -> str:
     """The check a reply reasons from, before it answers or acts: per shape or colour word, the scene's
     objects it fits, nearest ``origin`` first (the order the model's object tokens come in), e.g.
@@ -275,8 +280,7 @@ def evidence(words: Sequence[str], scene: SceneSpec, origin: Sequence[float]) ->
     parts = []
     for word in dict.fromkeys(words):
         fits = [o.name for o in near if word in (o.shape, o.colour)]
-        label = f"{word}s" if word in SHAPES else f"{word} things"
-        parts.append(f"{label}: {', '.join(fits) or 'none'}")
+        parts.append(f"{evidence_heading(word)}: {', '.join(fits) or 'none'}")
     return "; ".join(parts)
 
 
