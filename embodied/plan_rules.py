@@ -182,8 +182,9 @@ class Progress:
     thought that found all it looked up carry it out as a robot can: pick what the robot went to, carry it
     to the container its lookup leads into ("take red cube: table 1. into green bin: table 1."), or to any
     known container when its lookup leads into none of its own, place it there, and end once every item
-    looked up is placed and the robot is at its target. Where the thought missed an object, the steps may
-    still move it. A thought that did not find what it looked up only replies, and nothing moves; one
+    looked up is placed and the robot is at its target. Empty-handed, the robot goes only to an item still
+    to move or a target still to reach (a model left free went back and forth between containers); once
+    none is left, the steps may still move what the thought missed. A thought that did not find what it looked up only replies, and nothing moves; one
     that looked nothing up leaves the steps free. A reply names no colour or shape the thought did not."""
 
     pairs: dict[str, str | None] = field(default_factory=dict)  # each item found: its own container, if any
@@ -236,7 +237,11 @@ class Progress:
         own = self.pairs.get(self.held)
         boxes = ([own] if own else list(self.containers)) if self.held else []
         if skill == "navigate":
-            return boxes if self.held else None
+            if self.held:
+                return boxes
+            todo = [n for n in self.pairs if n not in self.placed]
+            todo += sorted(self.targets) if self.at not in self.targets else []
+            return todo or None
         if skill == "pick":
             return (
                 [self.at]

@@ -37,7 +37,8 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
     request names and the scene lacks (``"missing"``, wanted as ``"missing_as"``: a target or an item), or a
     question asks about (``"checks"``), nearest ``origin`` (default: the scene's robot start) first: "cubes:
     red cube, green cube." Then it looks up each object the plan needs by name, with what the plan does with
-    it (``LOOKUP_VERBS``): "take green cube: table 2." or "take green cube: none.": right after writing a
+    it (``LOOKUP_VERBS``), each item beside its own container even where another item shares it: "take green
+    cube: table 2. into red bin: table 1." or "take green cube: none.": right after writing a
     name, the model decides whether the scene has it, where its object tokens' words can answer (an
     induction-style copy), rather than at the first step. A request refused for what it asks states why
     instead."""
@@ -45,16 +46,17 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
         return Plan(REFUSAL_THOUGHTS[goal["kind"]], (Step("answer", (goal["answer"],)),)).to_text()
     where = {o.name: o.table for o in scene.objects}
     shape = {o.name: o.shape for o in scene.objects}
-    roles = (
-        {goal["target"]: "target"}
+    lookups = (
+        [(goal["target"], "target")]
         if "target" in goal
-        else {name: role for move in goal.get("moves", ()) for name, role in zip(move, ("item", "container"))}
+        else [(name, role) for move in goal.get("moves", ()) for name, role in zip(move, ("item", "container"))]
     )
+    roles = dict(lookups)
     missing = [goal["missing"]] if "missing" in goal else []
     checks = [*goal.get("checks", ()), *(shape[n] for n in roles), *(n.split()[-1] for n in missing)]
     listed = evidence(checks, scene, scene.robot_start[:2] if origin is None else origin) + "." if checks else ""
     resolved = [f"{phrase}: {name}." for phrase, name in goal.get("refers", ())]
-    found = [f"{LOOKUP_VERBS[role]} {name}: {where[name]}." for name, role in roles.items()]
+    found = [f"{LOOKUP_VERBS[role]} {name}: {where[name]}." for name, role in lookups]
     found += [f"{LOOKUP_VERBS[goal.get('missing_as', 'item')]} {name}{ABSENT}." for name in missing]
     thought = " ".join([*resolved, listed, *found]).strip()
     if "answer" in goal:

@@ -75,7 +75,7 @@ def test_steps_carry_out_the_lookups_as_a_robot_can():
         "cubes: red cube. take red cube: table 1. into green bin: table 1. take green cube: table 2.", KNOWN
     )
     assert progress.pairs == {"red cube": "green bin", "green cube": None}  # the second has no container of its own
-    assert progress.candidates("navigate", 0) is None  # it may go to anything, even what its thought missed
+    assert progress.candidates("navigate", 0) == ["red cube", "green cube"]  # empty-handed: to an item still to move
     assert progress.candidates("pick", 0) == [] and not progress.opens("done")  # nothing to stand at yet
     assert not progress.opens("answer")  # it found what it looked up: it acts
     at_cube = progress.after(_step("navigate(red cube)"))
@@ -87,10 +87,13 @@ def test_steps_carry_out_the_lookups_as_a_robot_can():
     assert at_bin.candidates("place", 0) == ["red cube"] and at_bin.candidates("place", 1) == ["green bin"]
     placed = at_bin.after(_step("place(red cube, green bin)"))
     assert not placed.opens("done") and placed.candidates("pick", 0) == []  # the green cube is still to go
+    assert placed.candidates("navigate", 0) == ["green cube"]  # not back and forth between containers
     green = placed.after(_step("navigate(green cube)")).after(_step("pick(green cube)"))
     assert green.candidates("navigate", 0) == ["green bin", "yellow bowl"]  # no container of its own: any
     done = green.after(_step("navigate(yellow bowl)")).after(_step("place(green cube, yellow bowl)"))
-    assert done.opens("done")
+    assert done.opens("done") and done.candidates("navigate", 0) is None  # free to move what the thought missed
+    going = Progress.of("go to yellow bowl: table 1.", KNOWN)
+    assert going.candidates("navigate", 0) == ["yellow bowl"] and going.after(_step("navigate(yellow bowl)")).opens("done")
     # a thought without lookups leaves the steps free; one that did not find what it looked up only replies
     free = Progress.of("i see a red cube.", KNOWN)
     assert free.candidates("pick", 0) is None and free.opens("answer") and free.opens("done")

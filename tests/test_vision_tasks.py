@@ -87,8 +87,8 @@ def test_the_oracle_lists_the_objects_a_request_names_then_looks_each_up_with_wh
         "thought: cubes: green cube, red cube; bowls: white bowl. take green cube: table 1. into white bowl: table 1."
     )  # nearest first
     assert thought({"moves": [["green cube", "white bowl"], ["red cube", "white bowl"]]}).endswith(
-        "take green cube: table 1. into white bowl: table 1. take red cube: table 1."
-    )  # each object looked up once
+        "take green cube: table 1. into white bowl: table 1. take red cube: table 1. into white bowl: table 1."
+    )  # each item beside its own container, even a shared one
     assert thought({"target": "white bowl"}) == "thought: bowls: white bowl. go to white bowl: table 1."
     assert thought({"moves": [["green cube", "white bowl"]], "refers": [["closest to the red cube", "green cube"]]}).startswith(
         "thought: closest to the red cube: green cube. cubes: "
