@@ -34,8 +34,8 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
 
     The thought first says which object each of the request's descriptions means (``"refers"``: "closest to
     the yellow bin: red cube."), then lists the objects of each shape the plan goes to or moves, or the
-    request names and the scene lacks (``"missing"``, wanted as ``"missing_as"``: a target or an item), or a
-    question asks about (``"checks"``), nearest ``origin`` (default: the scene's robot start) first: "cubes:
+    request names and the scene lacks (``"missing"``, wanted as ``"missing_as"``: a target or an item), or
+    those of each shape or colour a question or a set asks about (``"checks"``), nearest ``origin`` (default: the scene's robot start) first: "cubes:
     red cube, green cube." Then it looks up each object the plan needs by name, with what the plan does with
     it (``LOOKUP_VERBS``), each item beside its own container even where another item shares it: "take green
     cube: table 2. into red bin: table 1." or "take green cube: none.": right after writing a
@@ -53,7 +53,7 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
     )
     roles = dict(lookups)
     missing = [goal["missing"]] if "missing" in goal else []
-    checks = [*goal.get("checks", ()), *(shape[n] for n in roles), *(n.split()[-1] for n in missing)]
+    checks = goal.get("checks", [*(shape[n] for n in roles), *(n.split()[-1] for n in missing)])
     listed = evidence(checks, scene, scene.robot_start[:2] if origin is None else origin) + "." if checks else ""
     resolved = [f"{phrase}: {name}." for phrase, name in goal.get("refers", ())]
     found = [f"{LOOKUP_VERBS[role]} {name}: {where[name]}." for name, role in lookups]

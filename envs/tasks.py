@@ -270,13 +270,18 @@ def evidence_heading(word: str) -> str:
     return f"{word}s" if word in SHAPES else f"{word} things"
 
 
+def nearest_first(objects: Sequence[ObjectSpec], origin: Sequence[float]) -> list[ObjectSpec]:
+    """The order a thought lists objects in: the order the model's object tokens come in."""
+    return sorted(objects, key=lambda o: float(np.hypot(o.x - origin[0], o.y - origin[1])))
+
+
 def evidence(words: Sequence[str], scene: SceneSpec, origin: Sequence[float]) -> str:
     """The check a reply reasons from, before it answers or acts: per shape or colour word, the scene's
     objects it fits, nearest ``origin`` first (the order the model's object tokens come in), e.g.
     "cubes: green cube, red cube; red things: red cube" or "bins: none". A small model that copies the
     matching names before answering counts and checks presence far better than one that must answer at
     once (the chain of thought PaLM-E plans with)."""
-    near = sorted(scene.objects, key=lambda o: float(np.hypot(o.x - origin[0], o.y - origin[1])))
+    near = nearest_first(scene.objects, origin)
     parts = []
     for word in dict.fromkeys(words):
         fits = [o.name for o in near if word in (o.shape, o.colour)]

@@ -11,7 +11,19 @@ import numpy as np
 
 from envs.backend import WorldState
 from envs.scene import COLOURS, CONTAINERS, SHAPES, ObjectSpec
-from envs.tasks import CLOSEST_TO, PickPlace, Rearrange, Task, TaskUnavailable, absent_names, draw, room_in, width_of
+from envs.tasks import (
+    CLOSEST_TO,
+    PickPlace,
+    Rearrange,
+    Task,
+    TaskUnavailable,
+    absent_names,
+    draw,
+    evidence_heading,
+    nearest_first,
+    room_in,
+    width_of,
+)
 
 UNMOVED = 0.05  # m an object may be from where it started and still count as not moved
 APART = 0.05  # m by which the nearest object must be nearer than the next for "closest" to single it out
@@ -97,25 +109,26 @@ class AllOf(Rearrange):
 
     def sample(self, rng):
         items, containers = self.items(), self.containers()
-        kinds = [
-            (f"{c} things", [i for i in items if i.colour == c])
-            for c in COLOURS
-            if not any(o.colour == c for o in containers)
-        ]
-        kinds += [(f"{s}s", [i for i in items if i.shape == s]) for s in SHAPES]
+        kinds = [(c, [i for i in items if i.colour == c]) for c in COLOURS if not any(o.colour == c for o in containers)]
+        kinds += [(s, [i for i in items if i.shape == s]) for s in SHAPES]
         sets = [
-            (words, members, box)
-            for words, members in kinds
+            (word, members, box)
+            for word, members in kinds
             if len(members) >= 2
             for box in containers
             if sum(map(width_of, members)) <= room_in(box)
         ]
         if not sets:
             raise TaskUnavailable("no two items of one colour or shape fit one container")
-        words, members, box = draw(rng, sets)
-        self.moves = [(item, box) for item in members]
+        word, members, box = draw(rng, sets)
+        self.moves = [(item, box) for item in nearest_first(members, self.start[:2])]  # as the thought lists them
+        self.checks = (word, box.shape)
+        words = evidence_heading(word)
         template = draw(rng, self.templates)
         self.instruction = template.format(words.removesuffix("s") if "every" in template else words, box.name)
+
+    def goal(self):
+        return {**super().goal(), "checks": list(self.checks)}  # the thought lists the whole set, then moves it
 
 
 class IfPresent(PickPlace):
