@@ -89,7 +89,8 @@ class PlanConstraint:
         thought, *steps = lines.split("\n")
         if not self._thought_ok(thought, complete=True):
             return None
-        progress = Progress() if self.objects is None else Progress.of(thought[len(THOUGHT) :], self._known)
+        said = thought[len(THOUGHT) :]
+        progress = Progress.free(said) if self.objects is None else Progress.of(said, self._known)
         for number, line in enumerate(steps, 1):
             step = self._full_step(line, number)
             if step is None or step.terminal or not progress.allows(step):
@@ -107,11 +108,11 @@ class PlanConstraint:
             return None
 
     def _names(self, progress: Progress, skill: str, index: int) -> list[str] | None:
-        """The objects argument ``index`` of ``skill`` may name after ``progress`` (None: any words)."""
+        """The objects (or the reply) argument ``index`` of ``skill`` may name after ``progress`` (None: any)."""
         kind = SKILLS[skill].args[index]
-        if kind not in OBJECT_KINDS or self.objects is None:
-            return None
         names = progress.candidates(skill, index)
+        if kind not in OBJECT_KINDS or self.objects is None:
+            return names if kind == "text" else None
         return self._fitting[kind] if names is None else names
 
     def _callable(self, progress: Progress) -> list[str]:

@@ -23,6 +23,7 @@ from envs.plan import ABSENT, LOOKUP_VERBS, Step
 from envs.scene import COLOURS, SHAPES
 from envs.skills import suits
 from envs.tasks import CLOSEST_TO, evidence_heading
+from envs.vision_tasks import REASONS, REFUSAL_THOUGHTS
 
 NONE = ABSENT.removeprefix(": ")  # what a list or a lookup says when nothing fits
 _ROLES = {verb: role for role, verb in LOOKUP_VERBS.items()}
@@ -176,6 +177,9 @@ def _described(phrase: str, name: str) -> bool:
     return True
 
 
+REFUSAL_REPLIES = {thought: REASONS[kind] for kind, thought in REFUSAL_THOUGHTS.items()}  # a refusal's one reply
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where a plan's steps so far have left the robot, against its thought's lookups. The steps of a
@@ -185,7 +189,9 @@ class Progress:
     looked up is placed and the robot is at its target. Empty-handed, the robot goes only to an item still
     to move or a target still to reach (a model left free went back and forth between containers); once
     none is left, the steps may still move what the thought missed. A thought that did not find what it looked up only replies, and nothing moves; one
-    that looked nothing up leaves the steps free. A reply names no colour or shape the thought did not."""
+    that looked nothing up leaves the steps free. A reply names no colour or shape the thought did not, and
+    a thought that refuses for what is asked ("no skill of mine does that.") has one reply, its reason
+    (the model had followed it with `answer(none)`)."""
 
     pairs: dict[str, str | None] = field(default_factory=dict)  # each item found: its own container, if any
     said: frozenset[str] = frozenset()  # the colours and shapes the thought named
@@ -195,6 +201,12 @@ class Progress:
     at: str | None = None  # what the robot last went to
     held: str | None = None
     placed: frozenset[str] = frozenset()
+    reply: str | None = None  # the one reply a refusal's thought allows
+
+    @classmethod
+    def free(cls, thought: str) -> Progress:
+        """A thought read without the known objects (a blind planner's): only a refusal's reply is held."""
+        return cls(reply=REFUSAL_REPLIES.get(thought.strip()))
 
     @classmethod
     def of(cls, thought: str, known: Iterable[str]) -> Progress:
@@ -215,21 +227,25 @@ class Progress:
                 pairs[name] = after[1] if after[0] == "container" else None
         targets = frozenset(name for role, name in found if role == "target")
         containers = tuple(n for n in known if suits("container", n))
-        return cls(pairs, frozenset(_object_words(thought)), targets, containers, absent=len(found) < len(lookups))
+        said = frozenset(_object_words(thought))
+        absent = len(found) < len(lookups)
+        return cls(pairs, said, targets, containers, absent=absent, reply=REFUSAL_REPLIES.get(thought.strip()))
 
     def _acts(self) -> bool:
         return bool(self.pairs or self.targets)
 
     def opens(self, skill: str) -> bool:
         """May a step of ``skill`` come now?"""
-        if self.absent:
+        if self.absent or self.reply:
             return skill == "answer"
         if skill == "done":
             return self.may_end()
         return skill != "answer" or not self._acts()
 
     def candidates(self, skill: str, index: int) -> list[str] | None:
-        """The objects argument ``index`` of ``skill`` may name now (None: any that suits it)."""
+        """The objects (or the reply) argument ``index`` of ``skill`` may name now (None: any that suits it)."""
+        if skill == "answer":
+            return [self.reply] if self.reply else None
         if skill not in ("navigate", "pick", "place") or not (self._acts() or self.absent):
             return None
         if self.absent:

@@ -101,6 +101,16 @@ def test_steps_carry_out_the_lookups_as_a_robot_can():
     assert missing.opens("answer") and not missing.opens("done") and missing.candidates("navigate", 0) == []
 
 
+def test_a_refusal_thought_has_one_reply_its_reason(tokenizer):
+    thought = "thought: no skill of mine does that."
+    for rule in (PlanConstraint(tokenizer, sorted(KNOWN)), PlanConstraint(tokenizer, None)):  # blind too
+        assert rule.valid(thought + "\n1. answer(i cannot do that)")
+        for bad in ("\n1. answer(none", "\n1. answer(no)", "\n1. navigate(", "\n1. done()"):
+            assert not rule.valid(thought + bad), bad
+        assert rule.forced(thought + "\n1. answer(") == "i cannot do that)"  # fed without asking the model
+    assert PlanConstraint(tokenizer, None).valid("thought: i see a cube.\n1. answer(no)")  # other replies stay free
+
+
 def test_the_decoder_holds_the_steps_to_the_thought(tokenizer):
     rule = PlanConstraint(tokenizer, sorted(KNOWN))
     thought = "thought: cubes: red cube, green cube; bins: green bin. take red cube: table 1. into green bin: table 1. take green cube: table 1."
@@ -138,7 +148,7 @@ def test_a_reply_names_only_colours_and_shapes_its_thought_named(tokenizer):
     for ok in ("thought: bins: green bin.\n1. answer(green)", "thought: spheres: blue sphere.\n1. answer(1)",
                "thought: closest to the red cube: green cube.\n1. answer(green cube)",
                "thought: cylinders: none.\n1. answer(there are no cylinders)",
-               "thought: no skill of mine does that.\n1. answer(i cannot fly to the purple moon)"):  # fmt: skip
+               "thought: a guess.\n1. answer(i cannot fly to the purple moon)"):  # fmt: skip
         assert rule.valid(ok), ok
     for bad in ("thought: bins: green bin.\n1. answer(black", "thought: closest to the red cube: green cube.\n1. answer(orange",
                 "thought: spheres: blue sphere.\n1. answer(bowls)"):  # fmt: skip
