@@ -109,7 +109,9 @@ class AllOf(Rearrange):
 
     def sample(self, rng):
         items, containers = self.items(), self.containers()
-        kinds = [(c, [i for i in items if i.colour == c]) for c in COLOURS if not any(o.colour == c for o in containers)]
+        kinds = [
+            (c, [i for i in items if i.colour == c]) for c in COLOURS if not any(o.colour == c for o in containers)
+        ]
         kinds += [(s, [i for i in items if i.shape == s]) for s in SHAPES]
         sets = [
             (word, members, box)
