@@ -188,8 +188,8 @@ class Progress:
     known container when its lookup leads into none of its own, place it there, and end once every item
     looked up is placed and the robot is at its target. Empty-handed, the robot goes only to an item still
     to move or a target still to reach (a model left free went back and forth between containers); once
-    none is left, the steps may still move what the thought missed. A thought that did not find what it looked up only replies, and nothing moves; one
-    that looked nothing up leaves the steps free. A reply names no colour or shape the thought did not, and
+    none is left, the steps may still move what the thought missed. A thought that did not find what it
+    looked up only replies, and nothing moves; one that looked nothing up leaves the steps free. A reply names no colour or shape the thought did not, and
     a thought that refuses for what is asked ("no skill of mine does that.") has one reply, its reason
     (the model had followed it with `answer(none)`)."""
 

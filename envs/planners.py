@@ -35,8 +35,8 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
     The thought first says which object each of the request's descriptions means (``"refers"``: "closest to
     the yellow bin: red cube."), then lists the objects of each shape the plan goes to or moves, or the
     request names and the scene lacks (``"missing"``, wanted as ``"missing_as"``: a target or an item), or
-    those of each shape or colour a question or a set asks about (``"checks"``), nearest ``origin`` (default: the scene's robot start) first: "cubes:
-    red cube, green cube." Then it looks up each object the plan needs by name, with what the plan does with
+    those of each shape or colour a question or a set asks about (``"checks"``), nearest ``origin``
+    (default: the scene's robot start) first: "cubes: red cube, green cube." Then it looks up each object the plan needs by name, with what the plan does with
     it (``LOOKUP_VERBS``), each item beside its own container even where another item shares it: "take green
     cube: table 2. into red bin: table 1." or "take green cube: none.": right after writing a
     name, the model decides whether the scene has it, where its object tokens' words can answer (an
