@@ -28,7 +28,7 @@ PLAN_TOKENS = 320
 THOUGHT = "thought:"
 THOUGHT_CHARS = re.compile(r"[a-z0-9 ,.;:'?!\-]*")
 ARG_PREFIX = re.compile(r"(?:[a-z0-9]+(?: [a-z0-9]+)* ?)?")  # words, single spaces; linear to match
-MAX_THOUGHT_CHARS = 384
+MAX_THOUGHT_CHARS = 416
 TOP_K = 32
 FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
 

@@ -1,9 +1,11 @@
 """What a plan may say about the scene, beyond its syntax: the rules the constrained decoder adds once it
 knows which objects the robot perceives.
 
-The thought says what the robot perceives, never what it imagines: a list under a heading ("cubes:", "red
-things:") holds every known object that fits it, each once, and "none" only when none does; a description
-resolves to a known object that fits its words ("the large bowl: blue bowl.", nothing is closest to
+The thought opens with the kind of request ("request: move.", ``envs.plan.REQUESTS``), which decides the
+lookups it may make and the skills its steps may call (a question or a refusal only replies), and a refusal
+says only its reason. It says what the robot perceives, never what it imagines: a list under a heading
+("cubes:", "red things:") holds every known object that fits it, each once, and "none" only when none does;
+a description resolves to a known object that fits its words ("the large bowl: blue bowl.", nothing is closest to
 itself); each item is looked up once, by a role it can play ("take" an item, "into" a container), and an
 unknown one only to say it is not there ("take blue cube: none."). The steps then carry out the thought's
 lookups as a robot can: pick what it went to, carry each item to the container its lookup leads into, place
@@ -19,7 +21,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from envs.plan import ABSENT, LOOKUP_VERBS, Step
+from envs.plan import ABSENT, LOOKUP_VERBS, REQUEST, REQUESTS, Step
 from envs.scene import COLOURS, SHAPES
 from envs.skills import suits
 from envs.tasks import CLOSEST_TO, evidence_heading
@@ -53,6 +55,24 @@ def _clauses(thought: str) -> list[tuple[str, bool, str | None]]:
     return out
 
 
+def opening(thought: str) -> tuple[str | None, str | None]:
+    """The kind of request a thought opens with ("request: move." gives "move") and the rest of the thought
+    after it: (None, thought) for a thought that opens otherwise, rest None while the kind is being written."""
+    if not thought.startswith(REQUEST):
+        return None, thought
+    kind, dot, rest = thought[len(REQUEST) :].partition(".")
+    return kind, rest if dot else None
+
+
+def _opening_fits(kind: str, rest: str | None, complete: bool) -> bool:
+    """A request kind from ``REQUESTS``; a refusal's reason (``REFUSAL_THOUGHTS``) after it and nothing else."""
+    if rest is None:
+        return not complete and any(k.startswith(kind) for k in REQUESTS)
+    if kind == "refusal":
+        return any(f" {t}" == rest if complete else f" {t}".startswith(rest) for t in REFUSAL_THOUGHTS.values())
+    return kind in REQUESTS and (rest.startswith(" ") or (not complete and not rest))
+
+
 def fits(word: str, name: str) -> bool:
     """Is ``name`` ("red cube") an object of the shape or colour ``word``?"""
     parts = name.split()
@@ -82,7 +102,8 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
     """Do the thought's lists, descriptions and lookups (all of it, or the start of it so far) say only
     what the known objects allow? Clauses end at "." or ";"; the last is still being written unless
     ``complete``."""
-    if imagines(thought, known, complete):
+    kind, rest = opening(thought)
+    if imagines(thought, known, complete) or (kind is not None and not _opening_fits(kind, rest, complete)):
         return False
     clauses = _clauses(thought)
     looked_up: set[str] = set()
@@ -94,6 +115,8 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
             return False
         if lookup:
             role, name = _ROLES[lookup.group(1)], head[lookup.end() :]
+            if kind is not None and role not in REQUESTS[kind]:  # "take" in a question, "go to" in a move
+                return False
             if not _lookup_ok(name, body, role, known, looked_up, named=colon, open_=open_):
                 return False
             looked_up |= {name} if role != "container" else set()  # many items may go into one container
@@ -114,6 +137,10 @@ def thought_forced(thought: str, known: frozenset[str]) -> str:
     description that only one known object can fill (" red cube", ", green cube" where one cube is left to
     name), so that jump-forward decoding feeds it without asking the model. Like the decoder's other forced
     text, it stops before a space that starts a word the model has a choice of."""
+    kind, rest = opening(thought)
+    if kind == "refusal" and rest and rest.strip():  # the reason it began: one way to end it
+        reasons = [f" {t}" for t in REFUSAL_THOUGHTS.values() if f" {t}".startswith(rest)]
+        return reasons[0][len(rest) :] if len(reasons) == 1 else ""
     head, colon, body = _clauses(thought)[-1]
     if not colon or body is None or thought.endswith(" "):  # the model chose the next word's space
         return ""
@@ -202,11 +229,14 @@ class Progress:
     held: str | None = None
     placed: frozenset[str] = frozenset()
     reply: str | None = None  # the one reply a refusal's thought allows
+    request: str | None = None  # the kind of request the thought opened with (``REQUESTS``)
 
     @classmethod
     def free(cls, thought: str) -> Progress:
-        """A thought read without the known objects (a blind planner's): only a refusal's reply is held."""
-        return cls(reply=REFUSAL_REPLIES.get(thought.strip()))
+        """A thought read without the known objects (a blind planner's): only its request kind and a
+        refusal's reply are held."""
+        kind, rest = opening(thought.strip())
+        return cls(reply=REFUSAL_REPLIES.get((rest or "").strip()), request=kind)
 
     @classmethod
     def of(cls, thought: str, known: Iterable[str]) -> Progress:
@@ -229,18 +259,23 @@ class Progress:
         containers = tuple(n for n in known if suits("container", n))
         said = frozenset(_object_words(thought))
         absent = len(found) < len(lookups)
-        return cls(pairs, said, targets, containers, absent=absent, reply=REFUSAL_REPLIES.get(thought.strip()))
+        free = cls.free(thought)
+        return cls(pairs, said, targets, containers, absent=absent, reply=free.reply, request=free.request)
 
     def _acts(self) -> bool:
         return bool(self.pairs or self.targets)
 
     def opens(self, skill: str) -> bool:
-        """May a step of ``skill`` come now?"""
-        if self.absent or self.reply:
+        """May a step of ``skill`` come now? A question or a refusal only replies, a move or a visit never
+        does unless what it looked up is not there, and only a move picks and places."""
+        roles = REQUESTS.get(self.request or "")
+        if self.absent or self.reply or roles == ():
             return skill == "answer"
         if skill == "done":
             return self.may_end()
-        return skill != "answer" or not self._acts()
+        if roles and skill in ("pick", "place"):
+            return "item" in roles
+        return skill != "answer" or not (self._acts() or roles)
 
     def candidates(self, skill: str, index: int) -> list[str] | None:
         """The objects (or the reply) argument ``index`` of ``skill`` may name now (None: any that suits it)."""

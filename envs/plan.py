@@ -29,6 +29,12 @@ ABSENT = ": none"
 # request: "go to red cube: table 1.", "take red cube: table 1. into yellow bin: table 2.". Going to an
 # object and carrying it read differently before the first step is written.
 LOOKUP_VERBS = {"target": "go to", "item": "take", "container": "into"}
+# What a thought says first: the kind of request, read from its words alone ("request: move."), and the
+# lookup roles that kind may use. Its steps follow from it: a question or a refusal only replies, a "go"
+# never picks. (A model that began with the scene's lists wrote a move's lookups for questions, refusals
+# and navigation.)
+REQUEST = "request: "
+REQUESTS = {"move": ("item", "container"), "go": ("target",), "question": (), "refusal": ()}
 _WORD = r"[a-z0-9]+(?: [a-z0-9]+)*"
 _ARG_RE = re.compile(rf"^{_WORD}$")
 _STEP_RE = re.compile(r"^(\d+)\.\s*([a-z_]+)\((.*)\)$")

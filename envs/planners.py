@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from envs.env import EmbodiedEnv
-from envs.plan import ABSENT, LOOKUP_VERBS, Plan, Step
+from envs.plan import ABSENT, LOOKUP_VERBS, REQUEST, Plan, Step
 from envs.scene import COLOURS, SHAPES, SIZES, SceneSpec
 from envs.skills import SKILLS, suits
 from envs.tasks import EmbodiedQA, evidence
@@ -32,18 +32,20 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
     ``{"moves": [[item, container], ...]}`` (the shapes ``Task.goal()`` and ``parse_instruction`` give), or
     a goal that is a reply ``{"answer": text}`` (a question, a refusal and its reason).
 
-    The thought first says which object each of the request's descriptions means (``"refers"``: "closest to
-    the yellow bin: red cube."), then lists the objects of each shape the plan goes to or moves, or the
-    request names and the scene lacks (``"missing"``, wanted as ``"missing_as"``: a target or an item), or
-    those of each shape or colour a question or a set asks about (``"checks"``), nearest ``origin``
-    (default: the scene's robot start) first: "cubes: red cube, green cube." Then it looks up each object the plan needs by name, with what the plan does with
-    it (``LOOKUP_VERBS``), each item beside its own container even where another item shares it: "take green
-    cube: table 2. into red bin: table 1." or "take green cube: none.": right after writing a
-    name, the model decides whether the scene has it, where its object tokens' words can answer (an
+    The thought first says what kind of request it is (``request_kind``: "request: move."), then which
+    object each of the request's descriptions means (``"refers"``: "closest to the yellow bin: red cube."),
+    then lists the objects of each shape the plan goes to or moves, or the request names and the scene lacks
+    (``"missing"``, wanted as ``"missing_as"``: a target or an item), or those of each shape or colour a
+    question or a set asks about (``"checks"``), nearest ``origin`` (default: the scene's robot start)
+    first: "cubes: red cube, green cube." Then it looks up each object the plan needs by name, with what the
+    plan does with it (``LOOKUP_VERBS``), each item beside its own container even where another item shares
+    it: "take green cube: table 2. into red bin: table 1." or "take green cube: none.": right after writing
+    a name, the model decides whether the scene has it, where its object tokens' words can answer (an
     induction-style copy), rather than at the first step. A request refused for what it asks states why
     instead."""
+    opening = f"{REQUEST}{request_kind(goal)}."
     if goal.get("kind") in REFUSAL_THOUGHTS:
-        return Plan(REFUSAL_THOUGHTS[goal["kind"]], (Step("answer", (goal["answer"],)),)).to_text()
+        return Plan(f"{opening} {REFUSAL_THOUGHTS[goal['kind']]}", (Step("answer", (goal["answer"],)),)).to_text()
     where = {o.name: o.table for o in scene.objects}
     shape = {o.name: o.shape for o in scene.objects}
     lookups = (
@@ -58,9 +60,11 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
     resolved = [f"{phrase}: {name}." for phrase, name in goal.get("refers", ())]
     found = [f"{LOOKUP_VERBS[role]} {name}: {where[name]}." for name, role in lookups]
     found += [f"{LOOKUP_VERBS[goal.get('missing_as', 'item')]} {name}{ABSENT}." for name in missing]
-    thought = " ".join([*resolved, listed, *found]).strip()
+    body = " ".join([*resolved, listed, *found]).strip()
+    if "answer" in goal and not body:
+        body = "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
+    thought = f"{opening} {body}".rstrip()
     if "answer" in goal:
-        thought = thought or "i see " + ", ".join(f"a {o.size} {o.name}" for o in scene.objects) + "."
         return Plan(thought, (Step("answer", (goal["answer"],)),)).to_text()
     if "target" in goal:
         return Plan(thought, (Step("navigate", (goal["target"],)), Step("done"))).to_text()
@@ -68,6 +72,16 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
     for item, box in goal["moves"]:
         steps += [Step("navigate", (item,)), Step("pick", (item,)), Step("navigate", (box,)), Step("place", (item, box))]
     return Plan(thought, (*steps, Step("done"))).to_text()
+
+
+def request_kind(goal: dict) -> str:
+    """What the request behind ``goal`` asks, as the words say it whatever the scene holds (``REQUESTS``):
+    a move or a visit stays one when its object is missing, and only a question or a refusal replies."""
+    if goal.get("kind") in REFUSAL_THOUGHTS:
+        return "refusal"
+    if "target" in goal or goal.get("missing_as") == "target":
+        return "go"
+    return "move" if "moves" in goal or "missing" in goal else "question"
 
 
 class OraclePlanner:

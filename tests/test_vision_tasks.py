@@ -64,7 +64,7 @@ def test_every_seed_gives_a_task_whose_words_need_the_scene(task_cls, make_env):
             assert len({i.colour for i in items}) == 1 or len({i.shape for i in items}) == 1
             assert not any(i.name in text for i in items)
             thought = plan_from_goal(goal, task.scene, task.start[:2]).split("\n")[0]
-            first = thought.removeprefix("thought: ").split("; ")[0]  # the whole set first, in the order it moves
+            first = thought.removeprefix("thought: request: move. ").split("; ")[0]  # the whole set first, in the order it moves
             assert first.endswith(": " + ", ".join(i.name for i in items)) and first.split(":")[0].removesuffix("s") in text
         elif "answer" in goal:  # an absent object, or a request to refuse: the reply says why
             assert len(goal["answer"].split()) >= 2 and task.evaluate(_state(task), goal["answer"])["success"]
@@ -81,28 +81,29 @@ def test_the_oracle_lists_the_objects_a_request_names_then_looks_each_up_with_wh
     scene = _scene(red, green, _object("white", "bowl", "large", y=0.15))
     thought = lambda goal, origin=(2.0, 0.0): plan_from_goal(goal, scene, origin).split("\n")[0]
     assert thought({"answer": "there is no blue cube", "missing": "blue cube"}) == (
-        "thought: cubes: red cube, green cube. take blue cube: none."
+        "thought: request: move. cubes: red cube, green cube. take blue cube: none."
     )
     assert thought({"answer": "there is no blue cube", "missing": "blue cube", "missing_as": "target"}) == (
-        "thought: cubes: red cube, green cube. go to blue cube: none."
+        "thought: request: go. cubes: red cube, green cube. go to blue cube: none."
     )
     assert thought({"moves": [["green cube", "white bowl"]]}, (-2.0, 0.0)) == (
-        "thought: cubes: green cube, red cube; bowls: white bowl. take green cube: table 1. into white bowl: table 1."
+        "thought: request: move. cubes: green cube, red cube; bowls: white bowl. take green cube: table 1. into white bowl: "
+        "table 1."
     )  # nearest first
     assert thought({"moves": [["green cube", "white bowl"], ["red cube", "white bowl"]]}).endswith(
         "take green cube: table 1. into white bowl: table 1. take red cube: table 1. into white bowl: table 1."
     )  # each item beside its own container, even a shared one
-    assert thought({"target": "white bowl"}) == "thought: bowls: white bowl. go to white bowl: table 1."
+    assert thought({"target": "white bowl"}) == "thought: request: go. bowls: white bowl. go to white bowl: table 1."
     assert thought({"moves": [["green cube", "white bowl"]], "refers": [["closest to the red cube", "green cube"]]}).startswith(
-        "thought: closest to the red cube: green cube. cubes: "
+        "thought: request: move. closest to the red cube: green cube. cubes: "
     )  # which object a description means, first
-    assert thought({"answer": "0", "checks": ["sphere"]}) == "thought: spheres: none."
+    assert thought({"answer": "0", "checks": ["sphere"]}) == "thought: request: question. spheres: none."
     assert thought({"answer": "red cube", "checks": [], "refers": [["closest to the white bowl", "red cube"]]}) == (
-        "thought: closest to the white bowl: red cube."
+        "thought: request: question. closest to the white bowl: red cube."
     )  # a question about what is nearest resolves it, then answers
     assert evidence(["red", "cube"], scene, (2.0, 0.0)) == "red things: red cube; cubes: red cube, green cube"
-    assert thought({"answer": "i cannot fly"}).startswith("thought: i see a small red cube")  # nothing to check
-    assert thought({"answer": "that would be unsafe", "kind": "unsafe"}) == f"thought: {REFUSAL_THOUGHTS['unsafe']}"
+    assert thought({"answer": "i cannot fly"}).startswith("thought: request: question. i see a small red cube")  # nothing to check
+    assert thought({"answer": "that would be unsafe", "kind": "unsafe"}) == f"thought: request: refusal. {REFUSAL_THOUGHTS['unsafe']}"
 
 
 def test_a_reference_resolves_to_the_object_it_singles_out(make_env):
@@ -173,5 +174,5 @@ def test_a_question_about_what_is_closest_resolves_it_in_the_thought(make_env):
         asked += 1
         anchor = task.question.removeprefix("what is closest to the ").rstrip("?")
         plan = parse_plan(OraclePlanner().plan(obs, env))
-        assert plan.thought == f"closest to the {anchor}: {task.answer}." and str(plan.steps[0]) == f"answer({task.answer})"
+        assert plan.thought == f"request: question. closest to the {anchor}: {task.answer}." and str(plan.steps[0]) == f"answer({task.answer})"
     assert asked >= 3
