@@ -111,6 +111,28 @@ def test_a_refusal_thought_has_one_reply_its_reason(tokenizer):
     assert PlanConstraint(tokenizer, None).valid("thought: i see a cube.\n1. answer(no)")  # other replies stay free
 
 
+def test_the_request_kind_decides_the_lookups_and_the_steps(tokenizer):
+    for ok in ("request: mo", "request: go. go to red cube: table 1.", "request: question. cubes: red cube, green cube.",
+               "request: refusal. no skill", "cubes: red cube, green cube. take red cube: table 1."):  # fmt: skip
+        assert _fits(ok, complete=ok.endswith(".")), ok
+    for bad in ("request: fly.", "request: question. take red cube: table 1.", "request: go. take red cube: table 1.",
+                "request: move. go to red cube: table 1.", "request: refusal. cubes: red cube.", "request: move.take"):  # fmt: skip
+        assert not _fits(bad, complete=True), bad
+    for rule in (PlanConstraint(tokenizer, sorted(KNOWN)), PlanConstraint(tokenizer, None)):  # blind too
+        assert rule.valid("thought: request: question. cubes: red cube, green cube.\n1. answer(2)")
+        for bad in ("\n1. navigate(", "\n1. done()"):
+            assert not rule.valid("thought: request: question. cubes: red cube, green cube." + bad), bad
+        assert not rule.valid("thought: request: go. go to red cube: table 1.\n1. navigate(red cube)\n2. pick(")
+        assert rule.valid("thought: request: refusal. no skill of mine does that.\n1. answer(i cannot do that)")
+    known = PlanConstraint(tokenizer, sorted(KNOWN))
+    assert known.valid("thought: request: go. go to red cube: table 1.\n1. navigate(red cube)\n2. done()")
+    assert not known.valid("thought: request: move. take red cube: table 1. into green bin: table 1.\n1. answer(")
+    assert known.forced("thought: request: refusal. no") == " skill of mine does that."  # one reason begins so
+    assert Progress.of("request: refusal. doing that could hurt someone or break something.", KNOWN).reply == (
+        "that would be unsafe"
+    )
+
+
 def test_the_decoder_holds_the_steps_to_the_thought(tokenizer):
     rule = PlanConstraint(tokenizer, sorted(KNOWN))
     thought = "thought: cubes: red cube, green cube; bins: green bin. take red cube: table 1. into green bin: table 1. take green cube: table 1."
