@@ -3,7 +3,8 @@ knows which objects the robot perceives.
 
 The thought opens with the kind of request ("request: move.", ``envs.plan.REQUESTS``), which decides the
 lookups it may make and the skills its steps may call (a question or a refusal only replies), and a refusal
-says only its reason. It says what the robot perceives, never what it imagines: a list under a heading
+says only its reason; a move or a visit ends its thought only once it has looked up what it moves or goes
+to (the model had ended "request: move. spheres: none." with `done()`). It says what the robot perceives, never what it imagines: a list under a heading
 ("cubes:", "red things:") holds every known object that fits it, each once, and "none" only when none does;
 a description resolves to a known object that fits its words ("the large bowl: blue bowl.", nothing is closest to
 itself); each item is looked up once, by a role it can play ("take" an item, "into" a container), and an
@@ -130,7 +131,7 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
             names = [o for o in known if _described(head, o)]
             if not (any(o.startswith(body) for o in names) if open_ else body in names):
                 return False
-    return True
+    return not (complete and kind is not None and REQUESTS[kind] and not looked_up)  # a move looks up what it moves
 
 
 def thought_forced(thought: str, known: frozenset[str]) -> str:

@@ -116,7 +116,8 @@ def test_the_request_kind_decides_the_lookups_and_the_steps(tokenizer):
                "request: refusal. no skill", "cubes: red cube, green cube. take red cube: table 1."):  # fmt: skip
         assert _fits(ok, complete=ok.endswith(".")), ok
     for bad in ("request: fly.", "request: question. take red cube: table 1.", "request: go. take red cube: table 1.",
-                "request: move. go to red cube: table 1.", "request: refusal. cubes: red cube.", "request: move.take"):  # fmt: skip
+                "request: move. go to red cube: table 1.", "request: refusal. cubes: red cube.", "request: move.take",
+                "request: move. spheres: blue sphere.", "request: go. cubes: red cube, green cube."):  # fmt: skip
         assert not _fits(bad, complete=True), bad
     for rule in (PlanConstraint(tokenizer, sorted(KNOWN)), PlanConstraint(tokenizer, None)):  # blind too
         assert rule.valid("thought: request: question. cubes: red cube, green cube.\n1. answer(2)")
@@ -127,6 +128,8 @@ def test_the_request_kind_decides_the_lookups_and_the_steps(tokenizer):
     known = PlanConstraint(tokenizer, sorted(KNOWN))
     assert known.valid("thought: request: go. go to red cube: table 1.\n1. navigate(red cube)\n2. done()")
     assert not known.valid("thought: request: move. take red cube: table 1. into green bin: table 1.\n1. answer(")
+    assert not known.valid("thought: request: move. spheres: blue sphere.\n")  # nothing looked up: no steps yet
+    assert known.valid("thought: request: move. spheres: blue sphere. take purple cube: none.\n1. answer(")
     assert known.forced("thought: request: refusal. no") == " skill of mine does that."  # one reason begins so
     assert Progress.of("request: refusal. doing that could hurt someone or break something.", KNOWN).reply == (
         "that would be unsafe"
