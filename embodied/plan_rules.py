@@ -3,17 +3,17 @@ knows which objects the robot perceives.
 
 The thought opens with the kind of request ("request: move.", ``envs.plan.REQUESTS``), which decides the
 lookups it may make and the skills its steps may call (a question or a refusal only replies), and a refusal
-says only its reason; a move or a visit ends its thought only once it has looked up what it moves or goes
-to (the model had ended "request: move. spheres: none." with `done()`). It says what the robot perceives, never what it imagines: a list under a heading
-("cubes:", "red things:") holds every known object that fits it, each once, and "none" only when none does;
-a description resolves to a known object that fits its words ("the large bowl: blue bowl.", nothing is closest to
-itself); each item is looked up once, by a role it can play ("take" an item, "into" a container), and an
-unknown one only to say it is not there ("take blue cube: none."). The steps then carry out the thought's
-lookups as a robot can: pick what it went to, carry each item to the container its lookup leads into, place
-what it holds where it stands, and end only when every item it looked up is placed; a reply names no colour
-or shape its thought did not (the answer reads the evidence). The oracle's plans
-(``envs.planners.plan_from_goal``) keep every rule, so a model tuned on them loses nothing it was taught;
-one that slips is held to the scene and to its own thought.
+says only its reason; a move or a visit ends its thought only once it has looked up what it moves or goes to
+(the model had ended "request: move. spheres: none." with `done()`). It says what the robot perceives, never
+what it imagines: a list under a heading ("cubes:", "red things:") holds every known object that fits it,
+each once, and "none" only when none does; a description resolves to a known object that fits its words
+("the large bowl: blue bowl.", nothing is closest to itself); each item is looked up once, by a role it can
+play ("take" an item, "into" a container), and an unknown one only to say it is not there ("take blue cube:
+none."). The steps then carry out the thought's lookups as a robot can: pick what it went to, carry each
+item to the container its lookup leads into, place what it holds where it stands, and end only when every
+item it looked up is placed; a reply names no colour or shape its thought did not (the answer reads the
+evidence). The oracle's plans (``envs.planners.plan_from_goal``) keep every rule, so a model tuned on them
+loses nothing it was taught; one that slips is held to the scene and to its own thought.
 """
 
 from __future__ import annotations
@@ -218,9 +218,10 @@ class Progress:
     looked up is placed and the robot is at its target. Empty-handed, the robot goes only to an item still
     to move or a target still to reach (a model left free went back and forth between containers); once
     none is left, the steps may still move what the thought missed. A thought that did not find what it
-    looked up only replies, and nothing moves; one that looked nothing up leaves the steps free. A reply names no colour or shape the thought did not, and
-    a thought that refuses for what is asked ("no skill of mine does that.") has one reply, its reason
-    (the model had followed it with `answer(none)`)."""
+    looked up only replies, and nothing moves; one that looked nothing up leaves the steps free (but for what
+    its request kind rules out). A reply names no colour or shape the thought did not, and a thought that
+    refuses for what is asked ("no skill of mine does that.") has one reply, its reason (the model had
+    followed it with `answer(none)`)."""
 
     pairs: dict[str, str | None] = field(default_factory=dict)  # each item found: its own container, if any
     said: frozenset[str] = frozenset()  # the colours and shapes the thought named
