@@ -60,9 +60,10 @@ def opening(thought: str) -> tuple[str | None, str | None]:
     """The kind of request a thought opens with ("request: move." gives "move") and the rest of the thought
     after it: (None, thought) for a thought that opens otherwise, rest None while the kind is being written.
     (The decoder's thoughts begin with the space after "thought:".)"""
-    if not thought.lstrip(" ").startswith(REQUEST):
+    stripped = thought.lstrip(" ")
+    if not stripped.startswith(REQUEST):
         return None, thought
-    kind, dot, rest = thought.lstrip(" ")[len(REQUEST) :].partition(".")
+    kind, dot, rest = stripped[len(REQUEST) :].partition(".")
     return kind, rest if dot else None
 
 
