@@ -40,6 +40,7 @@ class RLConfig:
     temperature: float = 1.0
     lr: float = 1e-4
     grad_clip: float = 1.0
+    micro_batch: int = 8  # plans per forward and backward pass of the learner: bounds its memory
     validity_bonus: float = 0.1  # reward for a plan that parses with known skills and objects
     kl: float = 0.1  # weight of the KL penalty to the starting policy (0: none)
     trainable: tuple[str, ...] = ("image_projector", "point_projector", "object_encoder", "lora")
@@ -60,7 +61,7 @@ class RLConfig:
             raise ValueError(f"tasks must be some of {', '.join(ENV_IDS)}, got {list(self.tasks)}")
         if set(self.trainable) - set(PARTS) or not self.trainable:
             raise ValueError(f"trainable parts must be some of {', '.join(PARTS)}, got {list(self.trainable)}")
-        for name in ("iterations", "episodes", "eval_every", "eval_episodes", "save_every", "workers", "threads", "max_new_tokens"):
+        for name in ("iterations", "episodes", "eval_every", "eval_episodes", "save_every", "workers", "threads", "max_new_tokens", "micro_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.group < 2:
@@ -117,7 +118,7 @@ class Learner:
     def update(self, groups: list[dict]) -> dict:
         import torch
 
-        from embodied.train.grpo import group_advantages, policy_loss
+        from embodied.train.grpo import backward_policy_loss, group_advantages
 
         samples, advantages = [], []
         for group in groups:
@@ -128,12 +129,11 @@ class Learner:
         self.step += 1
         if not samples:  # every group scored all its plans alike: no signal this time
             return {"loss": 0.0, "trained_plans": 0}
-        loss = policy_loss(self.model, samples, advantages, self._reference_logprobs(samples), self.config.kl)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = backward_policy_loss(self.model, samples, advantages, self.config.micro_batch, self._reference_logprobs, self.config.kl)
         norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.grad_clip)
         self.optimizer.step()
-        return {"loss": float(loss), "grad_norm": float(norm), "trained_plans": len(samples)}
+        return {"loss": loss, "grad_norm": float(norm), "trained_plans": len(samples)}
 
     def _swap_reference(self) -> None:
         """Exchange the trained weights with the starting ones, without copying: a second call undoes it."""

@@ -8,7 +8,7 @@ import torch
 
 from embodied.model import EmbodiedModel, ModelConfig
 from embodied.prompts import plan_sample
-from embodied.train.grpo import group_advantages, per_sample_mean, policy_loss, token_logprobs
+from embodied.train.grpo import backward_policy_loss, group_advantages, per_sample_mean, policy_loss, token_logprobs
 from envs.plan import parse_plan
 
 PLAN = "thought: go.\n1. navigate(red cube)\n2. done()"
@@ -52,6 +52,32 @@ def test_the_kl_penalty_is_zero_at_the_reference_and_grows_away_from_it():
     assert shifted > plain + 0.5 * 0.01  # exp(0.3) - 0.3 - 1 = 0.05 per token
 
 
+def test_micro_batches_give_the_gradient_of_one_pass():
+    torch.manual_seed(0)
+    model = EmbodiedModel(ModelConfig.tiny())
+    plans = [PLAN, "thought: no.\n1. done()", "thought: look.\n1. navigate(red cube)\n2. pick(red cube)\n3. done()"]
+    samples = [plan_sample("find the red cube", plan=p) for p in plans]
+    advantages = [1.0, -1.0, 0.5]
+    with torch.no_grad():
+        reference, rows = token_logprobs(model, samples)
+    reference = reference + 0.1  # a KL term that is not zero
+    index = {id(s): i for i, s in enumerate(samples)}
+
+    def slice_reference(part):  # the reference log-probabilities of the samples of one slice, in order
+        return torch.cat([reference[rows == index[id(s)]] for s in part])
+
+    def gradient(micro_batch):
+        model.zero_grad(set_to_none=True)
+        loss = backward_policy_loss(model, samples, advantages, micro_batch, slice_reference, kl=0.5)
+        return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    whole_loss, whole = gradient(len(samples))
+    assert whole.abs().sum() > 0
+    for micro_batch in (1, 2):
+        loss, grad = gradient(micro_batch)
+        assert loss == pytest.approx(whole_loss, rel=1e-5) and torch.allclose(grad, whole, atol=1e-6)
+
+
 def test_sampled_plans_parse_differ_and_repeat_with_their_seed():
     torch.manual_seed(0)
     model = EmbodiedModel(ModelConfig.tiny()).eval()
@@ -71,6 +97,8 @@ def test_rl_config_is_validated():
         RLConfig(tasks=("juggling",))
     with pytest.raises(ValueError, match="kl"):
         RLConfig(kl=-0.1)
+    with pytest.raises(ValueError, match="micro_batch"):
+        RLConfig(micro_batch=0)
 
 
 def test_rl_loop_on_ray_trains_logs_evaluates_and_resumes(tiny_checkpoint, tmp_path):
