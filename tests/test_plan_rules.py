@@ -136,6 +136,18 @@ def test_the_request_kind_decides_the_lookups_and_the_steps(tokenizer):
     )
 
 
+def test_a_move_that_lists_a_colours_things_looks_up_each_of_them(tokenizer):
+    known = frozenset({"red cube", "red sphere", "green bin"})
+    one = "request: move. red things: red cube, red sphere; bins: green bin. take red cube: table 1. into green bin: table 1."
+    both = one + " take red sphere: table 2. into green bin: table 1."
+    assert not thought_fits(one, known, complete=True) and thought_fits(one, known, complete=False)
+    assert thought_fits(both, known, complete=True)
+    assert thought_fits("request: question. red things: red cube, red sphere.", known, complete=True)  # nothing moves
+    assert thought_fits("cubes: red cube. take red cube: table 1. into green bin: table 1.", known, complete=True)
+    rule = PlanConstraint(tokenizer, sorted(known))
+    assert not rule.valid(f"thought: {one}\n") and rule.valid(f"thought: {both}\n1. navigate(red cube)")
+
+
 def test_the_decoder_holds_the_steps_to_the_thought(tokenizer):
     rule = PlanConstraint(tokenizer, sorted(KNOWN))
     thought = "thought: cubes: red cube, green cube; bins: green bin. take red cube: table 1. into green bin: table 1. take green cube: table 1."
