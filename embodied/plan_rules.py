@@ -13,8 +13,8 @@ each once, and "none" only when none does; a description resolves to a known obj
 play ("take" an item, "into" a container), and an unknown one only to say it is not there ("take blue cube:
 none."). The steps then carry out the thought's lookups as a robot can: pick what it went to, carry each
 item to the container its lookup leads into, place what it holds where it stands, and end only when every
-item it looked up is placed; a reply names no colour or shape its thought did not (the answer reads the
-evidence). The oracle's plans (``envs.planners.plan_from_goal``) keep every rule, so a model tuned on them
+item it looked up is placed; a reply names no colour or shape its thought did not, and a number it gives
+is the length of the thought's one list (the answer reads the evidence). The oracle's plans (``envs.planners.plan_from_goal``) keep every rule, so a model tuned on them
 loses nothing it was taught; one that slips is held to the scene and to its own thought.
 """
 
@@ -241,6 +241,7 @@ class Progress:
     placed: frozenset[str] = frozenset()
     reply: str | None = None  # the one reply a refusal's thought allows
     request: str | None = None  # the kind of request the thought opened with (``REQUESTS``)
+    count: int | None = None  # how many the thought's one list holds, where it has one list
 
     @classmethod
     def free(cls, thought: str) -> Progress:
@@ -271,7 +272,9 @@ class Progress:
         said = frozenset(_object_words(thought))
         absent = len(found) < len(lookups)
         free = cls.free(thought)
-        return cls(pairs, said, targets, containers, absent=absent, reply=free.reply, request=free.request)
+        lists = [body for head, colon, body in _clauses(thought) if colon and head in LABELS]
+        count = None if len(lists) != 1 else 0 if lists[0] == NONE else len(lists[0].split(", "))
+        return cls(pairs, said, targets, containers, absent, reply=free.reply, request=free.request, count=count)
 
     def _acts(self) -> bool:
         return bool(self.pairs or self.targets)
@@ -316,7 +319,10 @@ class Progress:
 
     def may_say(self, reply: str) -> bool:
         """Does a reply (or its start) name only colours and shapes its thought named, where the thought named
-        any? The answer reads the evidence: "bins: green bin." then "green", not "black"."""
+        any, and is a number it gives the length of the thought's one list? The answer reads the evidence:
+        "bins: green bin." then "green", not "black"; "bowls: orange bowl, green bowl." then "2", not "1"."""
+        if self.count is not None and reply[:1].isdigit():
+            return str(self.count).startswith(reply)
         return not self.said or _object_words(reply) <= self.said
 
     def may_end(self) -> bool:

@@ -180,6 +180,15 @@ def test_the_decoder_holds_the_steps_to_the_thought(tokenizer):
     assert not rule.valid(thought + "\n1. answer(")  # it found what it looked up: it acts
 
 
+def test_a_count_is_the_length_of_the_thoughts_one_list(tokenizer):
+    rule = PlanConstraint(tokenizer, sorted(KNOWN))
+    thought = "thought: request: question. cubes: red cube, green cube."
+    assert rule.valid(thought + "\n1. answer(2)") and not rule.valid(thought + "\n1. answer(1)")
+    assert rule.valid("thought: request: question. spheres: blue sphere; bowls: yellow bowl.\n1. answer(1)")  # two lists
+    assert Progress.of("request: question. cylinders: none.", KNOWN).may_say("0")
+    assert Progress.of("request: question. cubes: red cube, green cube.", KNOWN).may_say("yes")
+
+
 def test_a_reply_names_only_colours_and_shapes_its_thought_named(tokenizer):
     rule = PlanConstraint(tokenizer, sorted(KNOWN))
     for ok in ("thought: bins: green bin.\n1. answer(green)", "thought: spheres: blue sphere.\n1. answer(1)",
