@@ -11,10 +11,10 @@ learned to answer "there is no ..." to every instruction.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
-
-from collections.abc import Callable
 
 from embodied.model import EmbodiedModel
 from embodied.prompts import Sample
