@@ -14,8 +14,9 @@ play ("take" an item, "into" a container), and an unknown one only to say it is 
 none."). The steps then carry out the thought's lookups as a robot can: pick what it went to, carry each
 item to the container its lookup leads into, place what it holds where it stands, and end only when every
 item it looked up is placed; a reply names no colour or shape its thought did not, and a number it gives
-is the length of the thought's one list (the answer reads the evidence). The oracle's plans (``envs.planners.plan_from_goal``) keep every rule, so a model tuned on them
-loses nothing it was taught; one that slips is held to the scene and to its own thought.
+is the length of the thought's one list (the answer reads the evidence). The oracle's plans
+(``envs.planners.plan_from_goal``) keep every rule, so a model tuned on them loses nothing it was taught;
+one that slips is held to the scene and to its own thought.
 """
 
 from __future__ import annotations
