@@ -254,10 +254,12 @@ class Progress:
     @classmethod
     def of(cls, thought: str, known: Iterable[str]) -> Progress:
         known = sorted(known)
-        lookups = []
-        for head, _, body in _clauses(thought):
+        lookups, lists = [], []
+        for head, colon, body in _clauses(thought):
             verb = _LOOKUP.match(head)
-            if verb:
+            if colon and head in LABELS:
+                lists.append(body)
+            elif verb:
                 name = head[verb.end() :]
                 lookups.append((_ROLES[verb.group(1)], name, name in known and body != NONE))
         found = [(role, name) for role, name, ok in lookups if ok]
@@ -273,7 +275,6 @@ class Progress:
         said = frozenset(_object_words(thought))
         absent = len(found) < len(lookups)
         free = cls.free(thought)
-        lists = [body for head, colon, body in _clauses(thought) if colon and head in LABELS]
         count = None if len(lists) != 1 else 0 if lists[0] == NONE else len(lists[0].split(", "))
         return cls(pairs, said, targets, containers, absent, reply=free.reply, request=free.request, count=count)
 
