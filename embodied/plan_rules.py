@@ -4,9 +4,9 @@ knows which objects the robot perceives.
 The thought opens with the kind of request ("request: move.", ``envs.plan.REQUESTS``), which decides the
 lookups it may make and the skills its steps may call (a question or a refusal only replies), and a refusal
 says only its reason; a move or a visit ends its thought only once it has looked up what it moves or goes to
-(the model had ended "request: move. spheres: none." with `done()`), and a move that lists a colour's things
-("orange things: orange sphere, orange cube") only once it has looked up each of them: only a set lists its
-items by colour, and the model had moved the first and stopped. It says what the robot perceives, never
+(the model had ended "request: move. spheres: none." with `done()`), and a set ("request: move all.", or a
+move that lists a colour's things: "orange things: orange sphere, orange cube") only once it has looked up
+every item its lists hold: the model had moved the first and stopped. It says what the robot perceives, never
 what it imagines: a list under a heading ("cubes:", "red things:") holds every known object that fits it,
 each once, and "none" only when none does; a description resolves to a known object that fits its words
 ("the large bowl: blue bowl.", nothing is closest to itself); each item is looked up once, by a role it can
@@ -114,7 +114,7 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
     clauses = _clauses(thought)
     looked_up: set[str] = set()
     labels: set[str] = set()
-    members: set[str] = set()  # a move's "red things:": a set it moves whole
+    members: set[str] = set()  # the items of a set's lists: it moves them all
     for index, (head, colon, body) in enumerate(clauses):
         open_ = not complete and index == len(clauses) - 1
         lookup = _LOOKUP.match(head)
@@ -132,7 +132,7 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
             if head in labels or not _list_ok(items, [o for o in known if fits(LABELS[head], o)], open_):
                 return False
             labels.add(head)
-            if kind == "move" and LABELS[head] in COLOURS:
+            if kind == "move all" or (kind == "move" and LABELS[head] in COLOURS):
                 members |= {i for i in items if i in known and suits("item", i)}
         elif colon and head.startswith(("the ", _CLOSEST)):
             names = [o for o in known if _described(head, o)]

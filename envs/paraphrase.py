@@ -12,31 +12,47 @@ import numpy as np
 
 PHRASINGS = ("template", "varied", "held_out")
 
-# a word of the templates -> (words training may use instead, words only evaluation uses)
+# a word of the templates -> (words training may use instead, words only evaluation uses). The training
+# pool is wide so that the model learns to lean on what the backbone knows of a word rather than on a short
+# list of aliases: with two words per entry it understood 54.5% as often with held-out words as with the
+# templates'.
 WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "red": (("crimson", "cherry red"), ("scarlet",)),
-    "green": (("lime", "grass green"), ("emerald",)),
-    "blue": (("navy", "sky blue"), ("azure",)),
-    "yellow": (("lemon", "golden"), ("canary",)),
-    "purple": (("violet", "lilac"), ("plum",)),
-    "orange": (("tangerine", "amber"), ("apricot",)),
-    "white": (("ivory", "snow white"), ("milky",)),
-    "black": (("jet black", "coal black"), ("ebony",)),
-    "cube": (("block", "box"), ("brick",)),
-    "sphere": (("ball", "globe"), ("orb",)),
-    "cylinder": (("can", "tube"), ("canister",)),
-    "bowl": (("dish", "basin"), ("pot",)),
-    "bin": (("bucket", "basket"), ("crate",)),
-    "thing": (("item", "object"), ("piece",)),
-    "put": (("place", "set"), ("stick",)),
-    "move": (("carry", "bring"), ("haul",)),
-    "go to": (("walk to", "drive to"), ("make your way to",)),
-    "navigate to": (("head to", "drive over to"), ("travel to",)),
-    "find": (("look for", "locate"), ("track down",)),
+    "red": (("crimson", "cherry red", "ruby", "tomato red", "blood red", "rose red"), ("scarlet",)),
+    "green": (("lime", "grass green", "jade", "olive green", "forest green", "mint"), ("emerald",)),
+    "blue": (("navy", "sky blue", "cobalt", "sapphire", "royal blue", "ocean blue"), ("azure",)),
+    "yellow": (("lemon", "golden", "mustard", "sunflower yellow", "banana yellow", "butter yellow"), ("canary",)),
+    "purple": (("violet", "lilac", "lavender", "mauve", "grape", "amethyst"), ("plum",)),
+    "orange": (("tangerine", "amber", "pumpkin", "carrot orange", "marigold", "bright orange"), ("apricot",)),
+    "white": (("ivory", "snow white", "cream", "pearl", "chalk white", "pure white"), ("milky",)),
+    "black": (("jet black", "coal black", "charcoal", "inky", "onyx", "pitch black"), ("ebony",)),
+    "cube": (("block", "box", "cuboid", "square block", "dice", "chunk"), ("brick",)),
+    "sphere": (("ball", "globe", "marble", "round ball", "bead", "bauble"), ("orb",)),
+    "cylinder": (("can", "tube", "tin", "pipe", "column", "roller"), ("canister",)),
+    "bowl": (("dish", "basin", "salad bowl", "serving dish", "tureen", "mixing bowl"), ("pot",)),
+    "bin": (("bucket", "basket", "tub", "hamper", "trash bin", "wastebasket"), ("crate",)),
+    "thing": (("item", "object", "article", "toy", "one"), ("piece",)),
+    "put": (("place", "set", "drop", "pop", "stash", "tuck"), ("stick",)),
+    "move": (("carry", "bring", "transfer", "shift", "take"), ("haul",)),
+    "go to": (("walk to", "drive to", "roll to", "head over to", "get over to"), ("make your way to",)),
+    "navigate to": (("head to", "drive over to", "proceed to", "go over to"), ("travel to",)),
+    "find": (("look for", "locate", "search for", "seek out", "spot"), ("track down",)),
     "closest": (("nearest",), ("next",)),
 }
 FRAMES: tuple[tuple[str, ...], tuple[str, ...]] = (
-    ("please {}.", "could you {}?", "{}, thanks.", "i need you to {}.", "can you {} please?", "{} now."),
+    (
+        "please {}.",
+        "could you {}?",
+        "{}, thanks.",
+        "i need you to {}.",
+        "can you {} please?",
+        "{} now.",
+        "ok robot, {}.",
+        "go ahead and {}.",
+        "i would like you to {}.",
+        "{} please.",
+        "right, {}.",
+        "will you {}?",
+    ),
     ("hey robot, {}.", "would you kindly {}?", "{} when you get a chance."),
 )
 SWAP = 0.6  # chance that each replaceable word is replaced

@@ -31,10 +31,17 @@ ABSENT = ": none"
 LOOKUP_VERBS = {"target": "go to", "item": "take", "container": "into"}
 # What a thought says first: the kind of request, read from its words alone ("request: move."), and the
 # lookup roles that kind may use. Its steps follow from it: a question or a refusal only replies, a "go"
-# never picks. (A model that began with the scene's lists wrote a move's lookups for questions, refusals
-# and navigation.)
+# never picks, and "move all" (a set) moves every item its lists hold. (A model that began with the scene's
+# lists wrote a move's lookups for questions, refusals and navigation; one that read a set as a move moved
+# its first item and stopped.)
 REQUEST = "request: "
-REQUESTS = {"move": ("item", "container"), "go": ("target",), "question": (), "refusal": ()}
+REQUESTS = {
+    "move": ("item", "container"),
+    "move all": ("item", "container"),
+    "go": ("target",),
+    "question": (),
+    "refusal": (),
+}
 _WORD = r"[a-z0-9]+(?: [a-z0-9]+)*"
 _ARG_RE = re.compile(rf"^{_WORD}$")
 _STEP_RE = re.compile(r"^(\d+)\.\s*([a-z_]+)\((.*)\)$")

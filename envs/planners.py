@@ -76,12 +76,15 @@ def plan_from_goal(goal: dict, scene: SceneSpec, origin: Sequence[float] | None 
 
 def request_kind(goal: dict) -> str:
     """What the request behind ``goal`` asks, as the words say it whatever the scene holds (``REQUESTS``):
-    a move or a visit stays one when its object is missing, and only a question or a refusal replies."""
+    a move or a visit stays one when its object is missing, a set is "move all", and only a question or a
+    refusal replies."""
     if goal.get("kind") in REFUSAL_THOUGHTS:
         return "refusal"
     if "target" in goal or goal.get("missing_as") == "target":
         return "go"
-    return "move" if "moves" in goal or "missing" in goal else "question"
+    if "moves" in goal:
+        return "move all" if "checks" in goal else "move"  # a set lists what it checks, then moves all of it
+    return "move" if "missing" in goal else "question"
 
 
 class OraclePlanner:

@@ -148,6 +148,18 @@ def test_a_move_that_lists_a_colours_things_looks_up_each_of_them(tokenizer):
     assert not rule.valid(f"thought: {one}\n") and rule.valid(f"thought: {both}\n1. navigate(red cube)")
 
 
+def test_a_set_looks_up_every_item_its_lists_hold(tokenizer):
+    known = frozenset({"red cube", "blue cube", "green bin"})
+    lists = "cubes: red cube, blue cube; bins: green bin. take red cube: table 1. into green bin: table 1."
+    rest = " take blue cube: table 2. into green bin: table 1."
+    assert not thought_fits(f"request: move all. {lists}", known, complete=True)  # a shape list, not only a colour's
+    assert thought_fits(f"request: move all. {lists}{rest}", known, complete=True)
+    assert thought_fits(f"request: move. {lists}", known, complete=True)  # a move's list: what else is there
+    assert thought_fits("request: move a", known, complete=False)  # "move all" still being written
+    rule = PlanConstraint(tokenizer, sorted(known))
+    assert not rule.valid(f"thought: request: move all. {lists}\n")
+
+
 def test_the_decoder_holds_the_steps_to_the_thought(tokenizer):
     rule = PlanConstraint(tokenizer, sorted(KNOWN))
     thought = "thought: cubes: red cube, green cube; bins: green bin. take red cube: table 1. into green bin: table 1. take green cube: table 1."
