@@ -17,7 +17,7 @@ import torch
 from transformers import DynamicCache
 
 from embodied.backbone import causal_lm
-from embodied.plan_rules import Progress, thought_fits, thought_forced
+from embodied.plan_rules import Progress, named_objects, thought_fits, thought_forced
 from envs.plan import PlanError, normalize_arg, parse_plan, parse_step
 from envs.skills import OBJECT_KINDS, SKILLS, suits
 
@@ -36,14 +36,24 @@ FREE_CHARS = tuple("abcdefghijklmnopqrstuvwxyz0123456789 ")
 class PlanConstraint:
     """``temperature`` > 0 samples instead of taking the best token: candidates are ranked by their logits
     plus Gumbel noise (the Gumbel-max trick), so the first legal one is a draw from the model's
-    distribution restricted to legal tokens; ``seed`` makes the draws repeatable."""
+    distribution restricted to legal tokens; ``seed`` makes the draws repeatable. With ``objects``, the
+    ``instruction`` (optional) names objects the thought must look up in its order (``named_objects``)."""
 
-    def __init__(self, tokenizer, objects=None, max_thought_chars: int = MAX_THOUGHT_CHARS, temperature: float = 0.0, seed: int | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        objects=None,
+        max_thought_chars: int = MAX_THOUGHT_CHARS,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        instruction: str = "",
+    ):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         self.tokenizer = tokenizer
         self.objects = None if objects is None else sorted({normalize_arg(o) for o in objects})
         self._known = frozenset(self.objects or ())
+        self._named = named_objects(instruction, self._known)
         self._fitting = {kind: [o for o in self.objects or () if suits(kind, o)] for kind in OBJECT_KINDS}
         self.max_thought_chars = max_thought_chars
         self.temperature = temperature
@@ -80,7 +90,7 @@ class PlanConstraint:
         rest = line[len(THOUGHT) :]
         return (
             line.startswith(THOUGHT) and len(line) <= self.max_thought_chars and THOUGHT_CHARS.fullmatch(rest) is not None
-            and (self.objects is None or thought_fits(rest, self._known, complete))
+            and (self.objects is None or thought_fits(rest, self._known, complete, self._named))
         )  # fmt: skip
 
     def _progress_after(self, lines: str) -> Progress | None:

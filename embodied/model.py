@@ -289,19 +289,21 @@ class EmbodiedModel(nn.Module):
         seeds: list | None = None,
         stop=None,
         decoding: DecodingConfig = DecodingConfig(),
+        instructions: list[str] | None = None,
     ) -> list[str]:
         """Plans that always parse: grammar-constrained decoding, then repair if the token limit cut one off.
-        ``objects`` (a list of names per sample, or None) limits the objects a plan may name; a
-        ``temperature`` above 0 (one for all, or one per sample) samples, ``seeds`` (one per sample) make
-        the draws repeatable."""
+        ``objects`` (a list of names per sample, or None) limits the objects a plan may name, and the
+        ``instructions`` (one per sample) the order it looks up those they name in; a ``temperature`` above
+        0 (one for all, or one per sample) samples, ``seeds`` (one per sample) make the draws repeatable."""
         n = len(samples)
-        objects, seeds = objects or [None] * n, seeds or [None] * n
+        objects, seeds, instructions = objects or [None] * n, seeds or [None] * n, instructions or [""] * n
         temperatures = temperature if isinstance(temperature, list) else [temperature] * n
-        for name, values in (("objects", objects), ("seeds", seeds), ("temperature", temperatures)):
+        for name, values in (("objects", objects), ("seeds", seeds), ("temperature", temperatures), ("instructions", instructions)):
             if len(values) != n:
                 raise ValueError(f"{name}: {len(values)} for {n} samples; give one per sample")
         constraints = [
-            PlanConstraint(self.tokenizer, names, temperature=t, seed=seed) for names, t, seed in zip(objects, temperatures, seeds)
+            PlanConstraint(self.tokenizer, names, temperature=t, seed=seed, instruction=text)
+            for names, t, seed, text in zip(objects, temperatures, seeds, instructions)
         ]
         texts = self.generate(samples, max_new_tokens, constraints, stop, decoding)  # stop: see decoding.decode
         return [text if rule.complete(text) else repair_plan(text, rule.objects) for text, rule in zip(texts, constraints)]

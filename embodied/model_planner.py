@@ -50,6 +50,7 @@ class ModelPlanner:
             [r.seed for r in requests],
             stop=stop,
             decoding=self.decoding,
+            instructions=[r.instruction for r in requests],
         )
 
     def plan(self, observation: dict, env) -> str:

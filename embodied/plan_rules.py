@@ -104,10 +104,28 @@ def imagines(thought: str, known: frozenset[str], complete: bool) -> bool:
     return False
 
 
-def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
+def named_objects(instruction: str, known: Iterable[str]) -> tuple[str, ...]:
+    """The known objects the request's first line names in full, in its order, each time it names them:
+    "put the red cube in the green bin, then the blue sphere in the green bin" gives red cube, green bin,
+    blue sphere, green bin. (Lines after the first are a replan's feedback, not the request.)"""
+    request = instruction.lower().split("\n", 1)[0]
+    names = "|".join(re.escape(n) for n in sorted(known, key=len, reverse=True))
+    return tuple(m.group(0) for m in re.finditer(rf"\b(?:{names})\b", request)) if names else ()
+
+
+def _next_named(name: str, pending: list[str], colon: bool) -> bool:
+    """May a lookup of ``name`` (still being written unless ``colon``) come now, with the request's named
+    objects ``pending`` in its order? An object the request names comes in its turn, any other at any time."""
+    if colon:
+        return name not in pending or name == pending[0]
+    return any(n.startswith(name) and (n not in pending or n == pending[0]) for n in NAMEABLE)
+
+
+def thought_fits(thought: str, known: frozenset[str], complete: bool, named: tuple[str, ...] = ()) -> bool:
     """Do the thought's lists, descriptions and lookups (all of it, or the start of it so far) say only
-    what the known objects allow? Clauses end at "." or ";"; the last is still being written unless
-    ``complete``."""
+    what the known objects allow, and, after a request kind, look up the objects the request ``named``
+    (``named_objects``) in its order, but for those a description only mentions ("closest to the red
+    cube")? Clauses end at "." or ";"; the last is still being written unless ``complete``."""
     kind, rest = opening(thought)
     if imagines(thought, known, complete) or (kind is not None and not _opening_fits(kind, rest, complete)):
         return False
@@ -115,6 +133,8 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
     looked_up: set[str] = set()
     labels: set[str] = set()
     members: set[str] = set()  # the items of a set's lists: it moves them all
+    pending = list(named) if kind is not None else []  # what the request names and no lookup has taken yet
+    absent = False  # a lookup found an object missing: the plan only replies
     for index, (head, colon, body) in enumerate(clauses):
         open_ = not complete and index == len(clauses) - 1
         lookup = _LOOKUP.match(head)
@@ -126,6 +146,11 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
                 return False
             if not _lookup_ok(name, body, role, known, looked_up, named=colon, open_=open_):
                 return False
+            if not _next_named(name, pending, colon):  # the model had sent an item into another's container
+                return False
+            if colon and pending and name == pending[0]:
+                pending.pop(0)
+            absent |= colon and name not in known
             looked_up |= {name} if role != "container" else set()  # many items may go into one container
         elif colon and head in LABELS:
             items = (body + " " if open_ and body.endswith(",") else body).split(", ")  # "red cube," goes on
@@ -138,8 +163,9 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool) -> bool:
             names = [o for o in known if _described(head, o)]
             if not (any(o.startswith(body) for o in names) if open_ else body in names):
                 return False
+            pending = [n for n in pending if n not in head]  # "closest to the red cube": not what is moved
     if complete and kind is not None and REQUESTS[kind]:  # a move looks up what it moves, a set all of it
-        return bool(looked_up) and members <= looked_up
+        return bool(looked_up) and members <= looked_up and (absent or not pending)
     return True
 
 

@@ -8,7 +8,7 @@ import torch
 import envs
 from embodied.backbone import TINY, load_tokenizer
 from embodied.decoding import PlanConstraint
-from embodied.plan_rules import Progress, thought_fits
+from embodied.plan_rules import Progress, named_objects, thought_fits
 from envs.plan import parse_plan
 from envs.planners import OraclePlanner
 
@@ -31,7 +31,7 @@ def test_every_oracle_plan_keeps_the_rules(task, make_env, tokenizer):
     for seed in SEEDS:
         obs, _ = env.reset(seed=seed)
         plan, names = OraclePlanner().plan(obs, env), env.unwrapped.scene.object_names
-        rule = PlanConstraint(tokenizer, names)
+        rule = PlanConstraint(tokenizer, names, instruction=obs["instruction"])
         assert rule.valid(plan) and rule.complete(plan), (seed, plan)
         if seed == SEEDS[0]:  # every prefix, once per task (slower)
             assert [i for i in range(len(plan)) if not rule.valid(plan[:i])] == [], plan
@@ -217,3 +217,25 @@ def test_a_reply_names_only_colours_and_shapes_its_thought_named(tokenizer):
     logits = torch.zeros(len(tokenizer))
     logits[orange], logits[green] = 10.0, 5.0
     assert rule.piece(rule.choose(text, logits)) == "green"
+
+
+def test_a_move_looks_up_what_the_request_names_in_its_order(tokenizer):
+    request = "put the red cube in the yellow bowl, then the blue sphere in the green bin"
+    named = named_objects(request + "\nplace(red cube, yellow bowl) failed: missed.", KNOWN)  # feedback is not the request
+    assert named == ("red cube", "yellow bowl", "blue sphere", "green bin")
+    assert named_objects("put the red cubes in it", KNOWN) == () and named_objects("go to the red cube", ()) == ()
+    first = "request: move. take red cube: table 1. into "
+    assert thought_fits(first + "yellow b", KNOWN, complete=False, named=named)
+    assert not thought_fits(first + "green bi", KNOWN, complete=False, named=named)  # the second item's container
+    whole = first + "yellow bowl: table 2. take blue sphere: table 1. into green bin: table 2."
+    assert thought_fits(whole, KNOWN, complete=True, named=named)
+    assert not thought_fits(first + "yellow bowl: table 2.", KNOWN, complete=True, named=named)  # a move left out
+    assert thought_fits(first + "yellow bowl: table 2.", KNOWN, complete=True)  # no request given: no such rule
+    # an object a description mentions is not what moves; a missing one makes the plan a reply
+    refer = named_objects("put whatever is closest to the red cube into the green bin", KNOWN)
+    resolved = "request: move. closest to the red cube: green cube. take green cube: table 1. into green bin: table 1."
+    assert thought_fits(resolved, KNOWN, complete=True, named=refer)
+    missing = named_objects("if there is a purple cube, put it in the yellow bowl, otherwise tell me", KNOWN)
+    assert thought_fits("request: move. cubes: red cube, green cube. take purple cube: none.", KNOWN, True, named=missing)
+    rule = PlanConstraint(tokenizer, sorted(KNOWN), instruction=request)
+    assert rule.valid(f"thought: {whole}\n1. navigate(red cube)") and not rule.valid(f"thought: {first}green bin:")
