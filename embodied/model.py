@@ -298,7 +298,8 @@ class EmbodiedModel(nn.Module):
         n = len(samples)
         objects, seeds, instructions = objects or [None] * n, seeds or [None] * n, instructions or [""] * n
         temperatures = temperature if isinstance(temperature, list) else [temperature] * n
-        for name, values in (("objects", objects), ("seeds", seeds), ("temperature", temperatures), ("instructions", instructions)):
+        given = {"objects": objects, "seeds": seeds, "temperature": temperatures, "instructions": instructions}
+        for name, values in given.items():
             if len(values) != n:
                 raise ValueError(f"{name}: {len(values)} for {n} samples; give one per sample")
         constraints = [

@@ -221,7 +221,8 @@ def test_a_reply_names_only_colours_and_shapes_its_thought_named(tokenizer):
 
 def test_a_move_looks_up_what_the_request_names_in_its_order(tokenizer):
     request = "put the red cube in the yellow bowl, then the blue sphere in the green bin"
-    named = named_objects(request + "\nplace(red cube, yellow bowl) failed: missed.", KNOWN)  # feedback is not the request
+    feedback = "\nplace(red cube, yellow bowl) failed: missed."  # a replan's: not the request
+    named = named_objects(request + feedback, KNOWN)
     assert named == ("red cube", "yellow bowl", "blue sphere", "green bin")
     assert named_objects("put the red cubes in it", KNOWN) == () and named_objects("go to the red cube", ()) == ()
     first = "request: move. take red cube: table 1. into "
@@ -236,6 +237,7 @@ def test_a_move_looks_up_what_the_request_names_in_its_order(tokenizer):
     resolved = "request: move. closest to the red cube: green cube. take green cube: table 1. into green bin: table 1."
     assert thought_fits(resolved, KNOWN, complete=True, named=refer)
     missing = named_objects("if there is a purple cube, put it in the yellow bowl, otherwise tell me", KNOWN)
-    assert thought_fits("request: move. cubes: red cube, green cube. take purple cube: none.", KNOWN, True, named=missing)
+    absent = "request: move. cubes: red cube, green cube. take purple cube: none."
+    assert thought_fits(absent, KNOWN, complete=True, named=missing)
     rule = PlanConstraint(tokenizer, sorted(KNOWN), instruction=request)
     assert rule.valid(f"thought: {whole}\n1. navigate(red cube)") and not rule.valid(f"thought: {first}green bin:")

@@ -64,7 +64,8 @@ def test_every_seed_gives_a_task_whose_words_need_the_scene(task_cls, make_env):
             assert len({i.colour for i in items}) == 1 or len({i.shape for i in items}) == 1
             assert not any(i.name in text for i in items)
             thought = plan_from_goal(goal, task.scene, task.start[:2]).split("\n")[0]
-            first = thought.removeprefix("thought: request: move all. ").split("; ")[0]  # the whole set first, in the order it moves
+            # the whole set first, in the order it moves
+            first = thought.removeprefix("thought: request: move all. ").split("; ")[0]
             assert first.endswith(": " + ", ".join(i.name for i in items)) and first.split(":")[0].removesuffix("s") in text
         elif "answer" in goal:  # an absent object, or a request to refuse: the reply says why
             assert len(goal["answer"].split()) >= 2 and task.evaluate(_state(task), goal["answer"])["success"]
