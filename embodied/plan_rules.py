@@ -107,10 +107,13 @@ def imagines(thought: str, known: frozenset[str], complete: bool) -> bool:
 def named_objects(instruction: str, known: Iterable[str]) -> tuple[str, ...]:
     """The known objects the request's first line names in full, in its order, each time it names them:
     "put the red cube in the green bin, then the blue sphere in the green bin" gives red cube, green bin,
-    blue sphere, green bin. (Lines after the first are a replan's feedback, not the request.)"""
+    blue sphere, green bin. An object named only to describe another ("whatever is closest to the red
+    cube") is not one: a thought that skipped the description was held to looking the anchor up, and wrote
+    on and on. (Lines after the first are a replan's feedback, not the request.)"""
     request = instruction.lower().split("\n", 1)[0]
     names = "|".join(re.escape(n) for n in sorted(known, key=len, reverse=True))
-    return tuple(m.group(0) for m in re.finditer(rf"\b(?:{names})\b", request)) if names else ()
+    found = re.finditer(rf"(?<!{_CLOSEST})\b(?:{names})\b", request) if names else ()
+    return tuple(m.group(0) for m in found)
 
 
 def _next_named(name: str, pending: list[str], colon: bool) -> bool:
@@ -124,8 +127,8 @@ def _next_named(name: str, pending: list[str], colon: bool) -> bool:
 def thought_fits(thought: str, known: frozenset[str], complete: bool, named: tuple[str, ...] = ()) -> bool:
     """Do the thought's lists, descriptions and lookups (all of it, or the start of it so far) say only
     what the known objects allow, and, after a request kind, look up the objects the request ``named``
-    (``named_objects``) in its order, but for those a description only mentions ("closest to the red
-    cube")? Clauses end at "." or ";"; the last is still being written unless ``complete``."""
+    (``named_objects``) in its order? Clauses end at "." or ";"; the last is still being written unless
+    ``complete``."""
     kind, rest = opening(thought)
     if imagines(thought, known, complete) or (kind is not None and not _opening_fits(kind, rest, complete)):
         return False
@@ -163,7 +166,6 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool, named: tup
             names = [o for o in known if _described(head, o)]
             if not (any(o.startswith(body) for o in names) if open_ else body in names):
                 return False
-            pending = [n for n in pending if n not in head]  # "closest to the red cube": not what is moved
     if complete and kind is not None and REQUESTS[kind]:  # a move looks up what it moves, a set all of it
         return bool(looked_up) and members <= looked_up and (absent or not pending)
     return True

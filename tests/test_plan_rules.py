@@ -234,8 +234,10 @@ def test_a_move_looks_up_what_the_request_names_in_its_order(tokenizer):
     assert thought_fits(first + "yellow bowl: table 2.", KNOWN, complete=True)  # no request given: no such rule
     # an object a description mentions is not what moves; a missing one makes the plan a reply
     refer = named_objects("put whatever is closest to the red cube into the green bin", KNOWN)
+    assert refer == ("green bin",)
     resolved = "request: move. closest to the red cube: green cube. take green cube: table 1. into green bin: table 1."
     assert thought_fits(resolved, KNOWN, complete=True, named=refer)
+    assert thought_fits(resolved.replace("closest to the red cube: green cube. ", ""), KNOWN, complete=True, named=refer)
     missing = named_objects("if there is a purple cube, put it in the yellow bowl, otherwise tell me", KNOWN)
     absent = "request: move. cubes: red cube, green cube. take purple cube: none."
     assert thought_fits(absent, KNOWN, complete=True, named=missing)
