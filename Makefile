@@ -44,7 +44,7 @@ test-slow: setup
 bench: setup
 	tests/isolated.sh $(BIN)/python -m benchmarks.run
 
-# The default checkpoint, from nothing: dataset, ULIP-2 alignment, captioning, instruction tuning (about 105
+# The default checkpoint, from nothing: dataset, ULIP-2 alignment, captioning, instruction tuning (80 to 120
 # minutes on 2 CPU cores); every step resumes where an interrupted run stopped. Then it replaces the
 # shipped checkpoints: the model, and the ULIP encoders perception names objects with.
 RECIPE := runs/recipe
