@@ -116,12 +116,15 @@ def named_objects(instruction: str, known: Iterable[str]) -> tuple[str, ...]:
     return tuple(m.group(0) for m in found)
 
 
-def _next_named(name: str, pending: list[str], colon: bool) -> bool:
-    """May a lookup of ``name`` (still being written unless ``colon``) come now, with the request's named
-    objects ``pending`` in its order? An object the request names comes in its turn, any other at any time."""
-    if colon:
-        return name not in pending or name == pending[0]
-    return any(n.startswith(name) and (n not in pending or n == pending[0]) for n in NAMEABLE)
+def _next_named(name: str, pending: list[str], named: tuple[str, ...], colon: bool) -> bool:
+    """May a lookup of ``name`` (still being written unless ``colon``) come now, with the request's
+    ``named`` objects ``pending`` in its order? An object the request names comes in its turn, and not again
+    out of it (the second item had been sent into the first one's container), any other at any time."""
+
+    def now(n: str) -> bool:
+        return not pending or n == pending[0] or n not in named
+
+    return now(name) if colon else any(n.startswith(name) and now(n) for n in NAMEABLE)
 
 
 def thought_fits(thought: str, known: frozenset[str], complete: bool, named: tuple[str, ...] = ()) -> bool:
@@ -149,7 +152,7 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool, named: tup
                 return False
             if not _lookup_ok(name, body, role, known, looked_up, named=colon, open_=open_):
                 return False
-            if not _next_named(name, pending, colon):  # the model had sent an item into another's container
+            if not _next_named(name, pending, named, colon):
                 return False
             if colon and pending and name == pending[0]:
                 pending.pop(0)

@@ -228,6 +228,8 @@ def test_a_move_looks_up_what_the_request_names_in_its_order(tokenizer):
     first = "request: move. take red cube: table 1. into "
     assert thought_fits(first + "yellow b", KNOWN, complete=False, named=named)
     assert not thought_fits(first + "green bi", KNOWN, complete=False, named=named)  # the second item's container
+    second = first + "yellow bowl: table 2. take blue sphere: table 1. into "
+    assert not thought_fits(second + "yellow bo", KNOWN, complete=False, named=named)  # the first one's, again
     whole = first + "yellow bowl: table 2. take blue sphere: table 1. into green bin: table 2."
     assert thought_fits(whole, KNOWN, complete=True, named=named)
     assert not thought_fits(first + "yellow bowl: table 2.", KNOWN, complete=True, named=named)  # a move left out
