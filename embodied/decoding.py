@@ -53,7 +53,7 @@ class PlanConstraint:
         self.tokenizer = tokenizer
         self.objects = None if objects is None else sorted({normalize_arg(o) for o in objects})
         self._known = frozenset(self.objects or ())
-        self._named = named_objects(instruction)
+        self._named = named_objects(instruction, self._known)
         self._fitting = {kind: [o for o in self.objects or () if suits(kind, o)] for kind in OBJECT_KINDS}
         self.max_thought_chars = max_thought_chars
         self.temperature = temperature

@@ -104,27 +104,16 @@ def imagines(thought: str, known: frozenset[str], complete: bool) -> bool:
     return False
 
 
-def named_objects(instruction: str, names: Iterable[str] = NAMEABLE) -> tuple[str, ...]:
-    """The objects (of ``names``) the request's first line names in full, in its order, each time it names them:
+def named_objects(instruction: str, known: Iterable[str]) -> tuple[str, ...]:
+    """The known objects the request's first line names in full, in its order, each time it names them:
     "put the red cube in the green bin, then the blue sphere in the green bin" gives red cube, green bin,
     blue sphere, green bin. An object named only to describe another ("whatever is closest to the red
     cube") is not one: a thought that skipped the description was held to looking the anchor up, and wrote
     on and on. (Lines after the first are a replan's feedback, not the request.)"""
     request = instruction.lower().split("\n", 1)[0]
-    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    found = re.finditer(rf"(?<!{_CLOSEST})\b(?:{pattern})\b", request) if pattern else ()
+    names = "|".join(re.escape(n) for n in sorted(known, key=len, reverse=True))
+    found = re.finditer(rf"(?<!{_CLOSEST})\b(?:{names})\b", request) if names else ()
     return tuple(m.group(0) for m in found)
-
-
-def _may_be_absent(name: str, named: tuple[str, ...]) -> bool:
-    """May a lookup say that ``name`` is not there? Yes for an object the request ``named``, or one it
-    speaks of in other words; not for a colour and a shape each taken from objects it names ("red bowl"
-    for a request naming a red bin and a purple bowl): failed plans wrote that to end a thought that the
-    order of the named objects held elsewhere."""
-    if not named or name in named:
-        return True
-    colour, shape = name.split(" ", 1)
-    return colour not in {n.split(" ", 1)[0] for n in named} or shape not in {n.split(" ", 1)[1] for n in named}
 
 
 def _next_named(name: str, pending: list[str], named: tuple[str, ...], colon: bool) -> bool:
@@ -140,9 +129,9 @@ def _next_named(name: str, pending: list[str], named: tuple[str, ...], colon: bo
 
 def thought_fits(thought: str, known: frozenset[str], complete: bool, named: tuple[str, ...] = ()) -> bool:
     """Do the thought's lists, descriptions and lookups (all of it, or the start of it so far) say only
-    what the known objects allow, and, after a request kind, look up the known objects the request ``named``
-    (``named_objects``) in its order, saying no other absent than ``_may_be_absent`` allows? Clauses end at
-    "." or ";"; the last is still being written unless ``complete``."""
+    what the known objects allow, and, after a request kind, look up the objects the request ``named``
+    (``named_objects``) in its order? Clauses end at "." or ";"; the last is still being written unless
+    ``complete``."""
     kind, rest = opening(thought)
     if imagines(thought, known, complete) or (kind is not None and not _opening_fits(kind, rest, complete)):
         return False
@@ -150,9 +139,7 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool, named: tup
     looked_up: set[str] = set()
     labels: set[str] = set()
     members: set[str] = set()  # the items of a set's lists: it moves them all
-    named = named if kind is not None else ()
-    named_known = tuple(n for n in named if n in known)
-    pending = list(named_known)  # what the request names and no lookup has taken yet
+    pending = list(named) if kind is not None else []  # what the request names and no lookup has taken yet
     absent = False  # a lookup found an object missing: the plan only replies
     for index, (head, colon, body) in enumerate(clauses):
         open_ = not complete and index == len(clauses) - 1
@@ -163,9 +150,9 @@ def thought_fits(thought: str, known: frozenset[str], complete: bool, named: tup
             role, name = _ROLES[lookup.group(1)], head[lookup.end() :]
             if kind is not None and role not in REQUESTS[kind]:  # "take" in a question, "go to" in a move
                 return False
-            if not _lookup_ok(name, body, role, known, looked_up, named=colon, open_=open_, request=named):
+            if not _lookup_ok(name, body, role, known, looked_up, named=colon, open_=open_):
                 return False
-            if not _next_named(name, pending, named_known, colon):
+            if not _next_named(name, pending, named, colon):
                 return False
             if colon and pending and name == pending[0]:
                 pending.pop(0)
@@ -215,20 +202,16 @@ def thought_forced(thought: str, known: frozenset[str]) -> str:
 
 
 def _lookup_ok(
-    name: str,
-    body: str,
-    role: str,
-    known: frozenset[str],
-    looked_up: set[str],
-    named: bool,
-    open_: bool,
-    request: tuple[str, ...] = (),
+    name: str, body: str, role: str, known: frozenset[str], looked_up: set[str], named: bool, open_: bool
 ) -> bool:
     """A lookup names an object that can play its role and (but for a container) was not looked up
     before, then says where it is, or "none" for an object the robot does not know of (whatever the request
-    wanted done with it) and that the ``request``'s names allow (``_may_be_absent``)."""
-    unknown = (n for n in NAMEABLE if n not in known and _may_be_absent(n, request))
-    names = [n for n in (*(k for k in known if suits(role, k)), *unknown) if n not in looked_up]
+    wanted done with it)."""
+    names = [
+        n
+        for n in (*(k for k in known if suits(role, k)), *(n for n in NAMEABLE if n not in known))
+        if n not in looked_up
+    ]
     if not named:
         return any(n.startswith(name) for n in names)
     if name not in names:
