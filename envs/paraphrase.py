@@ -12,10 +12,9 @@ import numpy as np
 
 PHRASINGS = ("template", "varied", "held_out")
 
-# a word of the templates -> (words training may use instead, words only evaluation uses). The training
-# pool is wide so that the model learns to lean on what the backbone knows of a word rather than on a short
-# list of aliases: with two words per entry it understood 54.5% as often with held-out words as with the
-# templates'.
+# a word of the templates -> (words training may use instead, words only evaluation uses). Widening the
+# training pool from two words per entry to up to six did not carry over to the held-out words (plans with
+# held-out phrasings succeeded 54.5% as often as with the templates' words before, 54.7% after; README).
 WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "red": (("crimson", "cherry red", "ruby", "tomato red", "blood red", "rose red"), ("scarlet",)),
     "green": (("lime", "grass green", "jade", "olive green", "forest green", "mint"), ("emerald",)),
